@@ -1,0 +1,160 @@
+"""The config schema: the one list of every knob and its default.
+
+YAML files inherit from each other with ``base:`` (a path or a list of paths, relative
+to the file). The command line overrides single keys with ``section.key=value``, the
+value parsed as YAML. Every mistake a user can make here raises ``ConfigError`` with
+one paragraph naming the file or argument, the key, and the fix.
+"""
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import os
+import types
+import typing
+from dataclasses import dataclass, field
+from typing import Any, Optional, Union
+
+import yaml
+
+
+from .errors import UserError
+
+
+class ConfigError(UserError):
+    """A mistake in a config file or override; the message says where and how to fix it."""
+
+
+# ---------------------------------------------------------------------------------------
+# The schema
+# ---------------------------------------------------------------------------------------
+
+@dataclass
+class DropBlockConfig:
+    stages: list[int] = field(default_factory=lambda: [3, 4])  # 1..4 = layer1..layer4
+    sites: list[str] = field(default_factory=lambda: ["bn1", "splat", "bn3"])
+    block_size: int = 3
+    prob: float = 0.0  # final drop probability; the paper's recipe sets 0.1
+    schedule: str = "linear"  # linear: prob * (epoch + 1) / epochs; constant: prob
+
+
+@dataclass
+class ModelConfig:
+    name: str = "resnest50"
+    # Architecture overrides; None keeps the named variant's value.
+    radix: Optional[int] = None
+    cardinality: Optional[int] = None
+    bottleneck_width: Optional[int] = None
+    stem_width: Optional[int] = None
+    deep_stem: Optional[bool] = None
+    avg_down: Optional[bool] = None
+    avd: Optional[bool] = None
+    avd_first: Optional[bool] = None
+    final_drop: Optional[float] = None
+    zero_init_last: bool = True
+    dropblock: DropBlockConfig = field(default_factory=DropBlockConfig)
+    weights: str = ""  # optional checkpoint / official state_dict to start from
+
+
+@dataclass
+class DaliConfig:
+    device: str = "auto"  # auto | cpu | gpu
+    threads: int = 4  # DALI CPU threads per process
+    prefetch: int = 2
+    hw_decoder_load: float = 0.65  # share of JPEGs sent to the A100/H100 hardware decoder
+
+
+@dataclass
+class SyntheticConfig:
+    train_images: int = 12800
+    val_images: int = 1280
+    num_classes: int = 1000
+
+
+@dataclass
+class DataConfig:
+    root: str = ""  # ImageNet layout: root/train/<class>/*, root/val/<class>/*
+    backend: str = "auto"  # auto (dali when installed, else torchvision) | dali | torchvision | synthetic
+    train_list: str = ""  # optional file list "relative/path label" (DALI file_list style)
+    val_list: str = ""
+    skip_bad_images: bool = False
+    workers: int = 8  # torchvision DataLoader workers per process
+    train_crop: int = 224
+    eval_crop: Optional[int] = None  # None: same as train_crop
+    eval_ratio: float = 0.875  # eval resizes the short side to eval_crop / eval_ratio
+    rrc_scale: list[float] = field(default_factory=lambda: [0.08, 1.0])
+    rrc_ratio: list[float] = field(default_factory=lambda: [0.75, 4.0 / 3.0])
+    hflip: bool = True
+    autoaugment: bool = True  # the ImageNet policy
+    color_jitter: float = 0.0  # brightness/contrast/saturation strength
+    lighting: float = 0.0  # AlexNet-style PCA lighting noise std
+    mean: list[float] = field(default_factory=lambda: [0.485, 0.456, 0.406])
+    std: list[float] = field(default_factory=lambda: [0.229, 0.224, 0.225])
+    dali: DaliConfig = field(default_factory=DaliConfig)
+    synthetic: SyntheticConfig = field(default_factory=SyntheticConfig)
+
+
+@dataclass
+class OptimConfig:
+    base_lr: float = 0.1  # per 256 images: peak LR = base_lr * global_batch / 256
+    momentum: float = 0.9
+    nesterov: bool = True
+    weight_decay: float = 1e-4
+    no_decay_norm_bias: bool = True
+    warmup_epochs: float = 5.0
+    warmup_start_lr: float = 0.0
+    final_lr: float = 0.0
+    clip_grad_norm: Optional[float] = None
+
+
+@dataclass
+class TrainConfig:
+    epochs: int = 270
+    batch_size: int = 128  # per process
+    accum_steps: int = 1  # gradient accumulation; counts in the global batch
+    label_smoothing: float = 0.1
+    mixup_alpha: float = 0.2
+    cutmix_alpha: float = 0.0
+    mixup_prob: float = 1.0
+    mixup_off_epoch: int = 0  # 0: mixup for the whole run
+    amp: str = "none"  # none | bf16 | fp16
+    channels_last: bool = False
+    compile: bool = False
+    ema: bool = False
+    ema_decay: float = 0.9998
+    sync_bn: bool = False
+    seed: int = 0
+    max_steps_per_epoch: int = 0  # 0: the whole epoch; >0 caps it (smoke tests, benchmarks)
+    eval_every: int = 1  # epochs
+
+
+@dataclass
+class DistConfig:
+    backend: str = "auto"  # auto (nccl on GPU, gloo on CPU) | nccl | gloo
+    timeout_min: int = 30
+    find_unused_parameters: bool = False
+    bucket_cap_mb: int = 25
+
+
+@dataclass
+class OutputConfig:
+    dir: str = "runs/default"
+    log_every: int = 50  # steps between console lines / TensorBoard scalars
+    save_every_epochs: int = 10  # keep a numbered checkpoint every N epochs
+    keep_last: int = 3  # numbered checkpoints to keep
+    save_every_steps: int = 0  # also refresh last.pth every N steps (0: per epoch only)
+    tensorboard: bool = True
+    image_grid: bool = True
+    progress: str = "auto"  # auto (bar on a terminal, lines otherwise) | bar | lines
+
+
+@dataclass
+class Config:
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    dist: DistConfig = field(default_factory=DistConfig)
+    output: OutputConfig = field(default_factory=OutputConfig)
+    device: str = "auto"  # auto | cpu | cuda
+    resume: str = "auto"  # auto: continue from output.dir/checkpoints/last.pth if present | none | a path
