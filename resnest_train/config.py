@@ -158,3 +158,259 @@ class Config:
     output: OutputConfig = field(default_factory=OutputConfig)
     device: str = "auto"  # auto | cpu | cuda
     resume: str = "auto"  # auto: continue from output.dir/checkpoints/last.pth if present | none | a path
+
+
+# ---------------------------------------------------------------------------------------
+# Loading: YAML with `base:` inheritance, dotted overrides, type checks
+# ---------------------------------------------------------------------------------------
+
+CHOICES = {
+    "data.backend": ("auto", "dali", "torchvision", "synthetic"),
+    "data.dali.device": ("auto", "cpu", "gpu"),
+    "model.dropblock.schedule": ("linear", "constant"),
+    "train.amp": ("none", "bf16", "fp16"),
+    "dist.backend": ("auto", "nccl", "gloo"),
+    "output.progress": ("auto", "bar", "lines"),
+    "device": ("auto", "cpu", "cuda"),
+}
+DROPBLOCK_SITES = ("bn1", "splat", "bn3")
+
+
+def load_config(path: Optional[str] = None, overrides: typing.Sequence[str] = ()) -> Config:
+    """The resolved config: schema defaults <- YAML file (and its bases) <- overrides."""
+    merged: dict = {}
+    if path:
+        merged = _load_yaml_tree(os.path.abspath(path), chain=())
+    for item in overrides:
+        key, value = _parse_override(item)
+        _build(Config, _nest(key, value), where=f"command-line override '{item}'", prefix="")
+        _deep_merge(merged, _nest(key, value))
+    cfg = _build(Config, merged, where=path or "the command line", prefix="")
+    validate(cfg)
+    return cfg
+
+
+def config_to_dict(cfg: Config) -> dict:
+    return dataclasses.asdict(cfg)
+
+
+def config_to_yaml(cfg: Config) -> str:
+    return yaml.safe_dump(config_to_dict(cfg), sort_keys=False, default_flow_style=None)
+
+
+def config_from_dict(data: dict, where: str = "a checkpoint") -> Config:
+    cfg = _build(Config, data, where=where, prefix="")
+    validate(cfg)
+    return cfg
+
+
+def validate(cfg: Config) -> None:
+    """Checks across keys and value ranges that the types alone cannot express."""
+    for key, allowed in CHOICES.items():
+        value = _get(cfg, key)
+        if value not in allowed:
+            raise ConfigError(
+                f"Config key '{key}' is {value!r}, which is not one of {', '.join(map(repr, allowed))}. "
+                f"Set it to one of those.")
+    positive = ["train.epochs", "train.batch_size", "train.accum_steps", "data.train_crop",
+                "output.log_every", "train.eval_every"]
+    for key in positive:
+        if _get(cfg, key) <= 0:
+            raise ConfigError(f"Config key '{key}' must be a positive number, got {_get(cfg, key)}.")
+    for key in ("train.label_smoothing", "model.dropblock.prob", "train.mixup_prob"):
+        if not 0.0 <= _get(cfg, key) <= 1.0:
+            raise ConfigError(f"Config key '{key}' must be between 0 and 1, got {_get(cfg, key)}.")
+    if not 0.0 < cfg.data.eval_ratio <= 1.0:
+        raise ConfigError(f"Config key 'data.eval_ratio' must be in (0, 1], got {cfg.data.eval_ratio}; "
+                          "the paper uses 0.875 at 224 px (crop / (crop + 32) from 256 px up).")
+    bad_sites = [s for s in cfg.model.dropblock.sites if s not in DROPBLOCK_SITES]
+    if bad_sites:
+        raise ConfigError(f"Config key 'model.dropblock.sites' has unknown site(s) {bad_sites}; "
+                          f"valid sites are {list(DROPBLOCK_SITES)}.")
+    bad_stages = [s for s in cfg.model.dropblock.stages if s not in (1, 2, 3, 4)]
+    if bad_stages:
+        raise ConfigError(f"Config key 'model.dropblock.stages' has {bad_stages}; stages are 1 to 4 "
+                          "(layer1..layer4); the paper uses [3, 4].")
+    if cfg.data.backend in ("auto", "dali", "torchvision") and not cfg.data.root:
+        raise ConfigError(
+            "Config key 'data.root' is empty: point it at an ImageNet-layout folder (root/train/<class>/*, "
+            "root/val/<class>/*), e.g. data.root=/data/imagenet, or use data.backend=synthetic for a "
+            "benchmark without data.")
+
+
+def _get(cfg: Any, dotted: str) -> Any:
+    for part in dotted.split("."):
+        cfg = getattr(cfg, part)
+    return cfg
+
+
+def _load_yaml_tree(path: str, chain: tuple) -> dict:
+    if path in chain:
+        cycle = " -> ".join(list(chain) + [path])
+        raise ConfigError(f"Config files inherit from each other in a cycle: {cycle}. Remove one 'base:' entry.")
+    data = _read_yaml(path, chain)
+    bases = data.pop("base", None)
+    if bases is None:
+        bases = []
+    elif isinstance(bases, str):
+        bases = [bases]
+    elif not (isinstance(bases, list) and all(isinstance(b, str) for b in bases)):
+        raise ConfigError(f"In {path}: 'base' must be a path or a list of paths (relative to this file), "
+                          f"got {bases!r}.")
+    _build(Config, data, where=path, prefix="")  # type errors name the file that made them
+    merged: dict = {}
+    for base in bases:
+        base_path = os.path.normpath(os.path.join(os.path.dirname(path), base))
+        _deep_merge(merged, _load_yaml_tree(base_path, chain + (path,)))
+    _deep_merge(merged, data)
+    return merged
+
+
+def _read_yaml(path: str, chain: tuple) -> dict:
+    referrer = f" (the 'base' of {chain[-1]})" if chain else ""
+    if not os.path.isfile(path):
+        raise ConfigError(f"Config file {path}{referrer} does not exist. Check the path "
+                          "(a 'base:' path is relative to the file that names it).")
+    try:
+        with open(path) as f:
+            data = yaml.safe_load(f)
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        at = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        problem = getattr(e, "problem", None) or str(e)
+        raise ConfigError(f"Config file {path}{referrer} is not valid YAML{at}: {problem}. "
+                          "Fix the syntax there (indentation, a missing ':' or an unclosed bracket).") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"Config file {path}{referrer} must hold a mapping of sections "
+                          f"(model:, data:, train: ...), not a {type(data).__name__}.")
+    return data
+
+
+def _parse_override(item: str) -> tuple[str, Any]:
+    if "=" not in item or item.startswith("="):
+        raise ConfigError(f"Command-line argument '{item}' is not an override: write section.key=value, "
+                          "e.g. train.epochs=2 or data.root=/data/imagenet.")
+    key, text = item.split("=", 1)
+    try:
+        value = yaml.safe_load(text) if text != "" else ""
+    except yaml.YAMLError:
+        value = text  # a plain string that YAML cannot parse, e.g. 'a: b: c'
+    return key.strip(), value
+
+
+def _nest(dotted: str, value: Any) -> dict:
+    out: Any = value
+    for part in reversed(dotted.split(".")):
+        out = {part: out}
+    return out
+
+
+def _deep_merge(dst: dict, src: dict) -> dict:
+    for k, v in src.items():
+        if isinstance(v, dict) and isinstance(dst.get(k), dict):
+            _deep_merge(dst[k], v)
+        else:
+            dst[k] = v
+    return dst
+
+
+def _all_keys(cls: type, prefix: str = "") -> list[str]:
+    keys = []
+    for f in dataclasses.fields(cls):
+        name = prefix + f.name
+        keys.append(name)
+        if dataclasses.is_dataclass(_hint(cls, f.name)):
+            keys += _all_keys(_hint(cls, f.name), name + ".")
+    return keys
+
+
+def _hint(cls: type, name: str) -> Any:
+    return typing.get_type_hints(cls)[name]
+
+
+def _check_keys(data: dict, cls: type, where: str, prefix: str = "") -> None:
+    """Unknown keys are an error naming the source, the key and the closest valid key."""
+    names = {f.name for f in dataclasses.fields(cls)}
+    for key, value in data.items():
+        full = prefix + str(key)
+        if key not in names:
+            candidates = _all_keys(Config)
+            close = difflib.get_close_matches(full, candidates, n=1, cutoff=0.5) or \
+                difflib.get_close_matches(str(key), [c.rsplit(".", 1)[-1] for c in candidates], n=1)
+            hint = ""
+            if close:
+                match = close[0]
+                if "." not in match and match not in candidates:
+                    match = next(c for c in candidates if c.endswith("." + match) or c == match)
+                hint = f" Did you mean '{match}'?"
+            raise ConfigError(f"Unknown config key '{full}' in {where}.{hint} "
+                              "The valid keys are the fields of resnest_train/config.py "
+                              "(python train.py --print-config lists them with their values).")
+        sub = _hint(cls, key)
+        if dataclasses.is_dataclass(sub) and isinstance(value, dict):
+            _check_keys(value, sub, where, full + ".")
+
+
+def _build(cls: type, data: dict, where: str, prefix: str) -> Any:
+    if not isinstance(data, dict):
+        raise ConfigError(f"Config key '{prefix.rstrip('.') or '<top>'}' in {where} must be a mapping "
+                          f"of keys, got {data!r}.")
+    _check_keys(data, cls, where, prefix)
+    kwargs = {}
+    for f in dataclasses.fields(cls):
+        if f.name not in data:
+            continue
+        hint = _hint(cls, f.name)
+        key = prefix + f.name
+        if dataclasses.is_dataclass(hint):
+            kwargs[f.name] = _build(hint, data[f.name] or {}, where, key + ".")
+        else:
+            kwargs[f.name] = _coerce(data[f.name], hint, key, where)
+    return cls(**kwargs)
+
+
+def _type_name(hint: Any) -> str:
+    origin = typing.get_origin(hint)
+    if origin in (Union, types.UnionType):
+        args = [a for a in typing.get_args(hint) if a is not type(None)]
+        return " or ".join(_type_name(a) for a in args) + " (or null)"
+    if origin is list:
+        return f"a list of {_type_name(typing.get_args(hint)[0])}"
+    return {bool: "true/false", int: "an integer", float: "a number", str: "a string"}.get(hint, str(hint))
+
+
+def _coerce(value: Any, hint: Any, key: str, where: str) -> Any:
+    def fail() -> typing.NoReturn:
+        raise ConfigError(f"Config key '{key}' in {where} must be {_type_name(hint)}, got {value!r} "
+                          f"({type(value).__name__}). Fix the value there.")
+
+    origin = typing.get_origin(hint)
+    if origin in (Union, types.UnionType):
+        if value is None:
+            return None
+        inner = [a for a in typing.get_args(hint) if a is not type(None)][0]
+        return _coerce(value, inner, key, where)
+    if origin is list:
+        if not isinstance(value, (list, tuple)):
+            fail()
+        (item,) = typing.get_args(hint)
+        return [_coerce(v, item, key, where) for v in value]
+    if hint is bool:
+        if not isinstance(value, bool):
+            fail()
+        return value
+    if hint is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            fail()
+        return value
+    if hint is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            fail()
+        return float(value)
+    if hint is str:
+        if isinstance(value, (dict, list)) or value is None:
+            fail()
+        return str(value)
+    return value

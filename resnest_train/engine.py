@@ -1,0 +1,503 @@
+"""The training loop.
+
+`run(cfg)` builds everything once (model, loaders, optimizer, monitor) and hands it to
+`fit`, which moves batches through `train_one_epoch` and `evaluate`. Randomness in the loop
+(mixup, dropout, DropBlock) is re-seeded at every optimizer step from (seed, rank, step), and
+the data order and augmentation are a function of (seed, epoch, sample): so the step counter
+is the whole RNG state, and a run resumed from any checkpoint repeats the uninterrupted run.
+"""
+from __future__ import annotations
+
+import contextlib
+import math
+import os
+import random
+import signal
+import time
+from dataclasses import dataclass, field
+from typing import Any, Optional
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from . import checkpoint
+from .config import Config, ConfigError, config_to_dict, config_to_yaml
+from .data import build_loaders
+from .distributed import DistInfo, all_reduce_sum, any_rank, barrier, cleanup, init_distributed
+from .errors import UserError
+from .models import create_model, dropblock_prob, model_info, set_dropblock_prob
+from .monitor import Monitor, flatten
+from .optim import build_optimizer, lr_at, peak_lr, set_lr
+
+PREEMPTED_EXIT_CODE = 143  # 128 + SIGTERM: what schedulers expect of a job stopped by SIGTERM
+
+
+@dataclass
+class Plan:
+    """Numbers derived from the config and the world: what --dry-run prints."""
+    world_size: int
+    batch_size: int
+    accum_steps: int
+    global_batch: int
+    peak_lr: float
+    steps_per_epoch: int  # optimizer steps
+    epochs: int
+
+    @property
+    def total_steps(self) -> int:
+        return self.steps_per_epoch * self.epochs
+
+
+def make_plan(cfg: Config, world_size: int, batches_per_epoch: int) -> Plan:
+    global_batch = cfg.train.batch_size * world_size * cfg.train.accum_steps
+    steps = batches_per_epoch // cfg.train.accum_steps
+    if cfg.train.max_steps_per_epoch:
+        steps = min(steps, cfg.train.max_steps_per_epoch)
+    if steps == 0:
+        raise UserError(
+            f"An epoch would have no optimizer step: {batches_per_epoch} batches of {cfg.train.batch_size} per "
+            f"process with train.accum_steps={cfg.train.accum_steps} on {world_size} process(es). "
+            "Lower train.batch_size or train.accum_steps, or use fewer processes.")
+    return Plan(world_size=world_size, batch_size=cfg.train.batch_size, accum_steps=cfg.train.accum_steps,
+                global_batch=global_batch, peak_lr=peak_lr(cfg.optim.base_lr, global_batch),
+                steps_per_epoch=steps, epochs=cfg.train.epochs)
+
+
+def step_seed(seed: int, rank: int, step: int) -> None:
+    """Seed every RNG the loop uses from (seed, rank, step)."""
+    state = np.random.SeedSequence([seed, rank, step]).generate_state(2)
+    torch.manual_seed(int(state[0]))
+    np.random.seed(int(state[1]))
+    random.seed(int(state[1]))
+
+
+@dataclass
+class TrainState:
+    model: nn.Module  # the bare model (what checkpoints hold)
+    net: nn.Module  # what runs the forward pass: DDP and/or compiled around `model`
+    optimizer: torch.optim.Optimizer
+    scaler: Optional[torch.amp.GradScaler]
+    ema: Any  # timm ModelEmaV3 or None
+    epoch: int = 0  # epoch in progress (0-based)
+    step_in_epoch: int = 0  # optimizer steps done in that epoch
+    step: int = 0  # optimizer steps done in the run
+    best_top1: Optional[float] = None
+    loss_sum: float = 0.0  # train loss summed over the epoch so far, all ranks (restored on resume)
+    loss_count: int = 0
+
+
+# --------------------------------------------------------------------------------------
+# Building
+# --------------------------------------------------------------------------------------
+
+def build_model(cfg: Config, num_classes: int) -> nn.Module:
+    m = cfg.model
+    arch = {k: getattr(m, k) for k in ("radix", "cardinality", "bottleneck_width", "stem_width", "deep_stem",
+                                       "avg_down", "avd", "avd_first", "final_drop")
+            if getattr(m, k) is not None}
+    db = m.dropblock
+    dropblock = {"stages": db.stages, "sites": db.sites, "block_size": db.block_size, "prob": 0.0}
+    try:
+        model = create_model(m.name, num_classes=num_classes, zero_init_last=m.zero_init_last,
+                             dropblock=dropblock, **arch)
+    except (KeyError, ValueError) as e:
+        raise ConfigError(f"Config key 'model': {e}") from None
+    if m.weights:
+        load_weights(model, m.weights)
+    return model
+
+
+def load_weights(model: nn.Module, path: str) -> None:
+    """Start from a state_dict (official release layout) or a resnest-train checkpoint."""
+    state = checkpoint.load(path)
+    state = state.get("model", state)
+    own = model.state_dict()
+    head = [k for k in ("fc.weight", "fc.bias") if k in state and state[k].shape != own[k].shape]
+    for k in head:  # a different class count: keep our freshly initialised classifier
+        state[k] = own[k]
+    try:
+        model.load_state_dict(state, strict=True)
+    except RuntimeError as e:
+        raise UserError(f"Config key 'model.weights': {path} does not fit model '{type(model).__name__}': "
+                        f"{str(e).splitlines()[0]} ... Check model.name and the architecture overrides.") from None
+
+
+def autocast(amp: str, device: torch.device):
+    if amp == "none":
+        return contextlib.nullcontext()
+    dtype = torch.bfloat16 if amp == "bf16" else torch.float16
+    return torch.autocast(device_type=device.type, dtype=dtype)
+
+
+def check_device_options(cfg: Config, device: torch.device) -> None:
+    if cfg.train.amp == "fp16" and device.type != "cuda":
+        raise ConfigError("Config key 'train.amp' is fp16, which needs a CUDA GPU (its grad scaler and fast "
+                          "kernels are GPU-only). On the CPU use train.amp=bf16 or none.")
+    if (cfg.train.mixup_alpha > 0 or cfg.train.cutmix_alpha > 0) and cfg.train.batch_size % 2:
+        raise ConfigError(f"Config key 'train.batch_size' is {cfg.train.batch_size}; mixup/cutmix pair each "
+                          "batch with its reverse and need an even per-process batch. Use an even batch size "
+                          "or set train.mixup_alpha=0 and train.cutmix_alpha=0.")
+
+
+def build_mixup(cfg: Config, num_classes: int):
+    t = cfg.train
+    if t.mixup_alpha <= 0 and t.cutmix_alpha <= 0:
+        return None
+    from timm.data import Mixup
+    return Mixup(mixup_alpha=t.mixup_alpha, cutmix_alpha=t.cutmix_alpha, prob=t.mixup_prob,
+                 label_smoothing=t.label_smoothing, num_classes=num_classes)
+
+
+def soft_target_loss(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    return torch.sum(-target * F.log_softmax(logits.float(), dim=-1), dim=-1).mean()
+
+
+# --------------------------------------------------------------------------------------
+# One epoch of training, one evaluation
+# --------------------------------------------------------------------------------------
+
+class StopRequested:
+    """Set by SIGTERM/SIGINT; the loop checks it at step boundaries on every rank."""
+
+    def __init__(self):
+        self.flag = False
+        self.signal_name = ""
+
+    def install(self):
+        def handler(signum, frame):
+            self.flag = True
+            self.signal_name = signal.Signals(signum).name
+        signal.signal(signal.SIGTERM, handler)
+        signal.signal(signal.SIGINT, handler)
+
+
+def train_one_epoch(state: TrainState, loader, plan: Plan, cfg: Config, dist: DistInfo, monitor: Monitor,
+                    mixup, stop: StopRequested, save_step) -> bool:
+    """Train until the epoch ends; returns False if a stop was requested (the state is then saved)."""
+    net, optimizer, accum = state.net, state.optimizer, plan.accum_steps
+    net.train()
+    device = dist.device
+    label_smoothing = cfg.train.label_smoothing
+    use_mixup = mixup is not None and (cfg.train.mixup_off_epoch == 0 or state.epoch < cfg.train.mixup_off_epoch)
+    loss_sum = torch.zeros((), device=device, dtype=torch.float64)
+    loss_count = 0
+    window_loss, window_n, window_start = 0.0, 0, time.perf_counter()
+    data_time = 0.0
+    epoch_start = time.perf_counter()
+    start_step = state.step_in_epoch
+    batches = iter(loader)
+
+    for step_in_epoch in range(start_step, plan.steps_per_epoch):
+        lr = lr_at(state.step, steps_per_epoch=plan.steps_per_epoch, epochs=plan.epochs,
+                   warmup_epochs=cfg.optim.warmup_epochs, peak=plan.peak_lr,
+                   warmup_start=cfg.optim.warmup_start_lr, final=cfg.optim.final_lr)
+        set_lr(optimizer, lr)
+        step_seed(cfg.train.seed, dist.rank, state.step)
+        for micro in range(accum):
+            t0 = time.perf_counter()
+            images, labels = next(batches)
+            data_time += time.perf_counter() - t0
+            if state.step == 0 and micro == 0 and cfg.output.image_grid:
+                monitor.images("train/augmented_images", images, cfg.data.mean, cfg.data.std)
+            if use_mixup:
+                images, targets = mixup(images, labels)
+            sync = micro == accum - 1
+            with (contextlib.nullcontext() if sync or not dist.enabled else net.no_sync()):
+                with autocast(cfg.train.amp, device):
+                    logits = net(images)
+                if use_mixup:
+                    loss = soft_target_loss(logits, targets)
+                else:
+                    loss = F.cross_entropy(logits.float(), labels, label_smoothing=label_smoothing)
+                scaled = loss / accum
+                if state.scaler is not None:
+                    state.scaler.scale(scaled).backward()
+                else:
+                    scaled.backward()
+            loss_sum += loss.detach()
+            loss_count += 1
+        if state.scaler is not None:
+            state.scaler.unscale_(optimizer)
+        if cfg.optim.clip_grad_norm:
+            torch.nn.utils.clip_grad_norm_(state.model.parameters(), cfg.optim.clip_grad_norm)
+        if state.scaler is not None:
+            state.scaler.step(optimizer)
+            state.scaler.update()
+        else:
+            optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        if state.ema is not None:
+            state.ema.update(state.model, step=state.step)
+        state.step += 1
+        state.step_in_epoch = step_in_epoch + 1
+
+        window_n += 1
+        if state.step_in_epoch % cfg.output.log_every == 0 or state.step_in_epoch == plan.steps_per_epoch:
+            step_loss = loss.item()  # this rank's last micro-batch; a sync point, so only every log_every
+            elapsed = time.perf_counter() - window_start
+            ips = window_n * plan.global_batch / max(elapsed, 1e-9)
+            monitor.scalars({"train/loss": step_loss, "train/lr": lr, "train/images_per_sec": ips,
+                             "train/data_time_s": data_time / window_n}, state.step)
+            done = state.step_in_epoch - start_step
+            eta = (time.perf_counter() - epoch_start) / done * (plan.steps_per_epoch - state.step_in_epoch)
+            monitor.progress(state.epoch, plan.epochs, state.step_in_epoch, plan.steps_per_epoch,
+                             step_loss, lr, ips, eta)
+            window_n, window_start, data_time = 0, time.perf_counter(), 0.0
+
+        stopping = any_rank(stop.flag, device) if dist.enabled else stop.flag
+        periodic = cfg.output.save_every_steps and state.step % cfg.output.save_every_steps == 0
+        if (stopping or periodic) and state.step_in_epoch < plan.steps_per_epoch:
+            total, count = reduce_loss(loss_sum, loss_count, device)
+            save_step(state, state.loss_sum + total, state.loss_count + count)
+        if stopping:
+            return False
+    monitor.end_bar()
+    total, count = reduce_loss(loss_sum, loss_count, device)
+    state.loss_sum += total
+    state.loss_count += count
+    return True
+
+
+def reduce_loss(loss_sum: torch.Tensor, count: int, device) -> tuple[float, int]:
+    t = torch.stack([loss_sum.to(torch.float64), torch.tensor(float(count), device=device, dtype=torch.float64)])
+    all_reduce_sum(t)
+    return float(t[0]), int(t[1])
+
+
+@torch.no_grad()
+def evaluate(model: nn.Module, loader, device: torch.device, amp: str) -> dict:
+    """Loss and top-1/top-5 over this rank's shard, summed over ranks: each image counted once."""
+    model.eval()
+    sums = torch.zeros(4, device=device, dtype=torch.float64)  # loss, top1, top5, images
+    for images, labels in loader:
+        with autocast(amp, device):
+            logits = model(images)
+        logits = logits.float()
+        sums[0] += F.cross_entropy(logits, labels, reduction="sum")
+        top5 = logits.topk(min(5, logits.shape[1]), dim=1).indices
+        hits = top5.eq(labels[:, None])
+        sums[1] += hits[:, 0].sum()
+        sums[2] += hits.any(dim=1).sum()
+        sums[3] += len(labels)
+    all_reduce_sum(sums)
+    n = max(sums[3].item(), 1.0)
+    return {"loss": sums[0].item() / n, "top1": 100.0 * sums[1].item() / n,
+            "top5": 100.0 * sums[2].item() / n, "images": int(sums[3].item())}
+
+
+# --------------------------------------------------------------------------------------
+# Checkpoint state
+# --------------------------------------------------------------------------------------
+
+def state_dict(state: TrainState, cfg: Config) -> dict:
+    return {
+        "model": state.model.state_dict(),
+        "optimizer": state.optimizer.state_dict(),
+        "scaler": state.scaler.state_dict() if state.scaler is not None else None,
+        "ema": state.ema.state_dict() if state.ema is not None else None,
+        "epoch": state.epoch,
+        "step_in_epoch": state.step_in_epoch,
+        "step": state.step,
+        "best_top1": state.best_top1,
+        "loss_sum": state.loss_sum,
+        "loss_count": state.loss_count,
+        "config": config_to_dict(cfg),
+    }
+
+
+def restore(state: TrainState, saved: dict, cfg: Config, path: str) -> None:
+    current = config_to_dict(cfg)["model"]
+    previous = dict(saved["config"]["model"])
+    for key in ("weights",):  # where the run started from, not what it is
+        previous.pop(key, None)
+        current.pop(key, None)
+    diffs = checkpoint.model_differences(previous, current)
+    if diffs:
+        raise UserError(f"Cannot resume from {path}: the model in the config differs from the checkpoint's "
+                        f"({'; '.join(diffs)}). Use the checkpoint's model settings, or a new output.dir "
+                        "(or resume=none) to start a different run.")
+    state.model.load_state_dict(saved["model"])
+    state.optimizer.load_state_dict(saved["optimizer"])
+    if state.scaler is not None and saved.get("scaler"):
+        state.scaler.load_state_dict(saved["scaler"])
+    if state.ema is not None and saved.get("ema"):
+        state.ema.load_state_dict(saved["ema"])
+    for key in ("epoch", "step_in_epoch", "step", "best_top1", "loss_sum", "loss_count"):
+        setattr(state, key, saved[key])
+
+
+def trim_metrics(output_dir: str, epochs_done: int) -> None:
+    """Drop metrics.jsonl lines of epochs past the checkpoint (written just before a crash)."""
+    import json
+    path = os.path.join(output_dir, "metrics.jsonl")
+    if not os.path.exists(path):
+        return
+    with open(path) as f:
+        lines = [line for line in f if line.strip() and json.loads(line)["epoch"] <= epochs_done]
+    with open(path, "w") as f:
+        f.writelines(lines)
+
+
+# --------------------------------------------------------------------------------------
+# The run
+# --------------------------------------------------------------------------------------
+
+def describe(cfg: Config, plan: Plan, info: dict, loaders) -> str:
+    return "\n".join([
+        f"model            {cfg.model.name} ({info['params'] / 1e6:.2f}M params, "
+        f"{info['gmacs']:.2f} GMACs at {cfg.data.train_crop}px)",
+        f"data             {loaders.backend}: {loaders.num_classes} classes, {loaders.val_images} val images",
+        f"world size       {plan.world_size}",
+        f"global batch     {plan.global_batch} = {plan.batch_size} per process x {plan.world_size} x "
+        f"{plan.accum_steps} accumulation",
+        f"peak LR          {plan.peak_lr:.6g} = {cfg.optim.base_lr} x {plan.global_batch} / 256",
+        f"steps per epoch  {plan.steps_per_epoch}",
+        f"total steps      {plan.total_steps} ({plan.epochs} epochs)",
+    ])
+
+
+def run(cfg: Config, dry_run: bool = False) -> int:
+    """Train (or with dry_run, print the plan) and return the process exit code."""
+    dist = init_distributed(cfg.dist, cfg.device)
+    try:
+        return _run(cfg, dist, dry_run)
+    finally:
+        cleanup()
+
+
+def _run(cfg: Config, dist: DistInfo, dry_run: bool) -> int:
+    check_device_options(cfg, dist.device)
+    torch.manual_seed(cfg.train.seed)  # the same initial weights on every rank
+    loaders = build_loaders(cfg.data, batch_size=cfg.train.batch_size, rank=dist.rank,
+                            world_size=dist.world_size, device=dist.device, seed=cfg.train.seed,
+                            channels_last=cfg.train.channels_last)
+    plan = make_plan(cfg, dist.world_size, len(loaders.train))
+    model = build_model(cfg, loaders.num_classes)
+    if dry_run:
+        if dist.is_main:
+            print(describe(cfg, plan, model_info(model, cfg.data.train_crop), loaders))
+        return 0
+
+    monitor = Monitor(cfg.output, enabled=dist.is_main)
+    if dist.is_main:
+        with open(os.path.join(cfg.output.dir, "config.yaml"), "w") as f:
+            f.write(config_to_yaml(cfg))
+    model.to(dist.device)
+    if cfg.train.channels_last:
+        model.to(memory_format=torch.channels_last)
+    if cfg.train.sync_bn and dist.enabled:
+        model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
+    optimizer = build_optimizer(model, cfg.optim, lr=0.0)
+    scaler = torch.amp.GradScaler("cuda") if cfg.train.amp == "fp16" else None
+    ema = None
+    if cfg.train.ema:
+        from timm.utils import ModelEmaV3
+        ema = ModelEmaV3(model, decay=cfg.train.ema_decay)
+    net = model
+    if dist.enabled:
+        net = nn.parallel.DistributedDataParallel(
+            model, device_ids=[dist.local_rank] if dist.device.type == "cuda" else None,
+            bucket_cap_mb=cfg.dist.bucket_cap_mb, find_unused_parameters=cfg.dist.find_unused_parameters)
+    if cfg.train.compile:
+        net = torch.compile(net)
+    state = TrainState(model=model, net=net, optimizer=optimizer, scaler=scaler, ema=ema)
+
+    resume_from = checkpoint.resume_path(cfg.resume, cfg.output.dir)
+    if resume_from:
+        restore(state, checkpoint.load(resume_from, map_location=dist.device), cfg, resume_from)
+        if dist.is_main:
+            trim_metrics(cfg.output.dir, state.epoch)
+        if state.epoch >= plan.epochs:
+            best = f"{state.best_top1:.2f}%" if state.best_top1 is not None else "n/a"
+            monitor.print(f"Run in {cfg.output.dir} already finished its {plan.epochs} epochs "
+                          f"(best val top-1 {best}); nothing to do. Use a new output.dir to train again.")
+            monitor.run_state(state="finished", epoch=state.epoch, epochs=plan.epochs, best_top1=state.best_top1)
+            return 0
+        monitor.print(f"Resuming from {resume_from}: epoch {state.epoch + 1}, step {state.step}")
+
+    monitor.print(describe(cfg, plan, model_info(model, cfg.data.train_crop), loaders))
+    if loaders.bad_images:
+        monitor.print(f"Skipped {loaders.bad_images} unreadable image(s) (data.skip_bad_images is true).")
+    stop = StopRequested()
+    stop.install()
+    try:
+        return fit(state, loaders, plan, cfg, dist, monitor, stop)
+    except BaseException:
+        monitor.run_state(state="failed", epoch=state.epoch, epochs=plan.epochs, best_top1=state.best_top1)
+        raise
+    finally:
+        monitor.close()
+
+
+def fit(state: TrainState, loaders, plan: Plan, cfg: Config, dist: DistInfo, monitor: Monitor,
+        stop: StopRequested) -> int:
+    mixup = build_mixup(cfg, loaders.num_classes)
+    out = cfg.output
+
+    def save_last(st: TrainState, loss_sum: float, loss_count: int) -> None:
+        if dist.is_main:
+            saved = state_dict(st, cfg)
+            saved.update(loss_sum=loss_sum, loss_count=loss_count)
+            checkpoint.atomic_save(saved, checkpoint.last_path(out.dir))
+        barrier()
+
+    monitor.run_state(state="running", epoch=state.epoch, epochs=plan.epochs, best_top1=state.best_top1)
+    record = {}
+    while state.epoch < plan.epochs:
+        epoch = state.epoch
+        drop = dropblock_prob(epoch, plan.epochs, cfg.model.dropblock.prob, cfg.model.dropblock.schedule)
+        set_dropblock_prob(state.model, drop)
+        loaders.train.set_epoch(epoch, start_step=state.step_in_epoch * plan.accum_steps)
+        resumed_steps = state.step_in_epoch
+        t0 = time.perf_counter()
+        finished = train_one_epoch(state, loaders.train, plan, cfg, dist, monitor, mixup, stop, save_last)
+        if not finished:
+            monitor.print(f"Stopped by {stop.signal_name or 'a signal'} at step {state.step}; "
+                          f"checkpoint saved to {checkpoint.last_path(out.dir)}. Run the same command to resume.")
+            monitor.run_state(state="preempted", epoch=state.epoch, epochs=plan.epochs, best_top1=state.best_top1)
+            return PREEMPTED_EXIT_CODE
+        train_time = time.perf_counter() - t0
+        train_loss = state.loss_sum / max(state.loss_count, 1)
+        images_per_sec = (plan.steps_per_epoch - resumed_steps) * plan.global_batch / train_time
+
+        record = {"epoch": epoch + 1, "train_loss": train_loss, "lr": state.optimizer.param_groups[0]["lr"],
+                  "images_per_sec": images_per_sec, "dropblock_prob": drop}
+        if (epoch + 1) % cfg.train.eval_every == 0 or epoch + 1 == plan.epochs:
+            val = evaluate(state.model, loaders.val, dist.device, cfg.train.amp)
+            record.update(val_loss=val["loss"], val_top1=val["top1"], val_top5=val["top5"],
+                          val_images=val["images"])
+            if state.ema is not None:
+                ema_val = evaluate(state.ema.module, loaders.val, dist.device, cfg.train.amp)
+                record.update(val_top1_ema=ema_val["top1"], val_top5_ema=ema_val["top5"])
+        record["epoch_time_s"] = time.perf_counter() - t0
+        is_best = "val_top1" in record and (state.best_top1 is None or record["val_top1"] > state.best_top1)
+        if is_best:
+            state.best_top1 = record["val_top1"]
+
+        state.epoch, state.step_in_epoch, state.loss_sum, state.loss_count = epoch + 1, 0, 0.0, 0
+        monitor.epoch_metrics(record)
+        monitor.scalars({f"epoch/{k}": v for k, v in record.items() if k != "epoch"}, epoch + 1)
+        monitor.print(" ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}" for k, v in record.items()))
+        if dist.is_main:
+            saved = state_dict(state, cfg)
+            checkpoint.atomic_save(saved, checkpoint.last_path(out.dir))
+            if is_best:
+                checkpoint.atomic_save(saved, os.path.join(checkpoint.checkpoint_dir(out.dir), "best.pth"))
+            if out.save_every_epochs and state.epoch % out.save_every_epochs == 0:
+                checkpoint.save_periodic(saved, out.dir, state.epoch, out.keep_last)
+        barrier()
+        monitor.run_state(state="running", epoch=state.epoch, epochs=plan.epochs, best_top1=state.best_top1)
+
+    final = {k: record[k] for k in ("val_top1", "val_top5", "val_loss", "train_loss") if k in record}
+    final["best_val_top1"] = state.best_top1 if state.best_top1 is not None else float("nan")
+    hparams = {k: v for k, v in flatten(config_to_dict(cfg)).items() if not k.startswith("output.")}
+    hparams.update(global_batch=plan.global_batch, peak_lr=plan.peak_lr, world_size=plan.world_size)
+    monitor.hparams(hparams, {f"hparam/{k}": v for k, v in final.items()})
+    monitor.run_state(state="finished", epoch=state.epoch, epochs=plan.epochs, best_top1=state.best_top1)
+    if state.best_top1 is not None:
+        monitor.print(f"Finished {plan.epochs} epochs: final val top-1 {record.get('val_top1', float('nan')):.2f}%, "
+                      f"best {state.best_top1:.2f}%. Run directory: {out.dir}")
+    monitor.print(f"TensorBoard: tensorboard --logdir {os.path.join(out.dir, 'tb')}")
+    return 0

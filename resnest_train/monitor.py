@@ -1,0 +1,112 @@
+"""What a run reports: console progress, TensorBoard, metrics.jsonl and run_state.json.
+
+Only rank 0 builds a real Monitor; the other ranks get one whose methods do nothing.
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+import sys
+import time
+
+import torch
+
+
+def format_seconds(seconds: float) -> str:
+    seconds = int(max(0, seconds))
+    h, rem = divmod(seconds, 3600)
+    m, s = divmod(rem, 60)
+    return f"{h:d}:{m:02d}:{s:02d}" if h else f"{m:d}:{s:02d}"
+
+
+class Monitor:
+    def __init__(self, output_cfg, enabled: bool = True):
+        self.enabled = enabled
+        self.dir = output_cfg.dir
+        self.log_every = output_cfg.log_every
+        mode = output_cfg.progress
+        self.bar = mode == "bar" or (mode == "auto" and sys.stderr.isatty())
+        self.writer = None
+        if enabled:
+            os.makedirs(self.dir, exist_ok=True)
+            if output_cfg.tensorboard:
+                from torch.utils.tensorboard import SummaryWriter
+                self.writer = SummaryWriter(os.path.join(self.dir, "tb"))
+
+    # console -------------------------------------------------------------------------
+    def print(self, message: str) -> None:
+        if self.enabled:
+            if self.bar:
+                sys.stderr.write("\r\033[K")
+            print(message, flush=True)
+
+    def progress(self, epoch: int, epochs: int, step: int, steps: int, loss: float, lr: float,
+                 images_per_sec: float, eta_s: float) -> None:
+        if not self.enabled:
+            return
+        text = (f"epoch {epoch + 1}/{epochs} step {step}/{steps} loss {loss:.4f} lr {lr:.4g} "
+                f"{images_per_sec:.1f} img/s eta {format_seconds(eta_s)}")
+        if self.bar:
+            width = 24
+            done = int(width * step / max(1, steps))
+            sys.stderr.write(f"\r\033[K[{'#' * done}{'.' * (width - done)}] {text}")
+            sys.stderr.flush()
+        elif step % self.log_every == 0 or step == steps:
+            print(text, flush=True)
+
+    def end_bar(self) -> None:
+        if self.enabled and self.bar:
+            sys.stderr.write("\n")
+
+    # TensorBoard ---------------------------------------------------------------------
+    def scalars(self, values: dict, step: int) -> None:
+        if self.writer is not None:
+            for name, value in values.items():
+                self.writer.add_scalar(name, value, step)
+
+    def images(self, name: str, batch: torch.Tensor, mean, std, step: int = 0, count: int = 32) -> None:
+        if self.writer is None:
+            return
+        import torchvision
+        x = batch[:count].detach().float().cpu()
+        x = x * torch.tensor(std).view(1, -1, 1, 1) + torch.tensor(mean).view(1, -1, 1, 1)
+        grid = torchvision.utils.make_grid(x.clamp(0, 1), nrow=int(math.ceil(math.sqrt(len(x)))))
+        self.writer.add_image(name, grid, step)
+
+    def hparams(self, hparams: dict, metrics: dict) -> None:
+        if self.writer is not None:
+            self.writer.add_hparams(hparams, metrics, run_name=".")
+
+    # files ---------------------------------------------------------------------------
+    def epoch_metrics(self, record: dict) -> None:
+        if self.enabled:
+            with open(os.path.join(self.dir, "metrics.jsonl"), "a") as f:
+                f.write(json.dumps(record) + "\n")
+
+    def run_state(self, **state) -> None:
+        if self.enabled:
+            path = os.path.join(self.dir, "run_state.json")
+            tmp = path + ".tmp"
+            with open(tmp, "w") as f:
+                json.dump({**state, "updated": time.time()}, f)
+            os.replace(tmp, path)
+
+    def close(self) -> None:
+        if self.writer is not None:
+            self.writer.flush()
+            self.writer.close()
+
+
+def flatten(d: dict, prefix: str = "") -> dict:
+    """Nested config dict -> {'train.epochs': 270, ...} with TensorBoard-friendly values."""
+    out = {}
+    for k, v in d.items():
+        key = f"{prefix}{k}"
+        if isinstance(v, dict):
+            out.update(flatten(v, key + "."))
+        elif isinstance(v, (int, float, str, bool)):
+            out[key] = v
+        else:
+            out[key] = str(v)
+    return out
