@@ -231,11 +231,6 @@ def validate(cfg: Config) -> None:
     if bad_stages:
         raise ConfigError(f"Config key 'model.dropblock.stages' has {bad_stages}; stages are 1 to 4 "
                           "(layer1..layer4); the paper uses [3, 4].")
-    if cfg.data.backend in ("auto", "dali", "torchvision") and not cfg.data.root:
-        raise ConfigError(
-            "Config key 'data.root' is empty: point it at an ImageNet-layout folder (root/train/<class>/*, "
-            "root/val/<class>/*), e.g. data.root=/data/imagenet, or use data.backend=synthetic for a "
-            "benchmark without data.")
 
 
 def _get(cfg: Any, dotted: str) -> Any:
@@ -377,7 +372,8 @@ def _type_name(hint: Any) -> str:
         args = [a for a in typing.get_args(hint) if a is not type(None)]
         return " or ".join(_type_name(a) for a in args) + " (or null)"
     if origin is list:
-        return f"a list of {_type_name(typing.get_args(hint)[0])}"
+        item = typing.get_args(hint)[0]
+        return f"a list of {({bool: 'true/false values', int: 'integers', float: 'numbers', str: 'strings'}).get(item, item)}"
     return {bool: "true/false", int: "an integer", float: "a number", str: "a string"}.get(hint, str(hint))
 
 
