@@ -184,4 +184,21 @@ if ((dry_run)); then
   printf '%s\n' "$line"
   exit 0
 fi
-exec "${cmd[@]}"
+# Run torchrun as a child rather than exec it: a scheduler's SIGTERM (preemption) is passed
+# on (torchrun hands it to the workers, which checkpoint) and we then exit 143, the status
+# schedulers expect, where torchrun itself would exit 1 with a traceback.
+got_signal=""
+forward() { got_signal=$1; kill -s "$1" "$child" 2>/dev/null || true; }
+"${cmd[@]}" &
+child=$!
+trap 'forward TERM' TERM
+trap 'forward INT' INT
+trap 'forward HUP' HUP
+status=0
+wait "$child" || status=$?
+if [[ -n $got_signal ]]; then
+  status=0
+  wait "$child" 2>/dev/null || status=$?  # the first wait was cut short by the signal
+  case $got_signal in TERM) exit 143 ;; INT) exit 130 ;; HUP) exit 129 ;; esac
+fi
+exit "$status"
