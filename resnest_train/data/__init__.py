@@ -1,0 +1,116 @@
+"""Data loading: one builder, three backends (dali, torchvision, synthetic).
+
+    loaders = build_loaders(cfg.data, batch_size=per_process_batch, rank=rank, world_size=world_size,
+                            device=device, seed=cfg.train.seed, channels_last=False)
+    for epoch in range(start_epoch, epochs):
+        loaders.train.set_epoch(epoch, start_step=0)    # before every epoch; k > 0 resumes mid-epoch
+        for images, labels in loaders.train: ...        # float32 NCHW normalised, int64, on `device`
+        for images, labels in loaders.val: ...          # this rank's shard of the val set
+
+``loaders.train``: ``len()`` is the number of steps per epoch, the same on every rank.
+Each epoch shuffles all training samples with one permutation drawn from ``(seed, epoch)``,
+keeps ``world_size * steps * batch_size`` of them (``steps = n // (world_size *
+batch_size)``) and gives each rank a contiguous block; the remainder, fewer than one global
+batch, is dropped for that epoch only (a different random remainder every epoch). So every
+rank runs exactly ``steps`` full batches and DDP never waits for a rank that ran out.
+``set_epoch(e, start_step=k)`` yields exactly the batches ``k..steps-1`` that an
+uninterrupted epoch ``e`` would have yielded: order and augmentation are pure functions of
+(seed, epoch, sample) in torchvision and synthetic; DALI replays the epoch's pipeline from
+its seed (see ``dali.py``).
+
+``loaders.val``: this rank's contiguous shard of the sorted val list, the last batch
+partial, nothing padded or repeated: over all ranks every val image is seen exactly once
+(``loaders.val_images`` of them) for any world size.
+
+Augmentation (dali and torchvision alike): RandomResizedCrop at ``train_crop`` with
+``rrc_scale`` / ``rrc_ratio`` (bilinear, antialiased) -> horizontal flip -> torchvision's
+AutoAugment ImageNet policy (pad 128, bilinear) -> ColorJitter(``color_jitter``) for
+brightness/contrast/saturation -> AlexNet PCA lighting (``lighting`` std) -> mean/std.
+Eval: resize the short side to ``round(eval_crop / eval_ratio)`` (bilinear, antialiased),
+centre crop ``eval_crop``, mean/std. Mixup is the trainer's.
+
+``data.backend: auto`` is dali when ``nvidia.dali`` imports, else torchvision.
+``loaders.bad_images`` counts unreadable files skipped (``data.skip_bad_images: true``);
+without that option the first unreadable file stops training with a DataError naming it.
+"""
+from __future__ import annotations
+
+import importlib.util
+from typing import Optional
+
+import torch
+
+from ..errors import DataError
+from .common import Loaders, log_once
+
+__all__ = ["build_loaders", "Loaders", "resolve_backend"]
+
+BACKENDS = ("auto", "dali", "torchvision", "synthetic")
+
+
+def dali_available() -> bool:
+    if importlib.util.find_spec("nvidia") is None or importlib.util.find_spec("nvidia.dali") is None:
+        return False
+    try:
+        import nvidia.dali  # noqa: F401
+    except Exception:  # noqa: BLE001 - a broken install counts as absent
+        return False
+    return True
+
+
+def resolve_backend(name: str) -> str:
+    if name not in BACKENDS:
+        raise DataError(f"data.backend={name!r} is not one of {', '.join(BACKENDS)}.")
+    if name == "auto":
+        return "dali" if dali_available() else "torchvision"
+    if name == "dali" and not dali_available():
+        raise DataError("data.backend=dali but nvidia.dali cannot be imported; install it "
+                        "(pip install nvidia-dali-cuda130, see README 'Installing DALI') or use "
+                        "data.backend=torchvision.")
+    return name
+
+
+def _skip_bad(cfg, train, val):
+    from .imagenet import find_bad_images
+    import numpy as np
+    removed = 0
+    out = []
+    for split in (train, val):
+        bad, cache = find_bad_images(split, workers=0)
+        if bad:
+            keep = np.asarray([i for i, f in enumerate(split.files) if f not in bad], dtype=np.int64)
+            log_once(f"data.skip_bad_images: skipping {len(bad)} unreadable {split.name} image(s) of "
+                     f"{len(split)} (list: {cache})")
+            split = split.subset(keep)
+            removed += len(bad)
+        out.append(split)
+    return out[0], out[1], removed
+
+
+def build_loaders(cfg, batch_size: int, rank: int = 0, world_size: int = 1,
+                  device: Optional[torch.device] = None, seed: int = 0, channels_last: bool = False) -> Loaders:
+    """Train and val loaders for this rank; see the module docstring for the contract."""
+    device = torch.device(device) if device is not None else torch.device("cpu")
+    if batch_size < 1:
+        raise DataError(f"The per-process batch size must be at least 1, got {batch_size}.")
+    if not 0 <= rank < world_size:
+        raise ValueError(f"rank {rank} outside world size {world_size}")
+    backend = resolve_backend(cfg.backend)
+    if backend == "synthetic":
+        from . import synthetic
+        train, val, n_val, classes = synthetic.build(cfg, batch_size, rank, world_size, device, seed,
+                                                     channels_last)
+        return Loaders(train, val, n_val, classes, backend, 0, [train, val])
+
+    from .imagenet import load_splits
+    classes, train_split, val_split = load_splits(cfg)
+    removed = 0
+    if cfg.skip_bad_images:
+        train_split, val_split, removed = _skip_bad(cfg, train_split, val_split)
+    if backend == "dali":
+        from . import dali as impl
+    else:
+        from . import torchvision as impl
+    train, val = impl.build(cfg, train_split, val_split, batch_size, rank, world_size, device, seed,
+                            channels_last)
+    return Loaders(train, val, len(val_split), classes, backend, removed, [train, val])

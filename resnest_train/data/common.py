@@ -1,0 +1,130 @@
+"""What every backend shares: the loader bundle, the epoch plan, per-sample seeds, constants.
+
+Epoch plan (identical in every backend, so a seed gives the same sample order whichever
+backend reads the files):
+
+* ``steps = n // (world_size * batch_size)`` full batches per rank per epoch.
+* Each epoch draws one global permutation of the ``n`` training samples from
+  ``(seed, epoch)``, keeps its first ``world_size * steps * batch_size`` entries and hands
+  rank ``r`` the ``r``-th contiguous block of ``steps * batch_size``. The remainder
+  (fewer than ``world_size * batch_size`` samples) is dropped for that epoch only; since
+  the permutation changes every epoch, a different random remainder is dropped each time
+  and every sample is seen equally often in expectation.
+* Every rank therefore runs exactly ``steps`` steps: DDP never waits on a rank that ran out.
+
+Validation: the sorted list of validation samples is cut into ``world_size`` contiguous
+shards whose sizes differ by at most one; no sample is padded or repeated, so the union of
+the shards is every validation image exactly once for any world size.
+"""
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+from dataclasses import dataclass, field
+from typing import Any, Callable, Iterable, Optional
+
+import numpy as np
+
+from ..errors import DataError
+
+log = logging.getLogger("resnest_train.data")
+
+# AlexNet's PCA of ImageNet RGB pixels (values in [0, 1]); used by the `lighting` noise.
+PCA_EIGVAL = np.array([0.2175, 0.0188, 0.0045], dtype=np.float32)
+PCA_EIGVEC = np.array([[-0.5675, 0.7192, 0.4009],
+                       [-0.5808, -0.0045, -0.8140],
+                       [-0.5836, -0.6948, 0.4203]], dtype=np.float32)
+
+# Pad value of AutoAugment's geometric ops (rotate, shear) in both backends.
+AUTOAUGMENT_FILL = 128
+
+
+@dataclass
+class Loaders:
+    """What ``build_loaders`` returns; see the package docstring for the contract."""
+
+    train: Any
+    val: Any
+    val_images: int
+    classes: list[str]
+    backend: str
+    bad_images_at_start: int = 0
+    _counters: list = field(default_factory=list, repr=False)
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.classes)
+
+    @property
+    def bad_images(self) -> int:
+        """Unreadable files skipped: found by the pre-scan plus any met while reading."""
+        return self.bad_images_at_start + sum(int(getattr(c, "bad_images", 0)) for c in self._counters)
+
+
+def train_steps(n: int, batch_size: int, world_size: int) -> int:
+    return n // (batch_size * world_size)
+
+
+def check_enough(n: int, batch_size: int, world_size: int, what: str) -> int:
+    steps = train_steps(n, batch_size, world_size)
+    if steps < 1:
+        raise DataError(
+            f"The training set ({what}) has {n} images, fewer than one global batch of "
+            f"{batch_size} x {world_size} processes = {batch_size * world_size}; every rank must get "
+            f"at least one full batch per epoch. Lower train.batch_size or add images.")
+    return steps
+
+
+def epoch_indices(n: int, batch_size: int, rank: int, world_size: int, seed: int, epoch: int) -> np.ndarray:
+    """This rank's sample indices for one epoch, in order: ``steps * batch_size`` of them."""
+    steps = train_steps(n, batch_size, world_size)
+    perm = np.random.default_rng([int(seed) & 0xFFFFFFFF, int(epoch), 0x5EED]).permutation(n)
+    per_rank = steps * batch_size
+    return perm[rank * per_rank:(rank + 1) * per_rank]
+
+
+def val_shard(n: int, rank: int, world_size: int) -> tuple[int, int]:
+    """[start, end) of this rank's contiguous validation shard; sizes differ by at most one."""
+    return (n * rank) // world_size, (n * (rank + 1)) // world_size
+
+
+def sample_seed(seed: int, epoch: int, index: int) -> int:
+    """A 63-bit seed that is a pure function of (seed, epoch, sample index)."""
+    ss = np.random.SeedSequence([int(seed) & 0xFFFFFFFF, int(epoch), int(index), 0xA06])
+    return int(ss.generate_state(2, dtype=np.uint64)[0] >> np.uint64(1))
+
+
+def stream_seed(*parts: int) -> int:
+    """A 31-bit seed for a random stream (DALI pipelines accept int32 seeds)."""
+    ss = np.random.SeedSequence([int(p) & 0xFFFFFFFF for p in parts])
+    return int(ss.generate_state(1, dtype=np.uint32)[0] & 0x7FFFFFFF)
+
+
+def lighting_offset(gen_normal: Callable[[], np.ndarray], std: float) -> np.ndarray:
+    """AlexNet PCA lighting: an RGB offset (in [0, 1] pixel units) from three N(0, std) draws."""
+    alpha = gen_normal() * std
+    return (PCA_EIGVEC @ (alpha * PCA_EIGVAL)).astype(np.float32)
+
+
+def eval_sizes(train_crop: int, eval_crop: Optional[int], eval_ratio: float) -> tuple[int, int]:
+    """(short side to resize to, centre crop) for evaluation."""
+    crop = int(eval_crop or train_crop)
+    if not (0 < eval_ratio <= 1):
+        raise DataError(f"data.eval_ratio must be in (0, 1], got {eval_ratio}: eval resizes the short "
+                        f"side to eval_crop / eval_ratio (0.875 for a 224 crop).")
+    return int(round(crop / eval_ratio)), crop
+
+
+def fingerprint(items: Iterable[str]) -> str:
+    h = hashlib.sha1()
+    for item in items:
+        h.update(item.encode("utf-8", "surrogateescape"))
+        h.update(b"\0")
+    return h.hexdigest()
+
+
+def log_once(msg: str) -> None:
+    """One line for the user (rank 0 only when running under torchrun)."""
+    if int(os.environ.get("RANK", "0")) == 0:
+        log.warning(msg)

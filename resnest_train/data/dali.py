@@ -1,0 +1,385 @@
+"""The DALI backend: file reader, ROI decoding and augmentation in DALI pipelines.
+
+One pipeline definition per split serves both devices. ``data.dali.device: gpu`` decodes
+with ``mixed`` (nvJPEG plus the hardware JPEG decoder, ``data.dali.hw_decoder_load``) and
+runs every later operator on the GPU of this rank (``device_id`` = the torch device's
+index); ``cpu`` decodes with libjpeg-turbo and runs CPU operators with ``device_id=None``
+(no GPU needed); ``auto`` is gpu when torch sees CUDA.
+
+Train pipeline: ``fn.readers.file`` over this rank's file list for the epoch ->
+``fn.decoders.image_random_crop`` (region-of-interest decoding at ``rrc_scale`` /
+``rrc_ratio``) -> ``fn.resize`` to ``train_crop`` (bilinear, antialiased) -> AutoAugment ->
+colour jitter (``fn.color_twist``) -> ``fn.crop_mirror_normalize`` (random mirror, mean/std;
+the PCA lighting offset is folded into a per-sample mean). The AutoAugment policy is
+torchvision's ``AutoAugmentPolicy.IMAGENET`` table (25 sub-policies, 10 magnitude bins,
+the same magnitude ranges) built with ``nvidia.dali.auto_aug``; DALI's own ``image_net``
+policy is a different table (the TF "v0" one), so it is not used.
+
+Epoch order: the same epoch plan as the other backends (see ``common.py``). Each epoch
+writes this rank's ordered list of files to a ``file_list`` and builds a fresh pipeline
+whose seed is a function of (seed, epoch, rank); the reader does not shuffle (the order is
+already shuffled) and the list has exactly ``steps * batch_size`` entries, so the
+sharding is exact and every rank runs ``steps`` steps.
+
+Mid-epoch resume: ``set_epoch(e, start_step=k)`` rebuilds epoch ``e``'s pipeline and runs
+(and discards) its first ``k`` batches before yielding, so it yields bit-identical batches
+to steps ``k..`` of an uninterrupted epoch (DALI's random operators are seeded per
+pipeline and deterministic regardless of thread count; on the GPU, decoder rounding can
+differ between the hardware and CUDA JPEG decoders, the random choices do not). The cost
+is decoding ``k`` batches again, about ``k / steps`` of an epoch's data time.
+
+Validation: this rank's contiguous shard in a file list read in order with
+``pad_last_batch=True``; the padded copies in the last batch are cut off here, so every
+image counts once.
+
+Unreadable files: DALI cannot skip a file at run time. A failure stops with a DataError
+naming the file (found from DALI's message or by checking the files of the failing
+batches). With ``data.skip_bad_images: true`` the pre-scan removes bad files before the
+pipelines are built; a file that fails anyway is added to the scan's skip list and the
+error says to run the same command again (resume picks up the checkpoint).
+"""
+from __future__ import annotations
+
+import atexit
+import os
+import re
+import shutil
+import tempfile
+import warnings
+from typing import Optional
+
+import numpy as np
+import torch
+
+from ..errors import DataError
+from .common import AUTOAUGMENT_FILL, PCA_EIGVAL, PCA_EIGVEC, check_enough, epoch_indices, eval_sizes, \
+    stream_seed, train_steps, val_shard
+from .imagenet import Split, add_bad_image, check_image
+
+import nvidia.dali.fn as fn  # noqa: E402
+import nvidia.dali.types as types  # noqa: E402
+from nvidia.dali import pipeline_def  # noqa: E402
+
+
+# ---------------------------------------------------------------------------------------
+# AutoAugment: torchvision's ImageNet policy, expressed with DALI's auto_aug building blocks
+# ---------------------------------------------------------------------------------------
+
+_POLICY = None
+
+
+def _posterize_mask(removed_bits):
+    # torchvision keeps 8 - round(m * 4 / 9) bits at magnitude bin m; the bin's value here is
+    # m * 4 / 9, so round it and clear that many low bits.
+    n = int(np.clip(np.round(removed_bits), 0, 8))
+    return np.array(np.uint8(255) ^ np.uint8((1 << n) - 1), dtype=np.uint8)
+
+
+def torchvision_imagenet_policy():
+    """torchvision's AutoAugmentPolicy.IMAGENET as a DALI auto_aug Policy (built once)."""
+    global _POLICY
+    if _POLICY is not None:
+        return _POLICY
+    import torchvision.transforms as T
+    from nvidia.dali.auto_aug import augmentations as A
+    from nvidia.dali.auto_aug.core import Policy, augmentation
+
+    @augmentation(mag_range=(0, 4), mag_to_param=_posterize_mask, param_device="auto", name="posterize_tv")
+    def posterize(data, mask):
+        return data & mask
+
+    @augmentation(name="equalize_tv")
+    def equalize(data, _):
+        return fn.equalize(data)
+
+    ops = {
+        # name: (DALI augmentation, torchvision magnitude range of the 10 bins, signed)
+        "ShearX": A.shear_x.augmentation(mag_range=(0, 0.3), randomly_negate=True),
+        "ShearY": A.shear_y.augmentation(mag_range=(0, 0.3), randomly_negate=True),
+        "Rotate": A.rotate.augmentation(mag_range=(0, 30), randomly_negate=True),
+        "Brightness": A.brightness.augmentation(mag_range=(0, 0.9), randomly_negate=True),
+        "Color": A.color.augmentation(mag_range=(0, 0.9), randomly_negate=True),
+        "Contrast": A.contrast.augmentation(mag_range=(0, 0.9), randomly_negate=True),
+        "Sharpness": A.sharpness.augmentation(mag_range=(0, 0.9), randomly_negate=True),
+        "Posterize": posterize,
+        "Solarize": A.solarize.augmentation(mag_range=(255, 0)),  # threshold linspace(255, 0, 10)
+        "AutoContrast": A.auto_contrast,
+        "Equalize": equalize,
+        "Invert": A.invert,
+    }
+    table = T.AutoAugment(T.AutoAugmentPolicy.IMAGENET).policies
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the table has one p=0 entry, which DALI warns about
+        _POLICY = Policy("torchvision_imagenet", num_magnitude_bins=10,
+                         sub_policies=[[(ops[name], p, mag) for name, p, mag in sub] for sub in table])
+    return _POLICY
+
+
+# ---------------------------------------------------------------------------------------
+# Pipelines (module level: DALI's conditionals need the source file)
+# ---------------------------------------------------------------------------------------
+
+@pipeline_def(enable_conditionals=True)
+def train_pipeline(file_list, file_root, device, crop, area, ratio, hflip, autoaugment, jitter, lighting,
+                   mean, std, layout, hw_decoder_load):
+    jpegs, labels = fn.readers.file(file_list=file_list, file_root=file_root, random_shuffle=False,
+                                    name="Reader")
+    decoder_args = {"hw_decoder_load": hw_decoder_load} if device == "gpu" else {}
+    images = fn.decoders.image_random_crop(jpegs, device="mixed" if device == "gpu" else "cpu",
+                                           output_type=types.RGB, random_area=area, random_aspect_ratio=ratio,
+                                           num_attempts=10, **decoder_args)
+    images = fn.resize(images, size=[crop, crop], interp_type=types.INTERP_LINEAR, antialias=True)
+    if autoaugment:
+        from nvidia.dali.auto_aug.auto_augment import apply_auto_augment
+        images = apply_auto_augment(torchvision_imagenet_policy(), images, fill_value=AUTOAUGMENT_FILL,
+                                    interp_type=types.INTERP_LINEAR)
+    if jitter > 0:
+        lo, hi = max(0.0, 1.0 - jitter), 1.0 + jitter
+        images = fn.color_twist(images, brightness=fn.random.uniform(range=[lo, hi]),
+                                contrast=fn.random.uniform(range=[lo, hi]),
+                                saturation=fn.random.uniform(range=[lo, hi]))
+    mean255 = types.Constant(np.asarray(mean, dtype=np.float32) * 255.0)
+    if lighting > 0:
+        # offset_c = sum_j eigvec[c, j] * alpha_j * eigval_j, folded into the mean: (x + o - m) = (x - (m - o))
+        a = fn.random.normal(shape=[3], stddev=lighting) * types.Constant(PCA_EIGVAL)
+        offset = (a[0] * types.Constant(PCA_EIGVEC[:, 0]) + a[1] * types.Constant(PCA_EIGVEC[:, 1])
+                  + a[2] * types.Constant(PCA_EIGVEC[:, 2]))
+        mean255 = mean255 - offset * 255.0
+    mirror = fn.random.coin_flip(probability=0.5) if hflip else 0
+    images = fn.crop_mirror_normalize(images, dtype=types.FLOAT, output_layout=layout, mirror=mirror,
+                                      mean=mean255, std=[s * 255.0 for s in std])
+    return images, labels
+
+
+@pipeline_def
+def val_pipeline(file_list, file_root, device, short, crop, mean, std, layout, hw_decoder_load):
+    jpegs, labels = fn.readers.file(file_list=file_list, file_root=file_root, random_shuffle=False,
+                                    pad_last_batch=True, name="Reader")
+    decoder_args = {"hw_decoder_load": hw_decoder_load} if device == "gpu" else {}
+    images = fn.decoders.image(jpegs, device="mixed" if device == "gpu" else "cpu", output_type=types.RGB,
+                               **decoder_args)
+    images = fn.resize(images, resize_shorter=short, interp_type=types.INTERP_LINEAR, antialias=True)
+    images = fn.crop_mirror_normalize(images, crop=(crop, crop), crop_pos_x=0.5, crop_pos_y=0.5,
+                                      dtype=types.FLOAT, output_layout=layout,
+                                      mean=[m * 255.0 for m in mean], std=[s * 255.0 for s in std])
+    return images, labels
+
+
+# ---------------------------------------------------------------------------------------
+# Running pipelines
+# ---------------------------------------------------------------------------------------
+
+def resolve_device(name: str) -> str:
+    if name not in ("auto", "cpu", "gpu"):
+        raise DataError(f"data.dali.device={name!r} is not one of auto, cpu, gpu.")
+    if name == "auto":
+        return "gpu" if torch.cuda.is_available() else "cpu"
+    if name == "gpu" and not torch.cuda.is_available():
+        raise DataError("data.dali.device=gpu needs CUDA, which torch cannot see on this machine; "
+                        "use data.dali.device=cpu (or auto).")
+    return name
+
+
+def _dali_reason(err: Exception) -> str:
+    text = str(err)
+    m = re.search(r"encountered:\s*\n+(.*?)(?:\nC\+\+ context|\nCurrent pipeline|$)", text, re.S)
+    reason = (m.group(1) if m else text).strip().splitlines()
+    return reason[0][:300] if reason else "DALI error"
+
+
+class _Runner:
+    """Runs one DALI pipeline and turns its outputs into torch tensors on the target device."""
+
+    def __init__(self, pipe, dali_device: str, device: torch.device, channels_last: bool):
+        self.pipe, self.dali_device, self.device, self.channels_last = pipe, dali_device, device, channels_last
+        pipe.build()
+
+    def run(self):
+        return self.pipe.run()
+
+    def to_torch(self, outputs, keep: Optional[int] = None):
+        from nvidia.dali.plugin.pytorch import feed_ndarray
+        images, labels = outputs
+        if self.dali_device == "gpu":
+            images = images.as_tensor()
+            dev = self.device
+            x = torch.empty(images.shape(), dtype=torch.float32, device=dev)
+            feed_ndarray(images, x, cuda_stream=torch.cuda.current_stream(dev))
+        else:
+            images = images.as_tensor()
+            x = torch.empty(images.shape(), dtype=torch.float32,
+                            pin_memory=self.device.type == "cuda")
+            feed_ndarray(images, x)
+        y = torch.from_numpy(np.asarray(labels.as_tensor()).reshape(-1).astype(np.int64))
+        if keep is not None:
+            x, y = x[:keep], y[:keep]
+        if self.channels_last:
+            x = x.permute(0, 3, 1, 2)  # NHWC memory = channels_last NCHW
+        nb = self.device.type == "cuda"
+        return x.to(self.device, non_blocking=nb), y.to(self.device, non_blocking=nb)
+
+
+def _write_list(path: str, split: Split, indices) -> None:
+    with open(path, "w") as f:
+        for i in indices:
+            f.write(f"{split.files[i]} {int(split.labels[i])}\n")
+
+
+class _Base:
+    def __init__(self, cfg, split: Split, batch_size: int, device: torch.device, dali_device: str,
+                 channels_last: bool, tmpdir: str):
+        self.cfg, self.split, self.batch_size = cfg, split, batch_size
+        self.device, self.dali_device, self.channels_last = device, dali_device, channels_last
+        self.tmpdir = tmpdir
+        self.layout = "HWC" if channels_last else "CHW"
+        self.bad_images = 0
+
+    def _pipe_kwargs(self, seed: int) -> dict:
+        dev = self.dali_device
+        device_id = (self.device.index if self.device.index is not None else torch.cuda.current_device()) \
+            if dev == "gpu" else None
+        return dict(batch_size=self.batch_size, num_threads=max(1, int(self.cfg.dali.threads)),
+                    device_id=device_id, seed=seed, prefetch_queue_depth=max(1, int(self.cfg.dali.prefetch)))
+
+    def _fail(self, err: Exception, order, first_batch: int) -> DataError:
+        """Turn a DALI failure into a DataError naming the file of batches >= first_batch."""
+        text = str(err)
+        depth = max(1, int(self.cfg.dali.prefetch)) + 1
+        lo = first_batch * self.batch_size
+        candidates = [int(i) for i in order[lo:lo + depth * self.batch_size]]
+        found = None
+        for i in candidates:
+            if self.split.files[i] in text:
+                found = (self.split.files[i], _dali_reason(err))
+                break
+        if found is None:
+            for i in candidates:
+                reason = check_image(self.split.path(i), full=True)
+                if reason:
+                    found = (self.split.files[i], reason)
+                    break
+        if found is None:
+            return DataError(f"DALI failed while reading {self.split.source}: {_dali_reason(err)}. "
+                             f"scripts/prepare_imagenet.py --check ROOT lists unreadable files.")
+        rel, reason = found
+        path = os.path.join(self.split.base, rel)
+        if self.cfg.skip_bad_images:
+            cache = add_bad_image(self.split, rel, reason)
+            return DataError(f"Cannot read the image {path} ({reason}); the pre-scan's cheap checks missed it. "
+                             f"It has been added to the skip list {cache}: run the same command again to "
+                             f"continue without it (resume: auto continues from the last checkpoint).")
+        return DataError(f"Cannot read the image {path} ({reason}). Fix or delete the file "
+                         f"(scripts/prepare_imagenet.py --check ROOT lists every unreadable file), or set "
+                         f"data.skip_bad_images: true to skip unreadable files.")
+
+
+class DaliTrainLoader(_Base):
+    """``len()`` = steps per epoch; ``set_epoch(epoch, start_step)`` before each epoch."""
+
+    def __init__(self, cfg, split, batch_size, rank, world_size, device, dali_device, seed, channels_last,
+                 tmpdir):
+        super().__init__(cfg, split, batch_size, device, dali_device, channels_last, tmpdir)
+        self.rank, self.world_size, self.seed = rank, world_size, int(seed)
+        self.steps = train_steps(len(split), batch_size, world_size)
+        self.epoch, self.start_step = 0, 0
+
+    def __len__(self):
+        return self.steps
+
+    def set_epoch(self, epoch: int, start_step: int = 0) -> None:
+        if not 0 <= start_step <= self.steps:
+            raise ValueError(f"start_step {start_step} outside [0, {self.steps}]")
+        self.epoch, self.start_step = int(epoch), int(start_step)
+
+    def build_pipeline(self, epoch: int):
+        """Epoch ``epoch``'s pipeline (not yet built) and its sample order."""
+        order = epoch_indices(len(self.split), self.batch_size, self.rank, self.world_size, self.seed, epoch)
+        list_path = os.path.join(self.tmpdir, f"train_rank{self.rank}.txt")
+        _write_list(list_path, self.split, order)
+        c = self.cfg
+        pipe = train_pipeline(file_list=list_path, file_root=self.split.base, device=self.dali_device,
+                              crop=int(c.train_crop), area=[float(v) for v in c.rrc_scale],
+                              ratio=[float(v) for v in c.rrc_ratio], hflip=bool(c.hflip),
+                              autoaugment=bool(c.autoaugment), jitter=float(c.color_jitter),
+                              lighting=float(c.lighting), mean=list(c.mean), std=list(c.std), layout=self.layout,
+                              hw_decoder_load=float(c.dali.hw_decoder_load),
+                              **self._pipe_kwargs(stream_seed(self.seed, epoch, self.rank, 0xDA11)))
+        return pipe, order
+
+    def __iter__(self):
+        epoch, start = self.epoch, self.start_step
+        pipe, order = self.build_pipeline(epoch)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", DeprecationWarning)
+            runner = _Runner(pipe, self.dali_device, self.device, self.channels_last)
+        try:
+            for step in range(self.steps):
+                try:
+                    out = runner.run()
+                except RuntimeError as e:
+                    raise self._fail(e, order, step) from None
+                if step >= start:
+                    yield runner.to_torch(out)
+        finally:
+            del runner, pipe
+
+
+class DaliValLoader(_Base):
+    def __init__(self, cfg, split, batch_size, rank, world_size, device, dali_device, channels_last, tmpdir):
+        super().__init__(cfg, split, batch_size, device, dali_device, channels_last, tmpdir)
+        self.start, self.end = val_shard(len(split), rank, world_size)
+        self.n = self.end - self.start
+        self.batches = -(-self.n // batch_size)
+        self.rank = rank
+        self._runner = None
+        self._pos = 0  # batches consumed in the reader's current pass
+
+    def __len__(self):
+        return self.batches
+
+    def _build(self):
+        list_path = os.path.join(self.tmpdir, f"val_rank{self.rank}.txt")
+        _write_list(list_path, self.split, range(self.start, self.end))
+        short, crop = eval_sizes(self.cfg.train_crop, self.cfg.eval_crop, self.cfg.eval_ratio)
+        c = self.cfg
+        pipe = val_pipeline(file_list=list_path, file_root=self.split.base, device=self.dali_device, short=short,
+                            crop=crop, mean=list(c.mean), std=list(c.std), layout=self.layout,
+                            hw_decoder_load=float(c.dali.hw_decoder_load), **self._pipe_kwargs(0))
+        self._runner = _Runner(pipe, self.dali_device, self.device, self.channels_last)
+
+    def __iter__(self):
+        if self.n == 0:
+            return
+        if self._runner is None:
+            self._build()
+        order = np.arange(self.start, self.end)
+        while self._pos % self.batches:  # an earlier pass was abandoned: realign to a pass start
+            self._run(order)
+        for b in range(self.batches):
+            out = self._run(order)
+            keep = self.n - b * self.batch_size if b == self.batches - 1 else None
+            yield self._runner.to_torch(out, keep)
+
+    def _run(self, order):
+        try:
+            out = self._runner.run()
+        except RuntimeError as e:
+            self._runner = None
+            raise self._fail(e, order, self._pos % self.batches) from None
+        self._pos += 1
+        return out
+
+
+def build(cfg, train: Split, val: Split, batch_size: int, rank: int, world_size: int, device: torch.device,
+          seed: int, channels_last: bool):
+    check_enough(len(train), batch_size, world_size, train.source)
+    dali_device = resolve_device(cfg.dali.device)
+    if dali_device == "gpu" and device.type != "cuda":
+        raise DataError(f"data.dali.device=gpu puts batches on the GPU but the trainer runs on {device}; "
+                        f"use data.dali.device=cpu.")
+    tmpdir = tempfile.mkdtemp(prefix="resnest_dali_")
+    atexit.register(shutil.rmtree, tmpdir, True)
+    train_loader = DaliTrainLoader(cfg, train, batch_size, rank, world_size, device, dali_device, seed,
+                                   channels_last, tmpdir)
+    val_loader = DaliValLoader(cfg, val, batch_size, rank, world_size, device, dali_device, channels_last, tmpdir)
+    return train_loader, val_loader

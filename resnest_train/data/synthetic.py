@@ -1,0 +1,84 @@
+"""The synthetic backend: random tensors for benchmarks and smoke tests, no files.
+
+``data.synthetic.train_images`` / ``val_images`` / ``num_classes`` size the fake dataset.
+Images are generated on the target device from ``(seed, epoch, rank, step)``; a batch is a
+pure function of those, so ``set_epoch(e, start_step=k)`` resumes bit-identically. To keep
+data time near zero, a small pool of batches is generated once and each step picks one by
+a hash of (epoch, step); the labels are regenerated per step.
+"""
+from __future__ import annotations
+
+import torch
+
+from ..errors import DataError
+from .common import check_enough, stream_seed, train_steps, val_shard
+
+POOL = 4
+
+
+class _Pool:
+    def __init__(self, batch_size, crop, device, channels_last, seed):
+        g = torch.Generator(device="cpu").manual_seed(seed)
+        shape = (POOL, batch_size, 3, crop, crop)
+        pool = torch.randn(shape, generator=g).clamp_(-2.5, 2.5)
+        self.pool = [self._fmt(p, channels_last).to(device) for p in pool]
+
+    @staticmethod
+    def _fmt(x, channels_last):
+        return x.contiguous(memory_format=torch.channels_last) if channels_last else x
+
+
+class SyntheticTrain:
+    def __init__(self, cfg, batch_size, rank, world_size, device, seed, channels_last):
+        n = int(cfg.synthetic.train_images)
+        check_enough(n, batch_size, world_size, "data.synthetic.train_images")
+        self.steps = train_steps(n, batch_size, world_size)
+        self.batch_size, self.rank, self.seed, self.device = batch_size, rank, int(seed), device
+        self.num_classes = int(cfg.synthetic.num_classes)
+        self.pool = _Pool(batch_size, int(cfg.train_crop), device, channels_last, stream_seed(seed, rank, 1)).pool
+        self.epoch, self.start_step = 0, 0
+        self.bad_images = 0
+
+    def __len__(self):
+        return self.steps
+
+    def set_epoch(self, epoch: int, start_step: int = 0) -> None:
+        if not 0 <= start_step <= self.steps:
+            raise ValueError(f"start_step {start_step} outside [0, {self.steps}]")
+        self.epoch, self.start_step = int(epoch), int(start_step)
+
+    def __iter__(self):
+        for step in range(self.start_step, self.steps):
+            s = stream_seed(self.seed, self.epoch, self.rank, step)
+            g = torch.Generator(device="cpu").manual_seed(s)
+            labels = torch.randint(0, self.num_classes, (self.batch_size,), generator=g)
+            yield self.pool[s % POOL], labels.to(self.device)
+
+
+class SyntheticVal:
+    def __init__(self, cfg, batch_size, rank, world_size, device, channels_last):
+        n = int(cfg.synthetic.val_images)
+        self.start, self.end = val_shard(n, rank, world_size)
+        self.batch_size, self.device = batch_size, device
+        self.num_classes = int(cfg.synthetic.num_classes)
+        crop = int(cfg.eval_crop or cfg.train_crop)
+        self.pool = _Pool(batch_size, crop, device, channels_last, stream_seed(rank, 2)).pool
+
+    def __len__(self):
+        return -(-(self.end - self.start) // self.batch_size)
+
+    def __iter__(self):
+        for b, lo in enumerate(range(self.start, self.end, self.batch_size)):
+            k = min(self.batch_size, self.end - lo)
+            g = torch.Generator(device="cpu").manual_seed(lo)
+            labels = torch.randint(0, self.num_classes, (k,), generator=g)
+            yield self.pool[b % POOL][:k], labels.to(self.device)
+
+
+def build(cfg, batch_size, rank, world_size, device, seed, channels_last):
+    if int(cfg.synthetic.num_classes) < 1:
+        raise DataError("data.synthetic.num_classes must be at least 1.")
+    train = SyntheticTrain(cfg, batch_size, rank, world_size, device, seed, channels_last)
+    val = SyntheticVal(cfg, batch_size, rank, world_size, device, channels_last)
+    classes = [f"class_{i}" for i in range(int(cfg.synthetic.num_classes))]
+    return train, val, int(cfg.synthetic.val_images), classes

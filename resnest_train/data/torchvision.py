@@ -1,0 +1,232 @@
+"""The torchvision backend: PIL decoding and torchvision transforms in DataLoader workers.
+
+Determinism: the sampler yields ``(index, epoch)`` keys and every sample seeds torch's RNG
+from ``(seed, epoch, index)`` before its transforms run, so augmentation does not depend on
+which worker ran it or what ran before; ``set_epoch(e, start_step=k)`` therefore yields
+bit-identical batches to steps k.. of an uninterrupted epoch.
+
+Workers return uint8 HWC crops (plus the per-sample lighting offset); the conversion to
+float, lighting and mean/std normalisation happen on the target device in the main
+process, which keeps the workers' CPU time for decoding. Stacking HWC gives channels_last
+for free when asked for.
+
+Unreadable files: with ``data.skip_bad_images: false`` the first one met stops training with
+a DataError naming it. With ``true`` the pre-scan has already removed the bad files it could
+find; a file that still fails to decode is replaced by the next readable sample of the
+dataset and counted in ``loaders.bad_images``.
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from typing import Optional
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset
+
+from ..errors import DataError
+from .common import AUTOAUGMENT_FILL, check_enough, epoch_indices, eval_sizes, lighting_offset, log_once, \
+    sample_seed, train_steps, val_shard
+from .imagenet import Split
+
+
+@dataclass
+class _Bad:
+    path: str
+    reason: str
+
+
+def _hint(path: str) -> str:
+    return (f"Cannot read the image {path}. Fix or delete the file (scripts/prepare_imagenet.py --check "
+            f"ROOT lists every unreadable file), or set data.skip_bad_images: true to skip unreadable files.")
+
+
+def load_rgb(path: str):
+    from PIL import Image
+    with Image.open(path) as im:
+        return im.convert("RGB")  # grayscale, CMYK, palette and RGBA all become RGB
+
+
+def train_transform(cfg):
+    import torchvision.transforms as T
+    ops = [T.RandomResizedCrop(cfg.train_crop, scale=tuple(cfg.rrc_scale), ratio=tuple(cfg.rrc_ratio),
+                               interpolation=T.InterpolationMode.BILINEAR, antialias=True)]
+    if cfg.hflip:
+        ops.append(T.RandomHorizontalFlip())
+    if cfg.autoaugment:
+        ops.append(T.AutoAugment(T.AutoAugmentPolicy.IMAGENET, interpolation=T.InterpolationMode.BILINEAR,
+                                 fill=[AUTOAUGMENT_FILL] * 3))
+    if cfg.color_jitter > 0:
+        s = float(cfg.color_jitter)
+        ops.append(T.ColorJitter(brightness=s, contrast=s, saturation=s))
+    return T.Compose(ops)
+
+
+def eval_transform(cfg):
+    import torchvision.transforms as T
+    short, crop = eval_sizes(cfg.train_crop, cfg.eval_crop, cfg.eval_ratio)
+    return T.Compose([T.Resize(short, interpolation=T.InterpolationMode.BILINEAR, antialias=True),
+                      T.CenterCrop(crop)])
+
+
+def _to_hwc(img) -> torch.Tensor:
+    return torch.from_numpy(np.array(img, dtype=np.uint8, copy=True))
+
+
+class TrainSet(Dataset):
+    def __init__(self, split: Split, cfg, seed: int, skip_bad: bool):
+        self.split, self.seed, self.skip_bad = split, int(seed), skip_bad
+        self.transform = train_transform(cfg)
+        self.lighting = float(cfg.lighting)
+
+    def __len__(self):
+        return len(self.split)
+
+    def _sample(self, key):
+        index, epoch = key
+        bad = ""
+        img = None
+        for attempt in range(len(self.split) if self.skip_bad else 1):
+            i = (index + attempt) % len(self.split)
+            path = self.split.path(i)
+            try:
+                img = load_rgb(path)
+                label = int(self.split.labels[i])
+                break
+            except Exception as e:  # noqa: BLE001 - any decoder failure is a bad file
+                if not self.skip_bad:
+                    return _Bad(path, f"{type(e).__name__}: {e}")
+                bad = bad or path
+        if img is None:
+            return _Bad(self.split.base, "no readable image in the whole split")
+        torch.default_generator.manual_seed(sample_seed(self.seed, epoch, index))
+        img = self.transform(img)
+        off = torch.zeros(3)
+        if self.lighting > 0:
+            off = torch.from_numpy(lighting_offset(lambda: torch.randn(3).numpy(), self.lighting))
+        return _to_hwc(img), label, off, bad
+
+    def __getitem__(self, key):
+        if torch.utils.data.get_worker_info() is None:
+            with torch.random.fork_rng(devices=[]):  # leave the trainer's RNG alone
+                return self._sample(key)
+        return self._sample(key)
+
+
+class EvalSet(Dataset):
+    def __init__(self, split: Split, cfg, start: int, end: int):
+        self.split, self.start, self.end = split, start, end
+        self.transform = eval_transform(cfg)
+
+    def __len__(self):
+        return self.end - self.start
+
+    def __getitem__(self, i):
+        i += self.start
+        path = self.split.path(i)
+        try:
+            img = load_rgb(path)
+        except Exception as e:  # noqa: BLE001
+            return _Bad(path, f"{type(e).__name__}: {e}")
+        return _to_hwc(self.transform(img)), int(self.split.labels[i]), torch.zeros(3), ""
+
+
+def collate(batch):
+    bad = [b for b in batch if isinstance(b, _Bad)]
+    if bad:
+        return bad[0]
+    images = torch.stack([b[0] for b in batch])
+    labels = torch.tensor([b[1] for b in batch], dtype=torch.int64)
+    offs = torch.stack([b[2] for b in batch])
+    return images, labels, offs, [b[3] for b in batch if b[3]]
+
+
+class EpochBatchSampler:
+    """Batches of ``(index, epoch)`` keys: this rank's share of the epoch plan, from ``start_step``."""
+
+    def __init__(self, n, batch_size, rank, world_size, seed):
+        self.n, self.batch_size, self.rank, self.world_size, self.seed = n, batch_size, rank, world_size, seed
+        self.steps = train_steps(n, batch_size, world_size)
+        self.epoch, self.start_step = 0, 0
+
+    def __len__(self):
+        return self.steps - self.start_step
+
+    def __iter__(self):
+        idx = epoch_indices(self.n, self.batch_size, self.rank, self.world_size, self.seed, self.epoch)
+        for s in range(self.start_step, self.steps):
+            yield [(int(i), self.epoch) for i in idx[s * self.batch_size:(s + 1) * self.batch_size]]
+
+
+class _Normalizer:
+    def __init__(self, cfg, device, channels_last):
+        self.device, self.channels_last = device, channels_last
+        mean = torch.tensor(cfg.mean, dtype=torch.float32).view(1, 3, 1, 1)
+        std = torch.tensor(cfg.std, dtype=torch.float32).view(1, 3, 1, 1)
+        self.scale = (1.0 / (255.0 * std)).to(device)
+        self.mean, self.std = mean.to(device), std.to(device)
+
+    def __call__(self, images, labels, offs):
+        nb = self.device.type == "cuda"
+        x = images.to(self.device, non_blocking=nb).permute(0, 3, 1, 2)  # NCHW view of NHWC memory
+        if not self.channels_last:
+            x = x.contiguous()
+        bias = (offs.to(self.device, non_blocking=nb).view(-1, 3, 1, 1) - self.mean) / self.std
+        x = x.float().mul_(self.scale).add_(bias)
+        return x, labels.to(self.device, non_blocking=nb)
+
+
+class _Loader:
+    def __init__(self, dl, norm, steps_fn):
+        self.dl, self.norm, self._steps_fn = dl, norm, steps_fn
+        self.bad_images = 0
+
+    def __len__(self):
+        return self._steps_fn()
+
+    def __iter__(self):
+        for batch in self.dl:
+            if isinstance(batch, _Bad):
+                raise DataError(_hint(batch.path) + f" ({batch.reason})")
+            images, labels, offs, bad = batch
+            for path in bad:
+                self.bad_images += 1
+                log_once(f"skipped unreadable image {path} (data.skip_bad_images: true)")
+            yield self.norm(images, labels, offs)
+
+
+class TrainLoader(_Loader):
+    """``len()`` = steps per epoch; ``set_epoch(epoch, start_step)`` before each epoch."""
+
+    def __init__(self, dl, norm, sampler: EpochBatchSampler):
+        super().__init__(dl, norm, lambda: sampler.steps)
+        self.sampler = sampler
+
+    def set_epoch(self, epoch: int, start_step: int = 0) -> None:
+        if not 0 <= start_step <= self.sampler.steps:
+            raise ValueError(f"start_step {start_step} outside [0, {self.sampler.steps}]")
+        self.sampler.epoch, self.sampler.start_step = int(epoch), int(start_step)
+
+
+def _loader_kwargs(workers: int, device: torch.device) -> dict:
+    kw = dict(num_workers=workers, collate_fn=collate, pin_memory=device.type == "cuda")
+    if workers > 0:
+        kw.update(persistent_workers=True, prefetch_factor=4)
+    return kw
+
+
+def build(cfg, train: Split, val: Split, batch_size: int, rank: int, world_size: int, device: torch.device,
+          seed: int, channels_last: bool):
+    check_enough(len(train), batch_size, world_size, train.source)
+    norm = _Normalizer(cfg, device, channels_last)
+    workers = max(0, int(cfg.workers))
+    sampler = EpochBatchSampler(len(train), batch_size, rank, world_size, seed)
+    train_dl = DataLoader(TrainSet(train, cfg, seed, cfg.skip_bad_images), batch_sampler=sampler,
+                          **_loader_kwargs(workers, device))
+    start, end = val_shard(len(val), rank, world_size)
+    val_dl = DataLoader(EvalSet(val, cfg, start, end), batch_size=batch_size, shuffle=False, drop_last=False,
+                        **_loader_kwargs(min(workers, max(1, (end - start) // batch_size)) if workers else 0,
+                                         device))
+    n_val_batches = -(-(end - start) // batch_size)
+    return TrainLoader(train_dl, norm, sampler), _Loader(val_dl, norm, lambda: n_val_batches)
