@@ -82,3 +82,22 @@ def barrier() -> None:
 def cleanup() -> None:
     if dist.is_initialized():
         dist.destroy_process_group()
+
+
+def state_checksums(module: torch.nn.Module) -> list[float]:
+    """One number per rank summarising every parameter and buffer, to prove replicas agree."""
+    tensors = [t.detach().double() for t in module.state_dict().values() if t.is_floating_point()]
+    local = sum((i + 1) * (t.sum() + t.square().sum()) for i, t in enumerate(tensors))
+    local = torch.as_tensor(local, dtype=torch.float64, device=tensors[0].device).reshape(1)
+    if not dist.is_initialized():
+        return [local.item()]
+    gathered = [torch.zeros_like(local) for _ in range(dist.get_world_size())]
+    dist.all_gather(gathered, local)
+    return [g.item() for g in gathered]
+
+
+def average_bn_stats(module: torch.nn.Module) -> None:
+    """DDP syncs gradients, not BN running statistics: average those before evaluating or saving."""
+    if dist.is_initialized():
+        from timm.utils import distribute_bn
+        distribute_bn(module, dist.get_world_size(), reduce=True)

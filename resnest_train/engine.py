@@ -25,7 +25,8 @@ from torch import nn
 from . import checkpoint
 from .config import Config, ConfigError, config_to_dict, config_to_yaml
 from .data import build_loaders
-from .distributed import DistInfo, all_reduce_sum, any_rank, barrier, cleanup, init_distributed
+from .distributed import (DistInfo, all_reduce_sum, any_rank, average_bn_stats, barrier, cleanup, init_distributed,
+                          state_checksums)
 from .errors import UserError
 from .models import create_model, dropblock_prob, model_info, set_dropblock_prob
 from .monitor import Monitor, flatten
@@ -464,6 +465,13 @@ def fit(state: TrainState, loaders, plan: Plan, cfg: Config, dist: DistInfo, mon
 
         record = {"epoch": epoch + 1, "train_loss": train_loss, "lr": state.optimizer.param_groups[0]["lr"],
                   "images_per_sec": images_per_sec, "dropblock_prob": drop}
+        if dist.enabled:
+            if not cfg.train.sync_bn:
+                average_bn_stats(state.model)
+            checksums = state_checksums(state.model)
+            record["weight_checksums"] = checksums
+            if len(set(checksums)) > 1:
+                monitor.print(f"warning: model replicas differ across ranks after epoch {epoch + 1}: {checksums}")
         if (epoch + 1) % cfg.train.eval_every == 0 or epoch + 1 == plan.epochs:
             val = evaluate(state.model, loaders.val, dist.device, cfg.train.amp)
             record.update(val_loss=val["loss"], val_top1=val["top1"], val_top5=val["top5"],
@@ -478,8 +486,10 @@ def fit(state: TrainState, loaders, plan: Plan, cfg: Config, dist: DistInfo, mon
 
         state.epoch, state.step_in_epoch, state.loss_sum, state.loss_count = epoch + 1, 0, 0.0, 0
         monitor.epoch_metrics(record)
-        monitor.scalars({f"epoch/{k}": v for k, v in record.items() if k != "epoch"}, epoch + 1)
-        monitor.print(" ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}" for k, v in record.items()))
+        numbers = {k: v for k, v in record.items() if k != "epoch" and isinstance(v, (int, float))}
+        monitor.scalars({f"epoch/{k}": v for k, v in numbers.items()}, epoch + 1)
+        monitor.print(f"epoch {epoch + 1}/{plan.epochs} " + " ".join(
+            f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}" for k, v in numbers.items()))
         if dist.is_main:
             saved = state_dict(state, cfg)
             checkpoint.atomic_save(saved, checkpoint.last_path(out.dir))

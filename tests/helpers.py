@@ -1,0 +1,56 @@
+"""Shared by the tests: run train.py for real, read what a run leaves behind."""
+import glob
+import json
+import os
+import subprocess
+import sys
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+TRAIN = os.path.join(ROOT, "train.py")
+
+# A tiny but real run: resnest14 on 32 px synthetic images, 2 x 4 steps, every step logged.
+TINY = ["model.name=resnest14", "data.backend=synthetic", "data.train_crop=32",
+        "data.synthetic.train_images=64", "data.synthetic.val_images=24", "data.synthetic.num_classes=5",
+        "train.batch_size=8", "train.epochs=2", "optim.warmup_epochs=1", "output.log_every=1",
+        "output.progress=lines", "output.save_every_epochs=1", "output.keep_last=1"]
+
+
+def env():
+    e = dict(os.environ, PYTHONUNBUFFERED="1", OMP_NUM_THREADS="1")
+    e["PYTHONPATH"] = ROOT + os.pathsep + e.get("PYTHONPATH", "")
+    return e
+
+
+def train(*args, check=True, timeout=600):
+    result = subprocess.run([sys.executable, TRAIN, *args], capture_output=True, text=True, cwd=ROOT,
+                            env=env(), timeout=timeout)
+    if check and result.returncode != 0:
+        raise AssertionError(f"train.py exited {result.returncode}\n{result.stdout}\n{result.stderr}")
+    return result
+
+
+def metrics(run_dir):
+    with open(os.path.join(run_dir, "metrics.jsonl")) as f:
+        return [json.loads(line) for line in f]
+
+
+def run_state(run_dir):
+    with open(os.path.join(run_dir, "run_state.json")) as f:
+        return json.load(f)
+
+
+def scalars(path, tag):
+    """{step: value} of one TensorBoard scalar, read with TensorBoard's own event reader.
+
+    `path` is the tb folder or one events file; later values of a step win.
+    """
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+    acc = EventAccumulator(path, size_guidance={"scalars": 0})
+    acc.Reload()
+    if tag not in acc.Tags()["scalars"]:
+        return {}
+    return {e.step: e.value for e in acc.Scalars(tag)}
+
+
+def event_files(run_dir):
+    return sorted(glob.glob(os.path.join(run_dir, "tb", "events.out.tfevents.*")), key=os.path.getmtime)
