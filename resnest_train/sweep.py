@@ -167,7 +167,7 @@ def name_part(short: str, value: Any) -> str:
         text = "none"
     else:
         text = format_value(value)
-    return sanitize(f"{short}-{text}")
+    return sanitize(f"{short}-{sanitize(text)}")
 
 
 def run_names(settings: list[dict], keys: list[str], explicit: list[Optional[str]]) -> list[str]:
