@@ -53,4 +53,13 @@ def scalars(path, tag):
 
 
 def event_files(run_dir):
-    return sorted(glob.glob(os.path.join(run_dir, "tb", "events.out.tfevents.*")), key=os.path.getmtime)
+    """The run's TensorBoard event files, oldest first (their names start with the creation time)."""
+    files = glob.glob(os.path.join(run_dir, "tb", "events.out.tfevents.*"))
+    return sorted(files, key=lambda f: float(os.path.basename(f).split(".")[3]))
+
+
+def scalars_in(files, tag):
+    merged = {}
+    for path in files:
+        merged.update(scalars(path, tag))
+    return merged

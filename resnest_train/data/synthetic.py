@@ -52,7 +52,8 @@ class SyntheticTrain:
             s = stream_seed(self.seed, self.epoch, self.rank, step)
             g = torch.Generator(device="cpu").manual_seed(s)
             labels = torch.randint(0, self.num_classes, (self.batch_size,), generator=g)
-            yield self.pool[s % POOL], labels.to(self.device)
+            # A copy: the trainer's mixup works in place and must not alter the pool.
+            yield self.pool[s % POOL].clone(), labels.to(self.device)
 
 
 class SyntheticVal:
