@@ -63,11 +63,37 @@ def train_transform(cfg):
     return T.Compose(ops)
 
 
+class EvalResizeCrop:
+    """Resize the short side to ``short`` (bilinear, antialiased), then centre-crop ``crop``.
+
+    Rounding follows DALI's ``fn.resize(resize_shorter=...)`` and ``crop_pos=0.5`` so both
+    backends cut the same pixels: the long side is rounded to nearest (torchvision's Resize
+    truncates) and crop offsets round half up (torchvision's CenterCrop rounds half to even).
+    """
+
+    def __init__(self, short: int, crop: int):
+        self.short, self.crop = short, crop
+
+    def __call__(self, img):
+        import torchvision.transforms.functional as F
+        from torchvision.transforms import InterpolationMode
+        w, h = img.size
+        if w <= h:
+            size = [int(h * self.short / w + 0.5), self.short]
+        else:
+            size = [self.short, int(w * self.short / h + 0.5)]
+        img = F.resize(img, size, interpolation=InterpolationMode.BILINEAR, antialias=True)
+        h, w = size
+        c = self.crop
+        if h < c or w < c:
+            return F.center_crop(img, [c, c])  # pads, as torchvision does (only when crop > short side)
+        top, left = (h - c + 1) // 2, (w - c + 1) // 2
+        return img.crop((left, top, left + c, top + c))
+
+
 def eval_transform(cfg):
-    import torchvision.transforms as T
     short, crop = eval_sizes(cfg.train_crop, cfg.eval_crop, cfg.eval_ratio)
-    return T.Compose([T.Resize(short, interpolation=T.InterpolationMode.BILINEAR, antialias=True),
-                      T.CenterCrop(crop)])
+    return EvalResizeCrop(short, crop)
 
 
 def _to_hwc(img) -> torch.Tensor:
