@@ -10,7 +10,8 @@
 ``loaders.train``: ``len()`` is the number of steps per epoch, the same on every rank.
 Each epoch shuffles all training samples with one permutation drawn from ``(seed, epoch)``,
 keeps ``world_size * steps * batch_size`` of them (``steps = n // (world_size *
-batch_size)``) and gives each rank a contiguous block; the remainder, fewer than one global
+batch_size)``); global batch k is the k-th run of ``world_size * batch_size`` of them, split
+between the ranks in order, so it holds the same images for any world size; the remainder, fewer than one global
 batch, is dropped for that epoch only (a different random remainder every epoch). So every
 rank runs exactly ``steps`` full batches and DDP never waits for a rank that ran out.
 ``set_epoch(e, start_step=k)`` yields exactly the batches ``k..steps-1`` that an

@@ -5,8 +5,10 @@ backend reads the files):
 
 * ``steps = n // (world_size * batch_size)`` full batches per rank per epoch.
 * Each epoch draws one global permutation of the ``n`` training samples from
-  ``(seed, epoch)``, keeps its first ``world_size * steps * batch_size`` entries and hands
-  rank ``r`` the ``r``-th contiguous block of ``steps * batch_size``. The remainder
+  ``(seed, epoch)`` and keeps its first ``world_size * steps * batch_size`` entries; global
+  batch ``k`` is the ``k``-th run of ``world_size * batch_size`` of them and rank ``r`` takes
+  the ``r``-th ``batch_size`` of that run, so a global batch holds the same images for any
+  world size with the same global batch. The remainder
   (fewer than ``world_size * batch_size`` samples) is dropped for that epoch only; since
   the permutation changes every epoch, a different random remainder is dropped each time
   and every sample is seen equally often in expectation.
@@ -80,8 +82,10 @@ def epoch_indices(n: int, batch_size: int, rank: int, world_size: int, seed: int
     """This rank's sample indices for one epoch, in order: ``steps * batch_size`` of them."""
     steps = train_steps(n, batch_size, world_size)
     perm = np.random.default_rng([int(seed) & 0xFFFFFFFF, int(epoch), 0x5EED]).permutation(n)
-    per_rank = steps * batch_size
-    return perm[rank * per_rank:(rank + 1) * per_rank]
+    # Global batch k is perm[k*W*B:(k+1)*W*B], rank r taking the r-th B of it: so a global
+    # batch holds the same images whatever the world size, and 2 x 8 computes what 1 x 16 does.
+    kept = perm[:steps * world_size * batch_size].reshape(steps, world_size, batch_size)
+    return kept[:, rank, :].reshape(-1)
 
 
 def val_shard(n: int, rank: int, world_size: int) -> tuple[int, int]:
