@@ -82,7 +82,7 @@ def _draw_shape(draw, shape, cx, cy, r, angle, fill):
         draw.ellipse([cx - r, cy - r, cx + r, cy + r], fill=fill)
     elif shape == "ring":
         draw.ellipse([cx - r, cy - r, cx + r, cy + r], fill=fill)
-        draw.ellipse([cx - 0.55 * r, cy - 0.55 * r, cx + 0.55 * r, cy + 0.55 * r], fill=0 if fill == 255 else None)
+        draw.ellipse([cx - 0.55 * r, cy - 0.55 * r, cx + 0.55 * r, cy + 0.55 * r], fill=0)
     else:
         draw.polygon(_polygon(shape, cx, cy, r, angle), fill=fill)
 
@@ -91,28 +91,40 @@ def _rgb(h, s, v):
     return np.array(colorsys.hsv_to_rgb(h % 1.0, min(max(s, 0), 1), min(max(v, 0), 1)), dtype=np.float32) * 255
 
 
-def _texture(kind, size, rng, c1, c2):
+def _texture(kind, size, rng, c1, c2, scale=None):
+    scale = scale or size
     yy, xx = np.mgrid[0:size, 0:size].astype(np.float32)
     if kind == "solid":
         m = np.zeros((size, size), np.float32)
     elif kind == "stripes":
         a = rng.uniform(0, math.pi)
-        period = rng.uniform(0.09, 0.14) * size
+        period = rng.uniform(0.09, 0.14) * scale
         m = (np.sin((xx * math.cos(a) + yy * math.sin(a)) * 2 * math.pi / period) > 0).astype(np.float32)
     elif kind == "dots":
-        period = rng.uniform(0.1, 0.14) * size
+        period = rng.uniform(0.1, 0.14) * scale
         ox, oy = rng.uniform(0, period, 2)
         dx = ((xx + ox) % period) - period / 2
         dy = ((yy + oy) % period) - period / 2
         m = (dx * dx + dy * dy < (0.28 * period) ** 2).astype(np.float32)
     elif kind == "checker":
-        period = rng.uniform(0.12, 0.18) * size
+        period = rng.uniform(0.12, 0.18) * scale
         a = rng.uniform(0, math.pi / 2)
         u, v = xx * math.cos(a) + yy * math.sin(a), -xx * math.sin(a) + yy * math.cos(a)
         m = ((np.floor(u / period) + np.floor(v / period)) % 2).astype(np.float32)
     else:
         raise ValueError(kind)
     return c1[None, None, :] * (1 - m[..., None]) + c2[None, None, :] * m[..., None]
+
+
+def _paste(canvas, shape, texture, cx, cy, r, angle, c1, c2, rng, alpha=1.0):
+    """Draw one textured shape onto ``canvas`` (only its bounding box is computed)."""
+    from PIL import Image, ImageDraw
+    b = int(math.ceil(2 * r)) + 4
+    x0, y0 = int(cx - b / 2), int(cy - b / 2)
+    mask = Image.new("L", (b, b), 0)
+    _draw_shape(ImageDraw.Draw(mask), shape, cx - x0, cy - y0, r, angle, int(round(255 * alpha)))
+    layer = Image.fromarray(_texture(texture, b, rng, c1, c2, canvas.size[0]).astype(np.uint8))
+    canvas.paste(layer, (x0, y0), mask)
 
 
 def render(spec, size: int, rng: np.random.Generator) -> np.ndarray:
@@ -135,22 +147,17 @@ def render(spec, size: int, rng: np.random.Generator) -> np.ndarray:
         draw.line(list(p), fill=tuple(int(v) for v in _rgb(rng.uniform(), rng.uniform(0.2, 0.9),
                                                              rng.uniform(0.2, 1))), width=int(rng.integers(1, 5)))
     for _ in range(rng.integers(3, 7)):
-        m = Image.new("L", (S, S), 0)
-        _draw_shape(ImageDraw.Draw(m), SHAPES[rng.integers(len(SHAPES))], *rng.uniform(0, S, 2),
-                    rng.uniform(0.06, 0.2) * S, rng.uniform(0, 2 * math.pi), 255)
         col = _rgb(rng.uniform(), rng.uniform(0.3, 1), rng.uniform(0.3, 1))
-        layer = Image.fromarray(_texture(TEXTURES[rng.integers(len(TEXTURES))], S, rng, col,
-                                         col * rng.uniform(0.4, 0.8)).astype(np.uint8))
-        canvas.paste(layer, (0, 0), m.point(lambda v: int(v * 0.8)))
+        _paste(canvas, SHAPES[rng.integers(len(SHAPES))], TEXTURES[rng.integers(len(TEXTURES))],
+               *rng.uniform(0, S, 2), rng.uniform(0.06, 0.2) * S, rng.uniform(0, 2 * math.pi), col,
+               col * rng.uniform(0.4, 0.8), rng, alpha=0.8)
     # the class object
     r = rng.uniform(0.17, 0.36) * S
     cx, cy = rng.uniform(r * 0.8, S - r * 0.8, 2)
     hue = COLOURS[colour] + rng.uniform(-0.045, 0.045)
     c1 = _rgb(hue, rng.uniform(0.6, 1.0), rng.uniform(0.55, 1.0))
     c2 = c1 * rng.uniform(0.3, 0.55) if rng.uniform() < 0.5 else 255 - (255 - c1) * rng.uniform(0.25, 0.5)
-    mask = Image.new("L", (S, S), 0)
-    _draw_shape(ImageDraw.Draw(mask), shape, cx, cy, r, rng.uniform(0, 2 * math.pi), 255)
-    canvas.paste(Image.fromarray(_texture(texture, S, rng, c1, c2).astype(np.uint8)), (0, 0), mask)
+    _paste(canvas, shape, texture, cx, cy, r, rng.uniform(0, 2 * math.pi), c1, c2, rng)
     img = np.asarray(canvas.resize((size, size), Image.BILINEAR, reducing_gap=None)).astype(np.float32)
     # global photometric jitter and sensor noise
     img = (img - 128) * rng.uniform(0.75, 1.2) + 128 + rng.uniform(-20, 20)
