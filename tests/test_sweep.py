@@ -353,6 +353,19 @@ def test_cpu_smoke_sweep_end_to_end(tmp_path):
         assert saved["model"]["radix"] == int(r["model.radix"]) and saved["output"]["dir"] == f"runs/cpu_smoke/{r['run']}"
     assert "| radix1 | 1 | finished | 1/1 |" in (root / "summary.md").read_text()
 
+    # `tensorboard --logdir <root>` sees both runs side by side, each with its hparams
+    from tensorboard.backend.event_processing.event_multiplexer import EventMultiplexer
+    from tensorboard.plugins.hparams import plugin_data_pb2
+    tb = EventMultiplexer()
+    tb.AddRunsFromDirectory(str(root))
+    tb.Reload()
+    radix = {}
+    for run, tags in tb.PluginRunToTagToContent("hparams").items():
+        data = plugin_data_pb2.HParamsPluginData.FromString(tags["_hparams_/session_start_info"])
+        radix[run] = data.session_start_info.hparams["model.radix"].number_value
+    assert radix == {"radix1/tb": 1.0, "radix2/tb": 2.0}
+    assert all("epoch/train_loss" in tb.Runs()[run]["scalars"] for run in radix)
+
     # the same command again: both runs are finished, nothing is launched or rewritten
     before = {p: os.stat(p).st_mtime_ns for p in root.glob("*/*") if p.is_file()}
     start = time.monotonic()
