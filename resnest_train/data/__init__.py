@@ -72,20 +72,23 @@ def resolve_backend(name: str) -> str:
 
 
 def _skip_bad(cfg, train, val):
-    from .imagenet import find_bad_images
+    """Drop the files the (cached) pre-scan finds unreadable; one log line for all of them."""
     import numpy as np
-    removed = 0
-    out = []
+    from .imagenet import find_bad_images
+    out, counts, lists = [], [], []
     for split in (train, val):
         bad, cache = find_bad_images(split, workers=0)
         if bad:
             keep = np.asarray([i for i, f in enumerate(split.files) if f not in bad], dtype=np.int64)
-            log_once(f"data.skip_bad_images: skipping {len(bad)} unreadable {split.name} image(s) of "
-                     f"{len(split)} (list: {cache})")
             split = split.subset(keep)
-            removed += len(bad)
+            lists.append(cache)
+        counts.append(len(bad))
         out.append(split)
-    return out[0], out[1], removed
+    if sum(counts):
+        log_once(f"data.skip_bad_images: skipping {sum(counts)} unreadable image(s): {counts[0]} of "
+                 f"{len(out[0]) + counts[0]} train, {counts[1]} of {len(out[1]) + counts[1]} val "
+                 f"(list: {', '.join(lists)})")
+    return out[0], out[1], sum(counts)
 
 
 def build_loaders(cfg, batch_size: int, rank: int = 0, world_size: int = 1,

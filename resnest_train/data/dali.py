@@ -92,6 +92,11 @@ def torchvision_imagenet_policy():
     def equalize(data, _):
         return fn.equalize(data)
 
+    @augmentation(mag_range=(0, 0.9), randomly_negate=True, mag_to_param=A.sharpness_kernel, param_device="auto",
+                  name="sharpness_tv")
+    def sharpness(data, kernel):
+        return fn.filter(data, kernel)  # DALI's own sharpness calls the deprecated experimental alias
+
     ops = {
         # name: (DALI augmentation, torchvision magnitude range of the 10 bins, signed)
         "ShearX": A.shear_x.augmentation(mag_range=(0, 0.3), randomly_negate=True),
@@ -100,7 +105,7 @@ def torchvision_imagenet_policy():
         "Brightness": A.brightness.augmentation(mag_range=(0, 0.9), randomly_negate=True),
         "Color": A.color.augmentation(mag_range=(0, 0.9), randomly_negate=True),
         "Contrast": A.contrast.augmentation(mag_range=(0, 0.9), randomly_negate=True),
-        "Sharpness": A.sharpness.augmentation(mag_range=(0, 0.9), randomly_negate=True),
+        "Sharpness": sharpness,
         "Posterize": posterize,
         "Solarize": A.solarize.augmentation(mag_range=(255, 0)),  # threshold linspace(255, 0, 10)
         "AutoContrast": A.auto_contrast,

@@ -30,7 +30,7 @@ from typing import Iterable, Optional, Sequence
 import numpy as np
 
 from ..errors import DataError
-from .common import fingerprint, log_once
+from .common import fingerprint, log
 
 IMG_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".ppm", ".pgm", ".pbm", ".pnm", ".tif", ".tiff", ".webp")
 SCAN_VERSION = 1
@@ -395,8 +395,8 @@ def find_bad_images(split: Split, workers: int = 0) -> tuple[dict[str, str], str
                     return data["bad"], path
             rank0 = int(os.environ.get("RANK", "0")) == 0
             if rank0:
-                log_once(f"data.skip_bad_images: checking the {len(split)} {split.name} images once "
-                         f"(header and end-of-file checks); the result is cached")
+                log.info("data.skip_bad_images: checking the %d %s images once (header and end-of-file "
+                         "checks); the result is cached", len(split), split.name)
             bad = check_files(split.base, split.files, workers, desc=f"checking {split.name} images",
                               progress=rank0)
             return bad, save_scan(split, bad, full=False)
