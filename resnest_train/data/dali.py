@@ -255,7 +255,7 @@ class _Base:
         found = None
         for i in candidates:
             if self.split.files[i] in text:
-                found = (self.split.files[i], _dali_reason(err))
+                found = (self.split.files[i], check_image(self.split.path(i), full=True) or _dali_reason(err))
                 break
         if found is None:
             for i in candidates:

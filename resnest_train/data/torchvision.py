@@ -37,9 +37,10 @@ class _Bad:
     reason: str
 
 
-def _hint(path: str) -> str:
-    return (f"Cannot read the image {path}. Fix or delete the file (scripts/prepare_imagenet.py --check "
-            f"ROOT lists every unreadable file), or set data.skip_bad_images: true to skip unreadable files.")
+def _hint(path: str, reason: str) -> str:
+    return (f"Cannot read the image {path} ({reason}). Fix or delete the file (scripts/prepare_imagenet.py "
+            f"--check ROOT lists every unreadable file), or set data.skip_bad_images: true to skip unreadable "
+            f"files.")
 
 
 def load_rgb(path: str):
@@ -214,7 +215,7 @@ class _Loader:
     def __iter__(self):
         for batch in self.dl:
             if isinstance(batch, _Bad):
-                raise DataError(_hint(batch.path) + f" ({batch.reason})")
+                raise DataError(_hint(batch.path, batch.reason))
             images, labels, offs, bad = batch
             for path in bad:
                 self.bad_images += 1
