@@ -136,6 +136,10 @@ def check_device_options(cfg: Config, device: torch.device) -> None:
     if cfg.train.amp == "fp16" and device.type != "cuda":
         raise ConfigError("Config key 'train.amp' is fp16, which needs a CUDA GPU (its grad scaler and fast "
                           "kernels are GPU-only). On the CPU use train.amp=bf16 or none.")
+    if cfg.train.sync_bn and device.type != "cuda":
+        raise ConfigError("Config key 'train.sync_bn' is true, but PyTorch's SyncBatchNorm runs only on GPUs. "
+                          "Set train.sync_bn=false on the CPU (BN statistics are then per process and "
+                          "averaged across ranks before each evaluation).")
     if (cfg.train.mixup_alpha > 0 or cfg.train.cutmix_alpha > 0) and cfg.train.batch_size % 2:
         raise ConfigError(f"Config key 'train.batch_size' is {cfg.train.batch_size}; mixup/cutmix pair each "
                           "batch with its reverse and need an even per-process batch. Use an even batch size "

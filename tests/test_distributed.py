@@ -11,9 +11,10 @@ import torch
 
 from helpers import ROOT, TINY, TRAIN, env, metrics, train
 
-# Mixup pairs images inside each process's batch, so it is off here; SyncBN makes the batch
-# statistics global, so 2 x 8 images compute what 1 x 16 does up to float summation order.
-EXACT = TINY + ["train.mixup_alpha=0", "train.sync_bn=true"]
+# Real JPEGs through the torchvision backend, whose global batches hold the same images for any
+# world size. Mixup pairs images inside each process's batch, so it is off here.
+def exact(root):
+    return TINY + ["data.backend=torchvision", f"data.root={root}", "data.workers=0", "train.mixup_alpha=0"]
 
 
 def free_port():
@@ -38,9 +39,9 @@ def final_weights(run_dir):
 
 
 @pytest.fixture(scope="module")
-def two_process_run(tmp_path_factory):
+def two_process_run(tmp_path_factory, demo_root):
     out = str(tmp_path_factory.mktemp("ddp"))
-    finish(torchrun(*EXACT, f"output.dir={out}", extra=["--standalone"]))
+    finish(torchrun(*exact(demo_root), f"output.dir={out}", extra=["--standalone"]))
     return out
 
 
@@ -52,24 +53,29 @@ def test_two_processes_keep_identical_replicas(two_process_run):
         assert r["val_images"] == 24  # 12 per rank, each image once
 
 
-def test_two_processes_match_one_process_with_the_same_global_batch(two_process_run, tmp_path):
+def test_two_processes_match_one_process_with_the_same_global_batch(two_process_run, demo_root, tmp_path):
+    # One process accumulating 2 x 8 sees the same images and the same BatchNorm groups of 8 as
+    # two processes of 8: the training losses agree up to float summation order (rel 1e-5).
+    # BN running statistics do not: one process updates them twice per step, two processes once
+    # each and average them, so after 8 steps the validation loss agrees only to 10%.
     single = str(tmp_path / "single")
-    train(*EXACT, "train.batch_size=16", f"output.dir={single}")
+    train(*exact(demo_root), "train.accum_steps=2", f"output.dir={single}")
     two, one = metrics(two_process_run), metrics(single)
-    for a, b in zip(two, one):  # tolerance: float summation order in all-reduce and SyncBN
-        assert a["train_loss"] == pytest.approx(b["train_loss"], rel=1e-4)
-        assert a["val_loss"] == pytest.approx(b["val_loss"], rel=1e-4)
+    assert len(two) == len(one) == 2
+    for a, b in zip(two, one):
+        assert a["train_loss"] == pytest.approx(b["train_loss"], rel=1e-5)
+        assert a["val_loss"] == pytest.approx(b["val_loss"], rel=0.1)
         assert a["lr"] == pytest.approx(b["lr"], rel=1e-9)
     wa, wb = final_weights(two_process_run), final_weights(single)
     for k in wa:
-        if wa[k].is_floating_point():
-            torch.testing.assert_close(wa[k], wb[k], rtol=1e-3, atol=1e-4)
+        if wa[k].is_floating_point() and "running_" not in k:
+            torch.testing.assert_close(wa[k], wb[k], rtol=1e-4, atol=1e-6)
 
 
-def test_two_nodes_as_two_torchrun_agents(two_process_run, tmp_path):
+def test_two_nodes_as_two_torchrun_agents(two_process_run, demo_root, tmp_path):
     out = str(tmp_path / "nodes")
     port = free_port()
-    agents = [torchrun(*EXACT, f"output.dir={out}", nproc=1,
+    agents = [torchrun(*exact(demo_root), f"output.dir={out}", nproc=1,
                        extra=["--nnodes=2", f"--node_rank={rank}", "--master_addr=127.0.0.1", f"--master_port={port}"])
               for rank in (0, 1)]
     for agent in agents:
@@ -80,9 +86,9 @@ def test_two_nodes_as_two_torchrun_agents(two_process_run, tmp_path):
     assert all(torch.equal(wa[k], wb[k]) for k in wa)
 
 
-def test_sigkilled_worker_is_restarted_and_the_run_resumes(two_process_run, tmp_path):
+def test_sigkilled_worker_is_restarted_and_the_run_resumes(two_process_run, demo_root, tmp_path):
     out = str(tmp_path / "killed")
-    agent = torchrun(*EXACT, f"output.dir={out}", "output.save_every_steps=2",
+    agent = torchrun(*exact(demo_root), f"output.dir={out}", "output.save_every_steps=2",
                      extra=["--standalone", "--max-restarts=1"])
     last = os.path.join(out, "checkpoints", "last.pth")
     deadline = time.time() + 300
