@@ -344,31 +344,32 @@ def load_sweep(path: str, extra_overrides: list[str] = ()) -> Sweep:
 
 
 def check(sweep: Sweep) -> None:
-    """Load every run's config the way train.py will, and build its model on the meta
-    device: a bad key, value or architecture fails here, before any run starts."""
-    models = None
+    """Load every run's config the way train.py will, then build each distinct model on the
+    meta device: a bad key, value or architecture fails here, before any run starts."""
+    configs = []
     for i, run in enumerate(sweep.runs):
         try:
-            cfg = load_config(sweep.config, override_args(run))
+            configs.append(load_config(sweep.config, override_args(run)))
         except ConfigError as e:
             raise SweepError(f"Run {i + 1} '{run.name}' of sweep {sweep.file} has a bad config: {e}") from None
-        if models is None:
-            import torch  # noqa: F401  (only once the configs are known to load)
-            from . import models
-        _check_model(cfg, models, f"Run {i + 1} '{run.name}' of sweep {sweep.file}")
+    import torch  # only now: every config loaded, so a bad key failed fast
 
+    from . import models
 
-def _check_model(cfg, models, where: str) -> None:
-    import torch
-
-    m = cfg.model
-    arch = {k: getattr(m, k) for k in models.resnest.ARCH_KEYS
-            if getattr(m, k, None) is not None}
-    try:
-        with torch.device("meta"):
-            models.create_model(m.name, **arch)
-    except (KeyError, ValueError) as e:
-        raise SweepError(f"{where} has a bad model: config key 'model': {e}") from None
+    built = set()
+    for i, (run, cfg) in enumerate(zip(sweep.runs, configs)):
+        m = cfg.model
+        arch = {k: getattr(m, k) for k in models.resnest.ARCH_KEYS if getattr(m, k, None) is not None}
+        key = (m.name, tuple(sorted(arch.items())))
+        if key in built:
+            continue
+        try:
+            with torch.device("meta"):
+                models.create_model(m.name, **arch)
+        except (KeyError, ValueError) as e:
+            raise SweepError(f"Run {i + 1} '{run.name}' of sweep {sweep.file} has a bad model: "
+                             f"config key 'model': {e}") from None
+        built.add(key)
 
 
 # ---------------------------------------------------------------------------------------

@@ -373,4 +373,5 @@ def test_cpu_smoke_sweep_end_to_end(tmp_path):
     assert again.returncode == 0, again.stderr
     assert "[1/2] radix1: finished, skipped" in again.stdout and "[2/2] radix2: finished, skipped" in again.stdout
     assert {p: os.stat(p).st_mtime_ns for p in root.glob("*/*") if p.is_file()} == before
-    assert time.monotonic() - start < 30
+    assert "launch.sh" not in again.stdout  # no run was started
+    assert time.monotonic() - start < 60  # a check of the configs, no training
