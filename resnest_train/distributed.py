@@ -53,8 +53,13 @@ def init_distributed(dist_cfg, device_preference: str) -> DistInfo:
         if backend == "nccl" and device.type != "cuda":
             raise UserError("Config key 'dist.backend' is 'nccl' but training runs on the CPU; "
                             "use dist.backend=gloo (or auto).")
-        dist.init_process_group(backend=backend, init_method="env://", rank=rank, world_size=world_size,
-                                timeout=datetime.timedelta(minutes=dist_cfg.timeout_min),
+        timeout = datetime.timedelta(minutes=dist_cfg.timeout_min)
+        store, _, _ = next(dist.rendezvous("env://", rank, world_size, timeout=timeout))
+        # torchrun keeps its store across elastic restarts: without a per-attempt prefix a
+        # restarted worker can read a dead worker's address and fail to connect (seen with gloo).
+        attempt = os.environ.get("TORCHELASTIC_RESTART_COUNT", "0")
+        dist.init_process_group(backend=backend, store=dist.PrefixStore(f"resnest_train/attempt_{attempt}", store),
+                                rank=rank, world_size=world_size, timeout=timeout,
                                 device_id=device if device.type == "cuda" else None)
     return DistInfo(rank=rank, local_rank=local_rank, world_size=world_size, device=device)
 
