@@ -343,9 +343,10 @@ def load_sweep(path: str, extra_overrides: list[str] = ()) -> Sweep:
                  runs=runs, varying_keys=keys)
 
 
-def check(sweep: Sweep) -> None:
+def check(sweep: Sweep) -> dict[str, int]:
     """Load every run's config the way train.py will, then build each distinct model on the
-    meta device: a bad key, value or architecture fails here, before any run starts."""
+    meta device: a bad key, value or architecture fails here, before any run starts.
+    Returns each run's train.epochs."""
     configs = []
     for i, run in enumerate(sweep.runs):
         try:
@@ -370,6 +371,7 @@ def check(sweep: Sweep) -> None:
             raise SweepError(f"Run {i + 1} '{run.name}' of sweep {sweep.file} has a bad model: "
                              f"config key 'model': {e}") from None
         built.add(key)
+    return {run.name: cfg.train.epochs for run, cfg in zip(sweep.runs, configs)}
 
 
 # ---------------------------------------------------------------------------------------
@@ -419,6 +421,15 @@ def run_state(run: Run, status: Optional[dict] = None) -> str:
     if exit_code not in (None, 0):
         return "preempted" if exit_code in (143, 130, 129) else "failed"
     return "running" if state == "running" else "pending"
+
+
+def is_done(run: Run, status: Optional[dict] = None, epochs: Optional[int] = None) -> bool:
+    """Finished, with at least the ``epochs`` its config asks for now (when given): a sweep
+    whose train.epochs went up launches its runs again and they train on."""
+    if run_state(run, status) != "finished":
+        return False
+    done = (_read_json(os.path.join(run.output_dir, "run_state.json")) or {}).get("epoch")
+    return epochs is None or not isinstance(done, int) or done >= epochs
 
 
 def summary_rows(sweep: Sweep) -> list[dict]:
@@ -510,13 +521,16 @@ def _write_atomic(path: str, text: str) -> None:
     os.replace(tmp, path)
 
 
-def plan_text(sweep: Sweep, launch_sh: Optional[str] = None) -> str:
+def plan_text(sweep: Sweep, launch_sh: Optional[str] = None, epochs: Optional[dict] = None) -> str:
     """What --dry-run prints: each run, its state and its command."""
     status = read_status(sweep.root)
     lines = [f"Sweep {sweep.name}: {len(sweep.runs)} run(s) of {sweep.config} under {sweep.root}"]
     for i, run in enumerate(sweep.runs, 1):
         state = run_state(run, status)
-        action = "skip (finished)" if state == "finished" else ("resume" if state != "pending" else "start")
+        if is_done(run, status, (epochs or {}).get(run.name)):
+            action = "skip (finished)"
+        else:
+            action = "start" if state == "pending" else "resume"
         lines.append(f"[{i}/{len(sweep.runs)}] {run.name}: {state}, would {action}")
         lines.append("    " + shlex.join(launch_argv(sweep, run, launch_sh)))
     return "\n".join(lines) + "\n"
@@ -534,8 +548,9 @@ def _record(root: str, name: str, exit_code: int, seconds: float) -> None:
 
 
 def run_sweep(sweep: Sweep, launch_sh: Optional[str] = None, env: Optional[dict] = None,
-              echo: Callable[[str], None] = print) -> int:
+              echo: Callable[[str], None] = print, epochs: Optional[dict] = None) -> int:
     """Launch the runs that are not finished, one after another; write the summary.
+    ``epochs``: each run's train.epochs (from ``check``), so a longer schedule is resumed.
 
     Returns 0 when every run finished, 1 when any failed (the others still ran), 143
     (or 130) when the sweep itself was told to stop: the run in progress gets the signal,
@@ -561,7 +576,7 @@ def run_sweep(sweep: Sweep, launch_sh: Optional[str] = None, env: Optional[dict]
         for i, run in enumerate(sweep.runs, 1):
             if stop["signal"] is not None:
                 break
-            if run_state(run, read_status(sweep.root)) == "finished":
+            if is_done(run, read_status(sweep.root), (epochs or {}).get(run.name)):
                 echo(f"[{i}/{total}] {run.name}: finished, skipped")
                 continue
             argv = launch_argv(sweep, run, launch_sh)

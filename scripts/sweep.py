@@ -42,15 +42,15 @@ def main(argv=None) -> int:
             print(sw.markdown(sweep, rows), end="")
             print(f"Summary: {csv_path}, {md_path}", file=sys.stderr)
             return 0
-        sw.check(sweep)
+        epochs = sw.check(sweep)
         if args.print:
             for run in sweep.runs:
                 print(shlex.join(sw.launch_argv(sweep, run)))
             return 0
         if args.dry_run:
-            print(sw.plan_text(sweep), end="")
+            print(sw.plan_text(sweep, epochs=epochs), end="")
             return 0
-        return sw.run_sweep(sweep)
+        return sw.run_sweep(sweep, epochs=epochs)
     except UserError as e:
         print(f"error: {e}", file=sys.stderr)
         return e.exit_code

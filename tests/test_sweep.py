@@ -269,7 +269,7 @@ def test_bad_key_is_rejected_before_any_run_starts(tmp_path, fake_trainer):
 def test_failed_run_does_not_stop_the_sweep_and_rerun_skips_finished(tmp_path, fake_trainer):
     env, log = fake_trainer
     root = tmp_path / "sw"
-    path = write_sweep(tmp_path / "s.yaml", {"base": BASE, "overrides": {"output.dir": str(root)},
+    path = write_sweep(tmp_path / "s.yaml", {"base": BASE, "overrides": {"output.dir": str(root), "train.epochs": 2},
                                              "grid": {"train.seed": [13, 2]}})
     result = sweep_cli(path, cwd=tmp_path, env=env)
     assert result.returncode == 1, result.stdout + result.stderr
@@ -329,6 +329,14 @@ def test_summary_states_from_what_runs_wrote(tmp_path):
     assert [r["state"] for r in rows] == ["finished", "running", "failed", "failed", "pending"]
     assert rows[0]["best_val_top1"] == "12.5" and rows[0]["epoch"] == "1" and rows[0]["epochs"] == "3"
     assert "| seed5 | 5 | pending | - | - | - | - |" in result.stdout
+    # finished means: as many epochs as the config asks for now
+    first = sweep.runs[0]
+    assert sw.is_done(first) and sw.is_done(first, epochs=1) and not sw.is_done(first, epochs=3)
+    assert not sw.is_done(sweep.runs[1], epochs=1)
+    result = sweep_cli(path, "train.epochs=1", "--dry-run", cwd=tmp_path)
+    assert "[1/5] seed1: finished, would skip (finished)" in result.stdout
+    assert "[2/5] seed2: running, would resume" in result.stdout
+    assert "[5/5] seed5: pending, would start" in result.stdout
 
 
 # ---------------------------------------------------------------------------------------
