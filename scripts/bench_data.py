@@ -1,0 +1,194 @@
+#!/usr/bin/env python
+"""Loader throughput: training images/s of each backend over a folder of JPEGs.
+
+    python scripts/benchmark.py data                       # generated ImageNet-sized JPEGs, 2 workers
+    python scripts/bench_data.py --root /data/imagenet --workers 8 --batch 128 --device cuda
+
+Each backend reads the same files with the same number of worker processes (torchvision
+DataLoader) or threads (DALI), runs the training transforms (RandomResizedCrop at --crop,
+flip, mean/std; AutoAugment off and on) and delivers float batches on --device. A repeat is
+one epoch; the rate counts images after the first batch of the epoch (the start-up latency
+is reported separately) and the medians over --repeats are reported. Without --root, about
+ImageNet-like JPEGs (500x375, quality 90, ~100 KB with a photo-like spectrum) are generated
+into a temporary folder.
+"""
+import argparse
+import io
+import os
+import shutil
+import statistics
+import sys
+import tempfile
+import time
+
+import numpy as np
+
+
+def photo_like(rng, w=500, h=375):
+    """An RGB image with a roughly 1/f spectrum and sensor noise: JPEG-codes like a photo (~100 KB)."""
+    from PIL import Image
+    img = np.zeros((h, w, 3), np.float32)
+    for s, amp in ((4, 50), (16, 35), (64, 30), (250, 40)):
+        low = rng.normal(0, 1, (max(2, h * s // w), s, 3)).astype(np.float32)
+        low = ((low - low.min()) / (np.ptp(low) + 1e-6) * 255).astype(np.uint8)
+        img += (np.asarray(Image.fromarray(low).resize((w, h), Image.BICUBIC), np.float32) / 255 - 0.5) * 2 * amp
+    img += 120 + rng.normal(0, 20, img.shape)
+    return np.clip(img, 0, 255).astype(np.uint8)
+
+
+def make_jpegs(root, images, classes=8, quality=90, seed=0):
+    """ImageNet layout under ``root`` (train/ and a one-image-per-class val/)."""
+    from PIL import Image
+    rng = np.random.default_rng(seed)
+    total = 0
+    for split, n in (("train", images), ("val", classes)):
+        for c in range(classes):
+            os.makedirs(os.path.join(root, split, f"n{c:08d}"), exist_ok=True)
+        for i in range(n):
+            w, h = (500, 375) if i % 4 else (375, 500)
+            buf = io.BytesIO()
+            Image.fromarray(photo_like(rng, w, h)).save(buf, "JPEG", quality=quality)
+            total += buf.tell()
+            with open(os.path.join(root, split, f"n{i % classes:08d}", f"img_{i:06d}.JPEG"), "wb") as f:
+                f.write(buf.getvalue())
+    return total / (images + classes)
+
+
+def cpu_seconds():
+    """CPU time (user + system) of this process, all its threads, and its live child processes."""
+    t = os.times()
+    total = t.user + t.system
+    tick = os.sysconf("SC_CLK_TCK")
+    me = os.getpid()
+    for pid in os.listdir("/proc"):
+        if not pid.isdigit():
+            continue
+        try:
+            with open(f"/proc/{pid}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[1]) == me:  # ppid
+            total += (int(fields[11]) + int(fields[12])) / tick
+    return total
+
+
+def build(root, backend, args, autoaugment):
+    import torch
+    from resnest_train.config import DataConfig
+    from resnest_train.data import build_loaders
+    cfg = DataConfig(root=root, backend=backend, workers=args.workers, train_crop=args.crop,
+                     autoaugment=autoaugment)
+    cfg.dali.threads = args.workers
+    cfg.dali.device = args.dali_device
+    return build_loaders(cfg, batch_size=args.batch, device=torch.device(args.device), seed=0)
+
+
+def one_epoch(loaders, epoch, device):
+    """(images/s after the first batch, seconds to the first batch, CPU seconds per image)."""
+    import torch
+    loaders.train.set_epoch(epoch)
+    t0 = time.perf_counter()
+    it = iter(loaders.train)
+    next(it)
+    t1, c1 = time.perf_counter(), cpu_seconds()
+    n = 0
+    for x, _ in it:
+        n += x.shape[0]
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+    t2, c2 = time.perf_counter(), cpu_seconds()
+    return n / (t2 - t1), t1 - t0, (c2 - c1) / n
+
+
+def measure_all(root, backends, args, autoaugment):
+    """Epochs of the backends interleaved (so a busy machine slows all alike); medians per backend."""
+    loaders = {b: build(root, b, args, autoaugment) for b in backends}
+    runs = {b: [] for b in backends}
+    for rep in range(args.repeats + 1):  # epoch 0 warms the page cache and starts the workers
+        for b in backends:
+            r = one_epoch(loaders[b], rep, args.device)
+            if rep > 0:
+                runs[b].append(r)
+    out = {}
+    for b in backends:
+        rates, lat, cpu = zip(*runs[b])
+        out[b] = {"images_per_sec": round(statistics.median(rates), 1), "runs": [round(r, 1) for r in rates],
+                  "first_batch_s": round(statistics.median(lat), 3),
+                  "cpu_ms_per_image": round(1000 * statistics.median(cpu), 2)}
+    loaders.clear()
+    return out
+
+
+def add_arguments(p):
+    p.add_argument("--root", help="dataset in ImageNet layout (default: generate JPEGs into a temp folder)")
+    p.add_argument("--images", type=int, default=640, help="images to generate without --root")
+    p.add_argument("--batch", type=int, default=64)
+    p.add_argument("--workers", type=int, default=2, help="DataLoader workers = DALI threads")
+    p.add_argument("--crop", type=int, default=224)
+    p.add_argument("--repeats", type=int, default=3, help="timed epochs per setting (median reported)")
+    p.add_argument("--backends", default="torchvision,dali")
+    p.add_argument("--autoaugment", default="off,on", help="off, on or off,on")
+    p.add_argument("--device", default="cpu", help="where batches are delivered (cpu or cuda)")
+    p.add_argument("--dali-device", default="cpu", help="DALI operators: cpu or gpu (mixed decode)")
+
+
+def run(args):
+    import logging
+    import warnings
+    warnings.simplefilter("ignore", DeprecationWarning)
+    logging.getLogger("resnest_train.data").setLevel(logging.ERROR)
+    tmp = None
+    root = args.root
+    result = {"workers": args.workers, "batch": args.batch, "crop": args.crop, "device": args.device,
+              "dali_device": args.dali_device, "cpu_count": os.cpu_count(), "results": {}}
+    try:
+        if not root:
+            tmp = tempfile.mkdtemp(prefix="bench_data_")
+            root = tmp
+            t = time.time()
+            avg = make_jpegs(root, args.images)
+            result["generated"] = {"images": args.images, "size": "500x375 / 375x500", "quality": 90,
+                                   "avg_kb": round(avg / 1e3, 1)}
+            print(f"generated {args.images} JPEGs (avg {avg / 1e3:.0f} KB) in {time.time() - t:.1f} s",
+                  file=sys.stderr)
+        result["root"] = args.root or "(generated)"
+        backends = args.backends.split(",")
+        for aa in args.autoaugment.split(","):
+            row = measure_all(root, backends, args, aa == "on")
+            for backend in backends:
+                r = row[backend]
+                print(f"autoaugment {aa:3s} {backend:12s} {r['images_per_sec']:8.1f} images/s "
+                      f"(runs {r['runs']}, first batch {r['first_batch_s']} s, "
+                      f"{r['cpu_ms_per_image']} CPU ms/image)", file=sys.stderr)
+            if "dali" in row and "torchvision" in row:
+                row["dali_vs_torchvision"] = round(row["dali"]["images_per_sec"]
+                                                   / row["torchvision"]["images_per_sec"], 2)
+                row["cpu_ratio_torchvision_vs_dali"] = round(row["torchvision"]["cpu_ms_per_image"]
+                                                             / row["dali"]["cpu_ms_per_image"], 2)
+                print(f"autoaugment {aa:3s} DALI / torchvision = {row['dali_vs_torchvision']:.2f}x images/s, "
+                      f"{row['cpu_ratio_torchvision_vs_dali']:.2f}x less CPU per image", file=sys.stderr)
+            result["results"][f"autoaugment_{aa}"] = row
+    finally:
+        if tmp:
+            shutil.rmtree(tmp, ignore_errors=True)
+    return result
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_arguments(p)
+    p.add_argument("--json", help="also write the results here")
+    args = p.parse_args()
+    res = run(args)
+    import json
+    print(json.dumps(res, indent=1))
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(res, f, indent=1)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    sys.exit(main())
