@@ -51,6 +51,7 @@ LAUNCH_KEYS = ("nproc", "nnodes", "node_rank", "master_addr", "master_port", "rd
                "rdzv_endpoint", "rdzv_id", "max_restarts")
 STATES = ("finished", "failed", "preempted", "running", "pending")
 LAUNCH_SH = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "launch.sh")
+STOPPED_CODES = (143, 130, 129, -15, -2, -1)  # exit after SIGTERM / SIGINT / SIGHUP
 STATUS_FILE = "sweep_status.json"  # the sweep's own record: each run's last launch exit code
 
 
@@ -419,7 +420,7 @@ def run_state(run: Run, status: Optional[dict] = None) -> str:
     if state in ("finished", "failed", "preempted"):
         return state
     if exit_code not in (None, 0):
-        return "preempted" if exit_code in (143, 130, 129) else "failed"
+        return "preempted" if exit_code in STOPPED_CODES else "failed"
     return "running" if state == "running" else "pending"
 
 
@@ -548,13 +549,14 @@ def _record(root: str, name: str, exit_code: int, seconds: float) -> None:
 
 
 def run_sweep(sweep: Sweep, launch_sh: Optional[str] = None, env: Optional[dict] = None,
-              echo: Callable[[str], None] = print, epochs: Optional[dict] = None) -> int:
+              echo: Optional[Callable[[str], None]] = None, epochs: Optional[dict] = None) -> int:
     """Launch the runs that are not finished, one after another; write the summary.
     ``epochs``: each run's train.epochs (from ``check``), so a longer schedule is resumed.
 
     Returns 0 when every run finished, 1 when any failed (the others still ran), 143
     (or 130) when the sweep itself was told to stop: the run in progress gets the signal,
     checkpoints, and the sweep stops after it."""
+    echo = echo or (lambda text: print(text, flush=True))  # in order with the runs' output
     env = dict(os.environ if env is None else env)
     env.setdefault("PYTHON", sys.executable)  # launch.sh runs train.py with this interpreter
     os.makedirs(sweep.root, exist_ok=True)
@@ -585,17 +587,12 @@ def run_sweep(sweep: Sweep, launch_sh: Optional[str] = None, env: Optional[dict]
             # one process group with us: a terminal's Ctrl-C or a scheduler's group signal
             # reaches launch.sh directly; a signal sent to this process alone is passed on
             child["proc"] = subprocess.Popen(argv, env=env)
-            while True:
-                try:
-                    code = child["proc"].wait()
-                    break
-                except InterruptedError:  # pragma: no cover  (PEP 475 retries for us)
-                    continue
+            code = child["proc"].wait()
             child["proc"] = None
             _record(sweep.root, run.name, code, time.monotonic() - start)
             state = run_state(run, read_status(sweep.root))
             if code != 0 or state != "finished":
-                if stop["signal"] is not None or code in (143, 130, 129):
+                if stop["signal"] is not None or code in STOPPED_CODES:
                     echo(f"[{i}/{total}] {run.name}: stopped (exit {code}); run the sweep again to resume")
                     stop["signal"] = stop["signal"] or signal.SIGTERM
                 else:
