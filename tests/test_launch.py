@@ -212,6 +212,29 @@ def test_sigterm_reaches_the_workers_and_exits_143(tmp_path, bin_dir):
     assert (tmp_path / "argv.0.term").exists() and (tmp_path / "argv.1.term").exists()
 
 
+def test_max_restarts_restarts_a_killed_worker(tmp_path, bin_dir):
+    script = tmp_path / "dies_once.py"
+    script.write_text(textwrap.dedent("""\
+        import os, signal, sys
+        attempt = os.environ["TORCHELASTIC_RESTART_COUNT"]
+        if attempt == "0" and os.environ["RANK"] == "1":
+            os.kill(os.getpid(), signal.SIGKILL)
+        open(os.path.join(sys.argv[-1].split("=", 1)[1], f"rank{os.environ['RANK']}.attempt{attempt}"), "w").close()
+    """))
+    env = {"TRAIN_PY": str(script), "PYTHON": sys.executable}
+    result = launch("--nproc", "2", "--max-restarts", "1", "c.yaml", f"output.dir={tmp_path}", bin_dir=bin_dir,
+                    env=env, timeout=120)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert {"rank0.attempt1", "rank1.attempt1"} <= set(os.listdir(tmp_path))
+    assert "rank1.attempt0" not in os.listdir(tmp_path)
+    # without restarts the same death fails the launch
+    for name in os.listdir(tmp_path):
+        if name.startswith("rank"):
+            os.remove(tmp_path / name)
+    result = launch("--nproc", "2", "c.yaml", f"output.dir={tmp_path}", bin_dir=bin_dir, env=env, timeout=120)
+    assert result.returncode != 0 and "rank1.attempt1" not in os.listdir(tmp_path)
+
+
 # ---------------------------------------------------------------------------------------
 # The real train.py: 2 CPU processes (gloo)
 # ---------------------------------------------------------------------------------------
