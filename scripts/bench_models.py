@@ -48,6 +48,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--channels-last", action="store_true", help="both models and input NHWC")
     parser.add_argument("--modes", default="train,eval", help="comma list of train, eval")
+    parser.add_argument("--timer", choices=("wall", "cpu"), default="wall",
+                        help="wall clock, or this process's CPU time (robust to other load on a "
+                             "shared machine; use with --threads 1, CPU only)")
     parser.add_argument("--json", action="store_true", help="print the result dict as JSON")
 
 
@@ -72,15 +75,16 @@ def _step_fn(model: torch.nn.Module, x: torch.Tensor, mode: str) -> Callable[[],
     return step
 
 
-def _time(step: Callable[[], None], steps: int, warmup: int, device: torch.device) -> float:
+def _time(step: Callable[[], None], steps: int, warmup: int, device: torch.device,
+          clock: Callable[[], float]) -> float:
     for _ in range(warmup):
         step()
     _sync(device)
-    t = time.perf_counter()
+    t = clock()
     for _ in range(steps):
         step()
     _sync(device)
-    return time.perf_counter() - t
+    return clock() - t
 
 
 def run(args: argparse.Namespace) -> Dict:
@@ -89,6 +93,9 @@ def run(args: argparse.Namespace) -> Dict:
     if args.threads:
         torch.set_num_threads(args.threads)
     device = torch.device(args.device)
+    if args.timer == "cpu" and device.type != "cpu":
+        raise SystemExit("--timer cpu measures CPU time: use it with --device cpu")
+    clock = time.process_time if args.timer == "cpu" else time.perf_counter
     torch.manual_seed(0)
     ref = timm.create_model(TIMM_NAMES[args.model])
     ours = create_model(args.model)
@@ -103,7 +110,7 @@ def run(args: argparse.Namespace) -> Dict:
         model=args.model, timm_model=TIMM_NAMES[args.model], device=str(device),
         torch=torch.__version__, timm=timm.__version__, threads=torch.get_num_threads(),
         batch=args.batch, img_size=args.img_size, steps=args.steps, repeats=args.repeats,
-        channels_last=bool(args.channels_last),
+        channels_last=bool(args.channels_last), timer=args.timer,
     )
     for mode in [m.strip() for m in args.modes.split(",") if m.strip()]:
         if mode not in ("train", "eval"):
@@ -113,7 +120,7 @@ def run(args: argparse.Namespace) -> Dict:
         for r in range(args.repeats):
             order = ("ours", "timm") if r % 2 == 0 else ("timm", "ours")
             for name in order:
-                times[name].append(_time(steps[name], args.steps, args.warmup, device))
+                times[name].append(_time(steps[name], args.steps, args.warmup, device, clock))
         ips = {k: args.batch * args.steps / statistics.median(v) for k, v in times.items()}
         result[mode] = dict(
             ours_img_s=round(ips["ours"], 2), timm_img_s=round(ips["timm"], 2),
@@ -126,7 +133,8 @@ def run(args: argparse.Namespace) -> Dict:
 def _print(result: Dict) -> None:
     print(f"{result['model']} vs timm {result['timm_model']} | device {result['device']} | "
           f"threads {result['threads']} | batch {result['batch']} | {result['img_size']}px | "
-          f"channels_last {result['channels_last']} | median of {result['repeats']} repeats x "
+          f"channels_last {result['channels_last']} | {result['timer']} time | "
+          f"median of {result['repeats']} repeats x "
           f"{result['steps']} steps")
     for mode in ("train", "eval"):
         if mode in result:

@@ -428,3 +428,46 @@ def test_dropblock_ramp_under_torch_compile_does_not_recompile():
     assert torch._dynamo.utils.counters["stats"]["unique_graphs"] == 1
     assert rates[0] < rates[3] < rates[1] < rates[2]  # the buffer value is used
     torch._dynamo.reset()
+
+
+# --------------------------------------------------------------------------------------
+# Memory layout
+# --------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("name", ["resnest50_fast_4s2x40d", "resnest14", "resnest50_fast_1s4x24d"])
+def test_channels_last_keeps_the_layout(name):
+    torch.manual_seed(0)
+    m = create_model(name, num_classes=10, layers=(1, 1, 1, 1)).eval()
+    cl = create_model(name, num_classes=10, layers=(1, 1, 1, 1)).eval()
+    cl.load_state_dict(m.state_dict())
+    cl.to(memory_format=torch.channels_last)
+    splat_out = []
+    cl.layer2[0].conv2.register_forward_hook(lambda mod, i, o: splat_out.append(o))
+    x = torch.randn(2, 3, 64, 64)
+    with torch.no_grad():
+        y, y_cl = m(x), cl(x.contiguous(memory_format=torch.channels_last))
+    # The split-attention output stays channels_last: no layout conversion before conv3.
+    assert splat_out[0].is_contiguous(memory_format=torch.channels_last)
+    torch.testing.assert_close(y_cl, y, rtol=1e-5, atol=1e-5 * y.abs().max().item())
+
+
+def test_channels_last_train_step_matches_nchw_exactly_in_float64():
+    """Same loss and gradients from both layouts. float64: in float32 a random net in train
+    mode (BN over a few values) amplifies rounding differences of the conv kernels of the
+    two layouts to percent-level gradient differences, timm's model included."""
+    torch.manual_seed(0)
+    m = create_model("resnest50_fast_4s2x40d", num_classes=10, zero_init_last=False,
+                     layers=(1, 1, 1, 1)).double().train()
+    cl = create_model("resnest50_fast_4s2x40d", num_classes=10, zero_init_last=False,
+                      layers=(1, 1, 1, 1)).double().train()
+    cl.load_state_dict(m.state_dict())
+    cl.to(memory_format=torch.channels_last)
+    x = torch.randn(4, 3, 32, 32, dtype=torch.float64)
+    y, y_cl = m(x), cl(x.contiguous(memory_format=torch.channels_last))
+    torch.testing.assert_close(y_cl, y, rtol=1e-10, atol=1e-12)
+    y.square().sum().backward()
+    y_cl.square().sum().backward()
+    for (n, p), p_cl in zip(m.named_parameters(), cl.parameters()):
+        # fc1.bias feeds a train-mode BN: its true gradient is 0, what is left is rounding.
+        atol = 1e-8 if n.endswith("fc1.bias") else 1e-10 * p.grad.abs().max().item()
+        torch.testing.assert_close(p_cl.grad, p.grad, rtol=1e-8, atol=atol, msg=n)

@@ -133,7 +133,8 @@ class Bottleneck(nn.Module):
         out = self.act2(self.drop2(self.bn2(self.conv2(out))))
         out = self.avd_last(out)
         out = self.drop3(self.bn3(self.conv3(out)))
-        return self.act3(out + self.downsample(x))
+        out += self.downsample(x)  # in place: neither bn3 nor DropBlock needs its output for backward
+        return self.act3(out)
 
 
 def _downsample(in_chs: int, out_chs: int, stride: int, avg_down: bool) -> nn.Sequential:
