@@ -73,8 +73,36 @@ def cpu_seconds():
     return total
 
 
+class _Reference:
+    """The classic torchvision recipe, for comparison: ImageFolder + ToTensor/Normalize in the workers."""
+
+    def __init__(self, root, args, autoaugment):
+        import torch
+        import torchvision.transforms as T
+        from torchvision.datasets import ImageFolder
+        ops = [T.RandomResizedCrop(args.crop), T.RandomHorizontalFlip()]
+        if autoaugment:
+            ops.append(T.AutoAugment(T.AutoAugmentPolicy.IMAGENET))
+        ops += [T.ToTensor(), T.Normalize([0.485, 0.456, 0.406], [0.229, 0.224, 0.225])]
+        ds = ImageFolder(os.path.join(root, "train"), T.Compose(ops))
+        self.device = torch.device(args.device)
+        self.dl = torch.utils.data.DataLoader(ds, batch_size=args.batch, shuffle=True, drop_last=True,
+                                              num_workers=args.workers, persistent_workers=args.workers > 0,
+                                              pin_memory=self.device.type == "cuda")
+        self.train = self
+
+    def set_epoch(self, epoch, start_step=0):
+        pass
+
+    def __iter__(self):
+        for x, y in self.dl:
+            yield x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
+
+
 def build(root, backend, args, autoaugment):
     import torch
+    if backend == "torchvision-reference":
+        return _Reference(root, args, autoaugment)
     from resnest_train.config import DataConfig
     from resnest_train.data import build_loaders
     cfg = DataConfig(root=root, backend=backend, workers=args.workers, train_crop=args.crop,
@@ -127,7 +155,9 @@ def add_arguments(p):
     p.add_argument("--workers", type=int, default=2, help="DataLoader workers = DALI threads")
     p.add_argument("--crop", type=int, default=224)
     p.add_argument("--repeats", type=int, default=3, help="timed epochs per setting (median reported)")
-    p.add_argument("--backends", default="torchvision,dali")
+    p.add_argument("--backends", default="torchvision,dali,torchvision-reference",
+                   help="torchvision and dali are this project's backends; torchvision-reference is the "
+                        "classic ImageFolder + ToTensor/Normalize DataLoader")
     p.add_argument("--autoaugment", default="off,on", help="off, on or off,on")
     p.add_argument("--device", default="cpu", help="where batches are delivered (cpu or cuda)")
     p.add_argument("--dali-device", default="cpu", help="DALI operators: cpu or gpu (mixed decode)")
@@ -168,6 +198,11 @@ def run(args):
                                                              / row["dali"]["cpu_ms_per_image"], 2)
                 print(f"autoaugment {aa:3s} DALI / torchvision = {row['dali_vs_torchvision']:.2f}x images/s, "
                       f"{row['cpu_ratio_torchvision_vs_dali']:.2f}x less CPU per image", file=sys.stderr)
+            if "dali" in row and "torchvision-reference" in row:
+                row["dali_vs_reference"] = round(row["dali"]["images_per_sec"]
+                                                 / row["torchvision-reference"]["images_per_sec"], 2)
+                print(f"autoaugment {aa:3s} DALI / classic torchvision DataLoader = "
+                      f"{row['dali_vs_reference']:.2f}x images/s", file=sys.stderr)
             result["results"][f"autoaugment_{aa}"] = row
     finally:
         if tmp:
