@@ -1,19 +1,17 @@
 """Split attention (SplAt), the ResNeSt block's 3x3 conv.
 
 Module names and shapes follow the official release (conv, bn0, fc1, bn1, fc2), so its
-weights load unchanged. Radix splits are views of one tensor: no torch.split, which made
-ONNX export fail for users of the official model, and no copies.
+weights load unchanged. Two things differ from the official/timm forward, both for speed
+and neither for the result:
 
-Global pooling is a sum over H, W scaled on the small (B, C, 1, 1) result rather than a
-mean: the mean's backward writes a full-size gradient (expand, then divide), while the
-sum's backward is an expanded view folded into the one gradient accumulation that the
-feature map needs anyway. Measured on CPU, fwd+bwd of the attention ops: 10-25% faster
-than timm's (same op order otherwise). Pooling before the radix sum
-(mean(sum_r x_r) == sum_r mean(x_r)) is faster in inference but slower in training, so
-it is not used.
+* Radix splits are views of the conv output in the memory layout it is stored in
+  (NCHW or channels_last), so nothing is copied and the output keeps the input's layout.
+  No torch.split either: it made ONNX export fail for users of the official model.
+* Global pooling is a sum over H, W, scaled on the small (B, C) result. A mean's backward
+  writes a full-size gradient (expand, then divide); a sum's backward is an expanded view
+  folded into the gradient accumulation the feature map needs anyway. (Pooling before the
+  radix sum, sum_r mean(x_r), is faster in inference but slower in training: not used.)
 """
-from typing import Optional
-
 import torch
 from torch import nn
 
@@ -22,8 +20,7 @@ class SplitAttention(nn.Module):
     """k x k grouped conv with `radix` splits per cardinal group, fused by attention.
 
     radix 1 is an SE-style sigmoid gate; radix > 1 is a softmax across the splits.
-    `drop` is applied after bn0 (None: nothing); the ResNeSt recipe leaves it empty and
-    drops after the block's SplAt output instead (see resnest.Bottleneck).
+    Attention width: max(in_chs * radix // reduction, min_attn_chs), as in the official code.
     """
 
     def __init__(
@@ -36,7 +33,6 @@ class SplitAttention(nn.Module):
         radix: int = 2,
         reduction: int = 4,
         min_attn_chs: int = 32,
-        drop: Optional[nn.Module] = None,
     ):
         super().__init__()
         if radix < 1:
@@ -47,7 +43,6 @@ class SplitAttention(nn.Module):
         self.conv = nn.Conv2d(in_chs, out_chs * radix, kernel_size, stride,
                               padding=kernel_size // 2, groups=cardinality * radix, bias=False)
         self.bn0 = nn.BatchNorm2d(out_chs * radix)
-        self.drop = drop if drop is not None else nn.Identity()
         self.act0 = nn.ReLU(inplace=True)
         self.fc1 = nn.Conv2d(out_chs, attn_chs, 1, groups=cardinality)
         self.bn1 = nn.BatchNorm2d(attn_chs)
@@ -55,7 +50,7 @@ class SplitAttention(nn.Module):
         self.fc2 = nn.Conv2d(attn_chs, out_chs * radix, 1, groups=cardinality)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = self.act0(self.drop(self.bn0(self.conv(x))))
+        x = self.act0(self.bn0(self.conv(x)))
         B, RC, H, W = x.shape
         R = self.radix
         C = RC // R
