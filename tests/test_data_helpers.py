@@ -1,5 +1,4 @@
 """Small generated datasets for the data tests (imported by the other test_data_* modules)."""
-import io
 import os
 
 import numpy as np

@@ -4,7 +4,6 @@ import os
 import subprocess
 import sys
 
-import pytest
 from PIL import Image
 
 from test_data_helpers import corrupt, make_dataset, smooth_image

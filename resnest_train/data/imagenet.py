@@ -25,7 +25,7 @@ import sys
 import tempfile
 import time
 from dataclasses import dataclass
-from typing import Iterable, Optional, Sequence
+from typing import Optional, Sequence
 
 import numpy as np
 
@@ -558,12 +558,3 @@ def check_dataset(root: str, workers: int = 0, full: bool = True, progress: bool
             report["problems"].append(f"classes missing from train: {_names(sorted(va - tr))}")
     report["ok"] = not report["problems"]
     return report
-
-
-def iter_bad_in(base: str, files: Iterable[str]) -> Optional[tuple[str, str]]:
-    """The first bad file among ``files`` (full decode), or None."""
-    for f in files:
-        reason = check_image(os.path.join(base, f), full=True)
-        if reason:
-            return f, reason
-    return None

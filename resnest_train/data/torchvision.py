@@ -17,9 +17,7 @@ dataset and counted in ``loaders.bad_images``.
 """
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
-from typing import Optional
 
 import numpy as np
 import torch
