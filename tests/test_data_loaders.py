@@ -65,7 +65,8 @@ def test_mid_epoch_resume_is_bit_identical(data, backend):
     L = build_loaders(c, batch_size=3, device=torch.device("cpu"), seed=7)
     full = epoch(L.train, 2)
     again = epoch(L.train, 2)
-    resumed = epoch(L.train, 2, start=2)
+    # a restarted process: new loaders, straight into the middle of epoch 2
+    resumed = epoch(build_loaders(c, batch_size=3, device=torch.device("cpu"), seed=7).train, 2, start=2)
     other = epoch(L.train, 3)
     assert len(full) == len(L.train) and len(resumed) == len(full) - 2
     for (a, la), (b, lb) in zip(full, again):

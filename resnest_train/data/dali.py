@@ -16,10 +16,11 @@ the same magnitude ranges) built with ``nvidia.dali.auto_aug``; DALI's own ``ima
 policy is a different table (the TF "v0" one), so it is not used.
 
 Epoch order: the same epoch plan as the other backends (see ``common.py``). Each epoch
-writes this rank's ordered list of files to a ``file_list`` and builds a fresh pipeline
+writes this rank's ordered list of files to a ``file_list`` and starts a fresh pipeline
 whose seed is a function of (seed, epoch, rank); the reader does not shuffle (the order is
 already shuffled) and the list has exactly ``steps * batch_size`` entries, so the
-sharding is exact and every rank runs ``steps`` steps.
+sharding is exact and every rank runs ``steps`` steps. The graph is defined once per
+process and deserialized per epoch with the new seed (about 0.1 s per epoch).
 
 Mid-epoch resume: ``set_epoch(e, start_step=k)`` rebuilds epoch ``e``'s pipeline and runs
 (and discards) its first ``k`` batches before yielding, so it yields bit-identical batches
@@ -287,6 +288,7 @@ class DaliTrainLoader(_Base):
         self.rank, self.world_size, self.seed = rank, world_size, int(seed)
         self.steps = train_steps(len(split), batch_size, world_size)
         self.epoch, self.start_step = 0, 0
+        self._serialized = None
 
     def __len__(self):
         return self.steps
@@ -297,19 +299,31 @@ class DaliTrainLoader(_Base):
         self.epoch, self.start_step = int(epoch), int(start_step)
 
     def build_pipeline(self, epoch: int):
-        """Epoch ``epoch``'s pipeline (not yet built) and its sample order."""
+        """Epoch ``epoch``'s pipeline (not yet built) and its sample order.
+
+        The graph is defined once per process and serialized; each epoch writes its file list
+        to the same path and deserializes the graph with the epoch's seed (0.1 s instead of
+        the ~0.8 s that defining the AutoAugment graph takes). Every epoch, first or not, goes
+        through the same path, so a resumed process reproduces it exactly.
+        """
         order = epoch_indices(len(self.split), self.batch_size, self.rank, self.world_size, self.seed, epoch)
         list_path = os.path.join(self.tmpdir, f"train_rank{self.rank}.txt")
         _write_list(list_path, self.split, order)
-        c = self.cfg
-        pipe = train_pipeline(file_list=list_path, file_root=self.split.base, device=self.dali_device,
-                              crop=int(c.train_crop), area=[float(v) for v in c.rrc_scale],
-                              ratio=[float(v) for v in c.rrc_ratio], hflip=bool(c.hflip),
-                              autoaugment=bool(c.autoaugment), jitter=float(c.color_jitter),
-                              lighting=float(c.lighting), mean=list(c.mean), std=list(c.std), layout=self.layout,
-                              hw_decoder_load=float(c.dali.hw_decoder_load),
-                              **self._pipe_kwargs(stream_seed(self.seed, epoch, self.rank, 0xDA11)))
-        return pipe, order
+        seed = stream_seed(self.seed, epoch, self.rank, 0xDA11)
+        if self._serialized is None:
+            c = self.cfg
+            template = train_pipeline(
+                file_list=list_path, file_root=self.split.base, device=self.dali_device, crop=int(c.train_crop),
+                area=[float(v) for v in c.rrc_scale], ratio=[float(v) for v in c.rrc_ratio], hflip=bool(c.hflip),
+                autoaugment=bool(c.autoaugment), jitter=float(c.color_jitter), lighting=float(c.lighting),
+                mean=list(c.mean), std=list(c.std), layout=self.layout, hw_decoder_load=float(c.dali.hw_decoder_load),
+                **self._pipe_kwargs(0))
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", DeprecationWarning)
+                self._serialized = template.serialize()
+            del template
+        from nvidia.dali import Pipeline
+        return Pipeline.deserialize(serialized_pipeline=self._serialized, **self._pipe_kwargs(seed)), order
 
     def __iter__(self):
         epoch, start = self.epoch, self.start_step
