@@ -250,3 +250,14 @@ def test_skip_log_line_and_count(tmp_path, caplog):
     assert L.bad_images == 1
     lines = [r.getMessage() for r in caplog.records if "skip" in r.getMessage()]
     assert len(lines) == 1 and "1 unreadable image(s): 1 of 12 train, 0 of 9 val" in lines[0]
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_more_ranks_than_val_images(tmp_path, backend):
+    root = make_dataset(tmp_path, classes=("a", "b"), train_per_class=6, val_per_class=1, specials=False)
+    seen = []
+    for r in range(3):  # 2 val images over 3 ranks: one rank gets none
+        L = build_loaders(cfg(root, backend=backend, autoaugment=False), batch_size=1, rank=r, world_size=3)
+        seen.append(sum(x.shape[0] for x, _ in L.val))
+        assert L.val_images == 2 and len(L.train) == 4
+    assert sorted(seen) == [0, 1, 1]
