@@ -39,7 +39,7 @@ TIMM_NAMES = {
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model", default="resnest50", choices=sorted(TIMM_NAMES),
                         help="our model name; compared with timm's equivalent")
-    parser.add_argument("--batch", type=int, default=16)
+    parser.add_argument("--batch", type=int, default=8)
     parser.add_argument("--img-size", type=int, default=224)
     parser.add_argument("--steps", type=int, default=3, help="timed steps per repeat")
     parser.add_argument("--repeats", type=int, default=5, help="alternating repeats per model")
@@ -130,17 +130,17 @@ def run(args: argparse.Namespace) -> Dict:
     return result
 
 
-def _print(result: Dict) -> None:
-    print(f"{result['model']} vs timm {result['timm_model']} | device {result['device']} | "
-          f"threads {result['threads']} | batch {result['batch']} | {result['img_size']}px | "
-          f"channels_last {result['channels_last']} | {result['timer']} time | "
-          f"median of {result['repeats']} repeats x "
-          f"{result['steps']} steps")
+def format_result(result: Dict) -> str:
+    lines = [f"{result['model']} vs timm {result['timm_model']} | device {result['device']} | "
+             f"threads {result['threads']} | batch {result['batch']} | {result['img_size']}px | "
+             f"channels_last {result['channels_last']} | {result['timer']} time | "
+             f"median of {result['repeats']} repeats x {result['steps']} steps"]
     for mode in ("train", "eval"):
         if mode in result:
             r = result[mode]
-            print(f"  {mode:5s}: ours {r['ours_img_s']:8.2f} img/s   timm {r['timm_img_s']:8.2f} img/s"
-                  f"   ratio ours/timm {r['ratio']:.3f}")
+            lines.append(f"  {mode:5s}: ours {r['ours_img_s']:8.2f} img/s   timm {r['timm_img_s']:8.2f} img/s"
+                         f"   ratio ours/timm {r['ratio']:.3f}")
+    return "\n".join(lines)
 
 
 def main(argv=None) -> None:
@@ -148,7 +148,7 @@ def main(argv=None) -> None:
     add_arguments(parser)
     args = parser.parse_args(argv)
     result = run(args)
-    print(json.dumps(result)) if args.json else _print(result)
+    print(json.dumps(result) if args.json else format_result(result))
 
 
 if __name__ == "__main__":
