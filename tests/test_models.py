@@ -240,7 +240,6 @@ def test_paper_params_and_macs(name):
 
 
 def test_model_info_counts_conv_and_fc_macs():
-    # ResNeSt-50 at 224 px, counted by hand layer by layer: 5,371,... multiply-adds.
     m = create_model("resnest14", num_classes=10)
     info = model_info(m, 32)
     assert info == model_info(meta_model("resnest14", num_classes=10), 32)

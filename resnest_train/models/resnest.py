@@ -275,7 +275,9 @@ def create_model(name: str, **overrides: Any) -> ResNeSt:
     """Build the named variant, with any of OVERRIDE_KEYS replacing its table values.
 
     A None override keeps the table value, so a config's unset fields can be passed as is.
-    `dropblock` takes {stages, sites, block_size, prob[, schedule]} (see dropblock.py).
+    `dropblock` takes {stages, sites, block_size, prob[, schedule]} (see dropblock.py);
+    `prob` is what the layers start with: a trainer sets the scheduled value each epoch
+    with set_dropblock_prob(model, dropblock_prob(epoch, epochs, final_prob, schedule)).
     """
     spec = get_model_spec(name)
     unknown = sorted(set(overrides) - set(OVERRIDE_KEYS))
