@@ -423,8 +423,6 @@ def _run(cfg: Config, dist: DistInfo, dry_run: bool) -> int:
         monitor.print(f"Resuming from {resume_from}: epoch {state.epoch + 1}, step {state.step}")
 
     monitor.print(describe(cfg, plan, model_info(model, cfg.data.train_crop), loaders))
-    if loaders.bad_images:
-        monitor.print(f"Skipped {loaders.bad_images} unreadable image(s) (data.skip_bad_images is true).")
     stop = StopRequested()
     stop.install()
     try:

@@ -6,7 +6,6 @@
 """
 import argparse
 import importlib.util
-import json
 import os
 import sys
 
@@ -27,14 +26,10 @@ def main():
     for name in SECTIONS:
         module = load_section(name)
         section_parser = sub.add_parser(name, help=(module.__doc__ or "").strip().splitlines()[0])
-        section_parser.add_argument("--json", help="also write the results to this JSON file")
         module.add_arguments(section_parser)
         section_parser.set_defaults(run=module.run)
     args = parser.parse_args()
-    results = args.run(args)
-    if args.json:
-        with open(args.json, "w") as f:
-            json.dump(results, f, indent=2)
+    args.run(args)  # each section prints its results (and takes its own --json)
     return 0
 
 

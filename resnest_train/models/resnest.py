@@ -294,4 +294,9 @@ def create_model(name: str, **overrides: Any) -> ResNeSt:
         raise ModelError(str(e)) from None
     args["layers"] = tuple(args["layers"])
     args["final_drop"] = float(args["final_drop"])
-    return ResNeSt(**args)
+    try:
+        return ResNeSt(**args)
+    except ValueError as e:  # e.g. split-attention's inner width not divisible by the cardinality
+        raise ModelError(f"create_model({name!r}) with radix {args['radix']}, cardinality {args['cardinality']}, "
+                         f"bottleneck_width {args['bottleneck_width']} builds no valid network ({e}); "
+                         "pick a cardinality that divides the layer widths, as the model table does.") from None
