@@ -40,6 +40,12 @@ def test_two_epoch_run_writes_metrics_tensorboard_and_checkpoints(tiny_run):
     assert scalars(tb, "epoch/train_loss")[2] == pytest.approx(rows[1]["train_loss"])
     assert scalars(tb, "epoch/dropblock_prob") == pytest.approx({1: 0.0, 2: 0.0})
     assert len(scalars(tb, "train/loss")) == 16 and len(scalars(tb, "train/images_per_sec")) == 16
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+    acc = EventAccumulator(tb)
+    acc.Reload()
+    assert acc.Tags()["images"] == ["train/augmented_images"]
+    hparams = acc.SummaryMetadata("_hparams_/session_start_info").plugin_data.content
+    assert b"model.name" in hparams and b"resnest14" in hparams and b"global_batch" in hparams
     for name in ("last.pth", "best.pth", "epoch_0002.pth"):
         assert os.path.isfile(os.path.join(out, "checkpoints", name)), name
     assert not os.path.exists(os.path.join(out, "checkpoints", "epoch_0001.pth"))  # keep_last=1
@@ -101,3 +107,52 @@ def test_resume_with_a_different_model_is_a_clear_error(tiny_run):
     result = train(*TINY, f"output.dir={out}", "model.radix=4", check=False)
     assert result.returncode == 2
     assert "model.radix: checkpoint None, config 4" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_bf16_channels_last_ema_and_accumulation_run_on_cpu(tmp_path):
+    out = str(tmp_path / "options")
+    result = train(*TINY, "train.epochs=1", "train.amp=bf16", "train.channels_last=true", "train.ema=true",
+                   "train.accum_steps=2", f"output.dir={out}")
+    (row,) = metrics(out)
+    assert "global batch     16 = 8 per process x 1 x 2 accumulation" in result.stdout
+    assert "peak LR          0.00625 = 0.1 x 16 / 256" in result.stdout
+    assert "steps per epoch  4" in result.stdout  # 8 batches of 8, two per optimizer step
+    assert 0.0 <= row["val_top1_ema"] <= 100.0 and row["val_images"] == 24
+    saved = torch.load(os.path.join(out, "checkpoints", "last.pth"), weights_only=True)
+    assert saved["step"] == 4 and saved["ema"] is not None
+
+
+def test_fp16_on_cpu_is_a_clear_error(tmp_path):
+    result = train(*TINY, "train.amp=fp16", f"output.dir={tmp_path}", check=False)
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert "'train.amp' is fp16, which needs a CUDA GPU" in result.stderr
+    assert not os.path.exists(os.path.join(tmp_path, "checkpoints"))
+
+
+def test_bad_input_stops_clearly_and_never_harms_the_checkpoint(demo_root, tmp_path):
+    import shutil
+    root = str(tmp_path / "data")
+    shutil.copytree(demo_root, root)
+    out = str(tmp_path / "run")
+    args = [*TINY, "data.backend=torchvision", f"data.root={root}", "data.workers=0", f"output.dir={out}"]
+    train(*args, "train.epochs=1")
+    last = os.path.join(out, "checkpoints", "last.pth")
+    good = open(last, "rb").read()
+
+    victim = os.path.join(root, "train", sorted(os.listdir(os.path.join(root, "train")))[0])
+    victim = os.path.join(victim, sorted(os.listdir(victim))[0])
+    with open(victim, "wb") as f:
+        f.write(b"\xff\xd8\xff not a jpeg")
+    broken = train(*args, "train.epochs=2", check=False)
+    assert broken.returncode == 2 and victim in broken.stderr and "Traceback" not in broken.stderr
+
+    missing = train(*args[:-2], f"data.root={tmp_path / 'nowhere'}", f"output.dir={out}", check=False)
+    assert missing.returncode == 2 and "nowhere" in missing.stderr and "Traceback" not in missing.stderr
+
+    val_class = os.path.join(root, "val", sorted(os.listdir(os.path.join(root, "val")))[-1])
+    os.rename(val_class, val_class + "_renamed")
+    mismatch = train(*args, "train.epochs=2", check=False)
+    assert mismatch.returncode == 2 and "_renamed" in mismatch.stderr and "Traceback" not in mismatch.stderr
+
+    assert open(last, "rb").read() == good
+    assert [r["epoch"] for r in metrics(out)] == [1]
