@@ -270,10 +270,7 @@ def _read_yaml(path: str, chain: tuple) -> dict:
         with open(path) as f:
             data = yaml.safe_load(f)
     except yaml.YAMLError as e:
-        mark = getattr(e, "problem_mark", None)
-        at = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
-        problem = getattr(e, "problem", None) or str(e)
-        raise ConfigError(f"Config file {path}{referrer} is not valid YAML{at}: {problem}. "
+        raise ConfigError(f"Config file {path}{referrer} is not valid YAML{describe_yaml_error(e)}. "
                           "Fix the syntax there (indentation, a missing ':' or an unclosed bracket).") from None
     if data is None:
         return {}
@@ -281,6 +278,13 @@ def _read_yaml(path: str, chain: tuple) -> dict:
         raise ConfigError(f"Config file {path}{referrer} must hold a mapping of sections "
                           f"(model:, data:, train: ...), not a {type(data).__name__}.")
     return data
+
+
+def describe_yaml_error(e: yaml.YAMLError) -> str:
+    """' at line L, column C: problem' for a YAML syntax error."""
+    mark = getattr(e, "problem_mark", None)
+    at = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+    return f"{at}: {getattr(e, 'problem', None) or e}"
 
 
 def _parse_override(item: str) -> tuple[str, Any]:

@@ -42,7 +42,7 @@ from typing import Any, Callable, Optional
 
 import yaml
 
-from .config import ConfigError, load_config
+from .config import ConfigError, describe_yaml_error, load_config
 from .errors import UserError
 
 SWEEP_KEYS = ("name", "base", "overrides", "grid", "runs", "launch")
@@ -306,9 +306,7 @@ def load_sweep(path: str, extra_overrides: list[str] = ()) -> Sweep:
         with open(path) as f:
             spec = yaml.safe_load(f)
     except yaml.YAMLError as e:
-        mark = getattr(e, "problem_mark", None)
-        at = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
-        raise SweepError(f"Sweep file {path} is not valid YAML{at}: {getattr(e, 'problem', None) or e}.") from None
+        raise SweepError(f"Sweep file {path} is not valid YAML{describe_yaml_error(e)}.") from None
     if not isinstance(spec, dict):
         raise SweepError(f"Sweep file {path} must hold a mapping with base:, overrides:, grid: and/or runs:.")
     unknown = [k for k in spec if k not in SWEEP_KEYS]
