@@ -500,6 +500,11 @@ def fit(state: TrainState, loaders, plan: Plan, cfg: Config, dist: DistInfo, mon
             if out.save_every_epochs and state.epoch % out.save_every_epochs == 0:
                 checkpoint.save_periodic(saved, out.dir, state.epoch, out.keep_last)
         barrier()
+        if state.epoch < plan.epochs and (any_rank(stop.flag, dist.device) if dist.enabled else stop.flag):
+            monitor.print(f"Stopped by {stop.signal_name or 'a signal'} after epoch {state.epoch}; "
+                          f"checkpoint saved to {checkpoint.last_path(out.dir)}. Run the same command to resume.")
+            monitor.run_state(state="preempted", epoch=state.epoch, epochs=plan.epochs, best_top1=state.best_top1)
+            return PREEMPTED_EXIT_CODE
         monitor.run_state(state="running", epoch=state.epoch, epochs=plan.epochs, best_top1=state.best_top1)
 
     final = {k: record[k] for k in ("val_top1", "val_top5", "val_loss", "train_loss") if k in record}

@@ -1,10 +1,11 @@
 #!/usr/bin/env python
 """Benchmarks, one section each; results belong in docs/benchmarks.md.
 
-    python scripts/benchmark.py models [--batch 16 ...]   model fwd+bwd images/s, ours vs timm
+    python scripts/benchmark.py models [--batch 8 ...]     model fwd+bwd images/s, ours vs timm
     python scripts/benchmark.py data [--root DIR ...]      loader images/s, DALI vs torchvision
+
+Each section is a script of its own (scripts/bench_<section>.py); `SECTION --help` lists its options.
 """
-import argparse
 import importlib.util
 import os
 import sys
@@ -20,19 +21,13 @@ def load_section(name):
     return module
 
 
-def main():
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    sub = parser.add_subparsers(dest="section", required=True)
-    for name in SECTIONS:
-        module = load_section(name)
-        section_parser = sub.add_parser(name, help=(module.__doc__ or "").strip().splitlines()[0])
-        module.add_arguments(section_parser)
-        section_parser.set_defaults(run=module.run)
-    args = parser.parse_args()
-    args.run(args)  # each section prints its results (and takes its own --json)
-    return 0
+def main(argv):
+    if not argv or argv[0] not in SECTIONS:
+        print(__doc__, file=sys.stderr)
+        return 0 if argv and argv[0] in ("-h", "--help") else 2
+    return load_section(argv[0]).main(argv[1:]) or 0
 
 
 if __name__ == "__main__":
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-    sys.exit(main())
+    sys.exit(main(sys.argv[1:]))
