@@ -9,12 +9,11 @@ is the whole RNG state, and a run resumed from any checkpoint repeats the uninte
 from __future__ import annotations
 
 import contextlib
-import math
 import os
 import random
 import signal
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Optional
 
 import numpy as np
@@ -188,7 +187,7 @@ def train_one_epoch(state: TrainState, loader, plan: Plan, cfg: Config, dist: Di
     use_mixup = mixup is not None and (cfg.train.mixup_off_epoch == 0 or state.epoch < cfg.train.mixup_off_epoch)
     loss_sum = torch.zeros((), device=device, dtype=torch.float64)
     loss_count = 0
-    window_loss, window_n, window_start = 0.0, 0, time.perf_counter()
+    window_n, window_start = 0, time.perf_counter()
     data_time = 0.0
     epoch_start = time.perf_counter()
     start_step = state.step_in_epoch

@@ -1,7 +1,6 @@
 import math
 
 import pytest
-import torch
 from torch import nn
 
 from resnest_train.optim import lr_at, param_groups, peak_lr
