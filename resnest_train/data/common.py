@@ -88,6 +88,13 @@ def epoch_indices(n: int, batch_size: int, rank: int, world_size: int, seed: int
     return kept[:, rank, :].reshape(-1)
 
 
+def check_start_step(start_step: int, steps: int) -> int:
+    """The step an epoch resumes at, which must lie within the epoch."""
+    if not 0 <= start_step <= steps:
+        raise ValueError(f"start_step {start_step} outside [0, {steps}]")
+    return int(start_step)
+
+
 def val_shard(n: int, rank: int, world_size: int) -> tuple[int, int]:
     """[start, end) of this rank's contiguous validation shard; sizes differ by at most one."""
     return (n * rank) // world_size, (n * (rank + 1)) // world_size

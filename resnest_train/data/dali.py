@@ -53,7 +53,7 @@ import numpy as np
 import torch
 
 from ..errors import DataError
-from .common import AUTOAUGMENT_FILL, PCA_EIGVAL, PCA_EIGVEC, check_enough, epoch_indices, eval_sizes, \
+from .common import AUTOAUGMENT_FILL, PCA_EIGVAL, PCA_EIGVEC, check_enough, check_start_step, epoch_indices, eval_sizes, \
     stream_seed, train_steps, val_shard
 from .imagenet import Split, add_bad_image, check_image
 
@@ -294,8 +294,7 @@ class DaliTrainLoader(_Base):
         return self.steps
 
     def set_epoch(self, epoch: int, start_step: int = 0) -> None:
-        if not 0 <= start_step <= self.steps:
-            raise ValueError(f"start_step {start_step} outside [0, {self.steps}]")
+        start_step = check_start_step(start_step, self.steps)
         self.epoch, self.start_step = int(epoch), int(start_step)
 
     def build_pipeline(self, epoch: int):

@@ -11,7 +11,7 @@ from __future__ import annotations
 import torch
 
 from ..errors import DataError
-from .common import check_enough, stream_seed, train_steps, val_shard
+from .common import check_enough, check_start_step, stream_seed, train_steps, val_shard
 
 POOL = 4
 
@@ -43,8 +43,7 @@ class SyntheticTrain:
         return self.steps
 
     def set_epoch(self, epoch: int, start_step: int = 0) -> None:
-        if not 0 <= start_step <= self.steps:
-            raise ValueError(f"start_step {start_step} outside [0, {self.steps}]")
+        start_step = check_start_step(start_step, self.steps)
         self.epoch, self.start_step = int(epoch), int(start_step)
 
     def __iter__(self):

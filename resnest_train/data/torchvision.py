@@ -24,7 +24,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from ..errors import DataError
-from .common import AUTOAUGMENT_FILL, check_enough, epoch_indices, eval_sizes, lighting_offset, log_once, \
+from .common import AUTOAUGMENT_FILL, check_enough, check_start_step, epoch_indices, eval_sizes, lighting_offset, log_once, \
     sample_seed, train_steps, val_shard
 from .imagenet import Split
 
@@ -229,8 +229,7 @@ class TrainLoader(_Loader):
         self.sampler = sampler
 
     def set_epoch(self, epoch: int, start_step: int = 0) -> None:
-        if not 0 <= start_step <= self.sampler.steps:
-            raise ValueError(f"start_step {start_step} outside [0, {self.sampler.steps}]")
+        start_step = check_start_step(start_step, self.sampler.steps)
         self.sampler.epoch, self.sampler.start_step = int(epoch), int(start_step)
 
 
