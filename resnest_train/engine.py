@@ -252,10 +252,11 @@ def train_one_epoch(state: TrainState, loader, plan: Plan, cfg: Config, dist: Di
 
         stopping = any_rank(stop.flag, device) if dist.enabled else stop.flag
         periodic = cfg.output.save_every_steps and state.step % cfg.output.save_every_steps == 0
-        if (stopping or periodic) and state.step_in_epoch < plan.steps_per_epoch:
+        mid_epoch = state.step_in_epoch < plan.steps_per_epoch
+        if (stopping or periodic) and mid_epoch:
             total, count = reduce_loss(loss_sum, loss_count, device)
             save_step(state, state.loss_sum + total, state.loss_count + count)
-        if stopping:
+        if stopping and mid_epoch:  # at the epoch's last step, fit saves and stops after the epoch
             return False
     monitor.end_bar()
     total, count = reduce_loss(loss_sum, loss_count, device)
