@@ -7,10 +7,13 @@
 Each backend reads the same files with the same number of worker processes (torchvision
 DataLoader) or threads (DALI), runs the training transforms (RandomResizedCrop at --crop,
 flip, mean/std; AutoAugment off and on) and delivers float batches on --device. A repeat is
-one epoch; the rate counts images after the first batch of the epoch (the start-up latency
-is reported separately) and the medians over --repeats are reported. Without --root, about
-ImageNet-like JPEGs (500x375, quality 90, ~100 KB with a photo-like spectrum) are generated
-into a temporary folder.
+one whole epoch, timed from asking for its first batch to receiving its last, so start-up
+and prefetching count alike for every loader (timing only after the first batch would hand
+the DataLoader the batches its other workers finished meanwhile). Epochs are long (40
+batches by default) so start-up is a small part; the first-batch latency is also reported.
+Medians over --repeats. Without --root, ImageNet-like JPEGs (500x375, quality 90, ~100 KB
+with a photo-like spectrum) are generated into a temporary folder: --unique distinct
+images, hard-linked up to --images files.
 """
 import argparse
 import io
@@ -36,22 +39,31 @@ def photo_like(rng, w=500, h=375):
     return np.clip(img, 0, 255).astype(np.uint8)
 
 
-def make_jpegs(root, images, classes=8, quality=90, seed=0):
-    """ImageNet layout under ``root`` (train/ and a one-image-per-class val/)."""
+def make_jpegs(root, images, classes=8, quality=90, seed=0, unique=None):
+    """ImageNet layout under ``root`` (train/ and a one-image-per-class val/).
+
+    The first ``unique`` train files are distinct images; the rest hard-link to them (the
+    decoders do the same work; generating a photo takes longer than loading it).
+    """
     from PIL import Image
     rng = np.random.default_rng(seed)
-    total = 0
+    unique = images if unique is None else max(1, min(unique, images))
+    sizes = []
     for split, n in (("train", images), ("val", classes)):
         for c in range(classes):
             os.makedirs(os.path.join(root, split, f"n{c:08d}"), exist_ok=True)
-        for i in range(n):
+        paths = [os.path.join(root, split, f"n{i % classes:08d}", f"img_{i:06d}.JPEG") for i in range(n)]
+        for i, path in enumerate(paths):
+            if split == "train" and i >= unique:
+                os.link(paths[i % unique], path)
+                continue
             w, h = (500, 375) if i % 4 else (375, 500)
             buf = io.BytesIO()
             Image.fromarray(photo_like(rng, w, h)).save(buf, "JPEG", quality=quality)
-            total += buf.tell()
-            with open(os.path.join(root, split, f"n{i % classes:08d}", f"img_{i:06d}.JPEG"), "wb") as f:
+            sizes.append(buf.tell())
+            with open(path, "wb") as f:
                 f.write(buf.getvalue())
-    return total / (images + classes)
+    return sum(sizes) / len(sizes)
 
 
 def cpu_seconds():
@@ -113,20 +125,19 @@ def build(root, backend, args, autoaugment):
 
 
 def one_epoch(loaders, epoch, device):
-    """(images/s after the first batch, seconds to the first batch, CPU seconds per image)."""
+    """(images/s over the whole epoch, seconds to the first batch, CPU seconds per image)."""
     import torch
+    c0, t0 = cpu_seconds(), time.perf_counter()
     loaders.train.set_epoch(epoch)
-    t0 = time.perf_counter()
-    it = iter(loaders.train)
-    next(it)
-    t1, c1 = time.perf_counter(), cpu_seconds()
-    n = 0
-    for x, _ in it:
+    first, n = None, 0
+    for x, _ in loaders.train:
+        if first is None:
+            first = time.perf_counter() - t0
         n += x.shape[0]
     if device.startswith("cuda"):
         torch.cuda.synchronize()
-    t2, c2 = time.perf_counter(), cpu_seconds()
-    return n / (t2 - t1), t1 - t0, (c2 - c1) / n
+    t1, c1 = time.perf_counter(), cpu_seconds()
+    return n / (t1 - t0), first, (c1 - c0) / n
 
 
 def measure_all(root, backends, args, autoaugment):
@@ -150,7 +161,8 @@ def measure_all(root, backends, args, autoaugment):
 
 def add_arguments(p):
     p.add_argument("--root", help="dataset in ImageNet layout (default: generate JPEGs into a temp folder)")
-    p.add_argument("--images", type=int, default=640, help="images to generate without --root")
+    p.add_argument("--images", type=int, default=2560, help="train files to generate without --root")
+    p.add_argument("--unique", type=int, default=640, help="of which distinct images (the rest are hard links)")
     p.add_argument("--batch", type=int, default=64)
     p.add_argument("--workers", type=int, default=2, help="DataLoader workers = DALI threads")
     p.add_argument("--crop", type=int, default=224)
@@ -177,11 +189,11 @@ def run(args):
             tmp = tempfile.mkdtemp(prefix="bench_data_")
             root = tmp
             t = time.time()
-            avg = make_jpegs(root, args.images)
-            result["generated"] = {"images": args.images, "size": "500x375 / 375x500", "quality": 90,
-                                   "avg_kb": round(avg / 1e3, 1)}
-            print(f"generated {args.images} JPEGs (avg {avg / 1e3:.0f} KB) in {time.time() - t:.1f} s",
-                  file=sys.stderr)
+            avg = make_jpegs(root, args.images, unique=args.unique)
+            result["generated"] = {"images": args.images, "unique": min(args.unique, args.images),
+                                   "size": "500x375 / 375x500", "quality": 90, "avg_kb": round(avg / 1e3, 1)}
+            print(f"generated {args.images} JPEGs ({result['generated']['unique']} distinct, avg "
+                  f"{avg / 1e3:.0f} KB) in {time.time() - t:.1f} s", file=sys.stderr)
         result["root"] = args.root or "(generated)"
         backends = args.backends.split(",")
         for aa in args.autoaugment.split(","):

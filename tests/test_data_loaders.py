@@ -106,6 +106,21 @@ def test_epoch_plan_is_shared_and_sharded_exactly():
     assert not np.array_equal(a, b2)
 
 
+@pytest.mark.parametrize("backend", BACKENDS + ["synthetic"])
+def test_a_batch_kept_by_the_caller_is_not_overwritten_by_later_ones(data, backend):
+    """DALI hands its own output buffers to torch (no copy): a batch held on to must stay intact."""
+    c = cfg(data, backend=backend, autoaugment=False)
+    c.synthetic.train_images, c.synthetic.val_images, c.synthetic.num_classes = 15, 7, 3
+    L = build_loaders(c, batch_size=4, seed=8)
+    cloned = epoch(L.train, 2)
+    L.train.set_epoch(2)
+    kept = list(L.train)  # no clones: every batch is still referenced while the later ones are made
+    assert len(kept) == len(cloned) == 3
+    for (x, y), (cx, cy) in zip(kept, cloned):
+        assert torch.equal(x, cx) and torch.equal(y, cy)
+    assert len({x.data_ptr() for x, _ in kept}) == 3
+
+
 def test_both_backends_read_the_same_samples_in_the_same_order(data):
     labels = {}
     for backend in BACKENDS:

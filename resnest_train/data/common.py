@@ -38,7 +38,9 @@ PCA_EIGVEC = np.array([[-0.5675, 0.7192, 0.4009],
                        [-0.5808, -0.0045, -0.8140],
                        [-0.5836, -0.6948, 0.4203]], dtype=np.float32)
 
-# Pad value of AutoAugment's geometric ops (rotate, shear) in both backends.
+# Pad value of AutoAugment's geometric ops (rotate, shear) in both backends. They sample
+# nearest-neighbour, as torchvision's AutoAugment does by default and as the official
+# ResNeSt code did (PIL's default for Image.transform / rotate).
 AUTOAUGMENT_FILL = 128
 
 

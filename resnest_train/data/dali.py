@@ -138,7 +138,7 @@ def train_pipeline(file_list, file_root, device, crop, area, ratio, hflip, autoa
     if autoaugment:
         from nvidia.dali.auto_aug.auto_augment import apply_auto_augment
         images = apply_auto_augment(torchvision_imagenet_policy(), images, fill_value=AUTOAUGMENT_FILL,
-                                    interp_type=types.INTERP_LINEAR)
+                                    interp_type=types.INTERP_NN)
     if jitter > 0:
         lo, hi = max(0.0, 1.0 - jitter), 1.0 + jitter
         images = fn.color_twist(images, brightness=fn.random.uniform(range=[lo, hi]),
@@ -194,7 +194,13 @@ def _dali_reason(err: Exception) -> str:
 
 
 class _Runner:
-    """Runs one DALI pipeline and turns its outputs into torch tensors on the target device."""
+    """Runs one DALI pipeline and turns its outputs into torch tensors on the target device.
+
+    Pipelines run on DALI's dynamic executor, whose outputs stay valid for as long as
+    something references them, so batches are handed to torch without a copy (DLPack), as
+    DALI's own PyTorch iterator does. Only a CPU pipeline feeding a CUDA trainer copies, into
+    pinned memory, so the host-to-device copy can overlap the previous step.
+    """
 
     def __init__(self, pipe, dali_device: str, device: torch.device, channels_last: bool):
         self.pipe, self.dali_device, self.device, self.channels_last = pipe, dali_device, device, channels_last
@@ -204,19 +210,16 @@ class _Runner:
         return self.pipe.run()
 
     def to_torch(self, outputs, keep: Optional[int] = None):
-        from nvidia.dali.plugin.pytorch import feed_ndarray
         images, labels = outputs
-        if self.dali_device == "gpu":
-            images = images.as_tensor()
-            dev = self.device
-            x = torch.empty(images.shape(), dtype=torch.float32, device=dev)
-            feed_ndarray(images, x, cuda_stream=torch.cuda.current_stream(dev))
-        else:
-            images = images.as_tensor()
-            x = torch.empty(images.shape(), dtype=torch.float32,
-                            pin_memory=self.device.type == "cuda")
+        images = images.as_tensor()
+        if self.dali_device == "cpu" and self.device.type == "cuda":
+            from nvidia.dali.plugin.pytorch import feed_ndarray
+            x = torch.empty(images.shape(), dtype=torch.float32, pin_memory=True)
             feed_ndarray(images, x)
-        y = torch.from_numpy(np.asarray(labels.as_tensor()).reshape(-1).astype(np.int64))
+        else:
+            with torch.device(self.device):
+                x = torch.from_dlpack(images)
+        y = torch.from_dlpack(labels.as_tensor()).reshape(-1).long()
         if keep is not None:
             x, y = x[:keep], y[:keep]
         if self.channels_last:
@@ -245,7 +248,8 @@ class _Base:
         device_id = (self.device.index if self.device.index is not None else torch.cuda.current_device()) \
             if dev == "gpu" else None
         return dict(batch_size=self.batch_size, num_threads=max(1, int(self.cfg.dali.threads)),
-                    device_id=device_id, seed=seed, prefetch_queue_depth=max(1, int(self.cfg.dali.prefetch)))
+                    device_id=device_id, seed=seed, prefetch_queue_depth=max(1, int(self.cfg.dali.prefetch)),
+                    exec_dynamic=True)
 
     def _fail(self, err: Exception, order, first_batch: int) -> DataError:
         """Turn a DALI failure into a DataError naming the file of batches >= first_batch."""

@@ -54,7 +54,7 @@ def train_transform(cfg):
     if cfg.hflip:
         ops.append(T.RandomHorizontalFlip())
     if cfg.autoaugment:
-        ops.append(T.AutoAugment(T.AutoAugmentPolicy.IMAGENET, interpolation=T.InterpolationMode.BILINEAR,
+        ops.append(T.AutoAugment(T.AutoAugmentPolicy.IMAGENET, interpolation=T.InterpolationMode.NEAREST,
                                  fill=[AUTOAUGMENT_FILL] * 3))
     if cfg.color_jitter > 0:
         s = float(cfg.color_jitter)
