@@ -59,7 +59,7 @@ class ModelConfig:
 @dataclass
 class DaliConfig:
     device: str = "auto"  # auto | cpu | gpu
-    threads: int = 4  # DALI CPU threads per process
+    threads: int = 4  # DALI CPU threads per process (on the CPU: that many 1-thread train pipelines)
     prefetch: int = 2
     hw_decoder_load: float = 0.65  # share of JPEGs sent to the A100/H100 hardware decoder
 
@@ -86,6 +86,7 @@ class DataConfig:
     rrc_ratio: list[float] = field(default_factory=lambda: [0.75, 4.0 / 3.0])
     hflip: bool = True
     autoaugment: bool = True  # the ImageNet policy
+    autoaugment_interpolation: str = "nearest"  # rotate/shear sampling: nearest (torchvision, official) | bilinear
     color_jitter: float = 0.0  # brightness/contrast/saturation strength
     lighting: float = 0.0  # AlexNet-style PCA lighting noise std
     mean: list[float] = field(default_factory=lambda: [0.485, 0.456, 0.406])

@@ -228,9 +228,9 @@ def test_dali_gpu_pipeline_graph_builds_without_a_gpu(tmp_path):
     list_file.write_text("a/x.jpg 0\n")
     common = dict(batch_size=2, num_threads=1, device_id=0, seed=1)
     pipes = [D.train_pipeline(file_list=str(list_file), file_root=str(tmp_path), device="gpu", crop=32,
-                              area=[0.08, 1.0], ratio=[0.75, 4 / 3], hflip=True, autoaugment=True, jitter=0.4,
-                              lighting=0.1, mean=[0.5] * 3, std=[0.2] * 3, layout="CHW", hw_decoder_load=0.65,
-                              **common),
+                              area=[0.08, 1.0], ratio=[0.75, 4 / 3], hflip=True, autoaugment=True,
+                              aa_interp="nearest", jitter=0.4, lighting=0.1, mean=[0.5] * 3, std=[0.2] * 3,
+                              layout="CHW", hw_decoder_load=0.65, **common),
              D.val_pipeline(file_list=str(list_file), file_root=str(tmp_path), device="gpu", short=37, crop=32,
                             mean=[0.5] * 3, std=[0.2] * 3, layout="HWC", hw_decoder_load=0.65, **common)]
     for pipe in pipes:
@@ -276,3 +276,18 @@ def test_more_ranks_than_val_images(tmp_path, backend):
         seen.append(sum(x.shape[0] for x, _ in L.val))
         assert L.val_images == 2 and len(L.train) == 4
     assert sorted(seen) == [0, 1, 1]
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_autoaugment_interpolation_is_a_setting_of_both_backends(data, backend):
+    from resnest_train.errors import DataError
+    xs = {}
+    for interp in ("nearest", "bilinear"):
+        c = cfg(data, backend=backend, autoaugment=True, autoaugment_interpolation=interp)
+        xs[interp] = torch.cat([x for x, _ in epoch(build_loaders(c, batch_size=4, seed=3).train, 0)])
+    # same seed, same draws: only the images that drew a rotate or shear differ
+    differ = (xs["nearest"] - xs["bilinear"]).abs().flatten(1).amax(1) > 0
+    assert 0 < int(differ.sum()) < len(differ)
+    with pytest.raises(DataError, match="autoaugment_interpolation='bicubic' is not one of nearest, bilinear"):
+        build_loaders(cfg(data, backend=backend, autoaugment=True, autoaugment_interpolation="bicubic"),
+                      batch_size=4)

@@ -24,8 +24,8 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from ..errors import DataError
-from .common import AUTOAUGMENT_FILL, check_enough, check_start_step, epoch_indices, eval_sizes, lighting_offset, log_once, \
-    sample_seed, train_steps, val_shard
+from .common import AUTOAUGMENT_FILL, autoaugment_interpolation, check_enough, check_start_step, epoch_indices, \
+    eval_sizes, lighting_offset, log_once, sample_seed, train_steps, val_shard
 from .imagenet import Split
 
 
@@ -54,7 +54,8 @@ def train_transform(cfg):
     if cfg.hflip:
         ops.append(T.RandomHorizontalFlip())
     if cfg.autoaugment:
-        ops.append(T.AutoAugment(T.AutoAugmentPolicy.IMAGENET, interpolation=T.InterpolationMode.NEAREST,
+        interpolation = T.InterpolationMode(autoaugment_interpolation(cfg))
+        ops.append(T.AutoAugment(T.AutoAugmentPolicy.IMAGENET, interpolation=interpolation,
                                  fill=[AUTOAUGMENT_FILL] * 3))
     if cfg.color_jitter > 0:
         s = float(cfg.color_jitter)
