@@ -150,6 +150,9 @@ def measure_all(root, backends, args, autoaugment):
     """Epochs of the backends interleaved (so a busy machine slows all alike); medians per backend."""
     loaders = {b: build(root, b, args, autoaugment) for b in backends}
     steps = len(loaders[backends[0]].train)
+    if steps < 2:
+        raise SystemExit(f"bench_data: an epoch of {steps} batch(es) has no steady part; give more --images "
+                         f"or a smaller --batch.")
     warm = max(1, min(2 * args.workers, steps // 2))  # every worker / pipeline has made two batches
     runs = {b: [] for b in backends}
     for rep in range(args.repeats + 1):  # epoch 0 warms the page cache and starts the workers

@@ -72,3 +72,5 @@ def test_bench_data_runs_and_reports_both_backends():
     row = res["results"]["autoaugment_off"]
     assert row["dali"]["images_per_sec"] > 0 and row["torchvision"]["images_per_sec"] > 0
     assert row["dali_vs_torchvision"] > 0 and res["generated"]["avg_kb"] > 30
+    assert res["generated"]["unique"] == 16 and row["dali"]["steps"] == 4 and row["dali"]["warm_batches"] == 2
+    assert row["dali"]["epoch_images_per_sec"] > 0 and row["dali_vs_torchvision_whole_epoch"] > 0
