@@ -330,8 +330,8 @@ class DaliTrainLoader(_Base):
         self.steps = train_steps(len(split), batch_size, world_size)
         threads = max(1, int(cfg.dali.threads))
         self.pipelines = min(threads, self.steps) if dali_device == "cpu" else 1
-        self.aa_interp = autoaugment_interpolation(cfg)
         self.threads_per_pipeline = 1 if dali_device == "cpu" else threads
+        self.aa_interp = autoaugment_interpolation(cfg)  # checked here: the graph is built at the first epoch
         self.epoch, self.start_step = 0, 0
         self._serialized = None
 
@@ -339,8 +339,7 @@ class DaliTrainLoader(_Base):
         return self.steps
 
     def set_epoch(self, epoch: int, start_step: int = 0) -> None:
-        start_step = check_start_step(start_step, self.steps)
-        self.epoch, self.start_step = int(epoch), int(start_step)
+        self.epoch, self.start_step = int(epoch), check_start_step(start_step, self.steps)
 
     def build_pipelines(self, epoch: int):
         """Epoch ``epoch``'s built pipelines and, for each, its samples in the order it reads them.

@@ -43,8 +43,7 @@ class SyntheticTrain:
         return self.steps
 
     def set_epoch(self, epoch: int, start_step: int = 0) -> None:
-        start_step = check_start_step(start_step, self.steps)
-        self.epoch, self.start_step = int(epoch), int(start_step)
+        self.epoch, self.start_step = int(epoch), check_start_step(start_step, self.steps)
 
     def __iter__(self):
         for step in range(self.start_step, self.steps):

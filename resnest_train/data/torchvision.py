@@ -230,8 +230,7 @@ class TrainLoader(_Loader):
         self.sampler = sampler
 
     def set_epoch(self, epoch: int, start_step: int = 0) -> None:
-        start_step = check_start_step(start_step, self.sampler.steps)
-        self.sampler.epoch, self.sampler.start_step = int(epoch), int(start_step)
+        self.sampler.epoch, self.sampler.start_step = int(epoch), check_start_step(start_step, self.sampler.steps)
 
 
 def _loader_kwargs(workers: int, device: torch.device) -> dict:
