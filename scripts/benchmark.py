@@ -3,6 +3,7 @@
 
     python scripts/benchmark.py models [--batch 8 ...]     model fwd+bwd images/s, ours vs timm
     python scripts/benchmark.py data [--root DIR ...]      loader images/s, DALI vs torchvision
+    python scripts/benchmark.py gpu [--batch 128 ...]      the GPU table (needs CUDA; scripts/gpu_check.sh)
 
 Each section is a script of its own (scripts/bench_<section>.py); `SECTION --help` lists its options.
 """
@@ -10,7 +11,7 @@ import importlib.util
 import os
 import sys
 
-SECTIONS = {"models": "bench_models.py", "data": "bench_data.py"}
+SECTIONS = {"models": "bench_models.py", "data": "bench_data.py", "gpu": "bench_gpu.py"}
 
 
 def load_section(name):
