@@ -115,7 +115,8 @@ def main(argv=None):
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.add_argument("--json", help="--check: also write the full report (per-class counts) here")
     args = p.parse_args(argv)
-    sys.stdout.reconfigure(errors="backslashreplace")  # file names that are not UTF-8
+    if hasattr(sys.stdout, "reconfigure"):
+        sys.stdout.reconfigure(errors="backslashreplace")  # file names that are not UTF-8 print escaped
     from resnest_train.errors import UserError
     try:
         if args.check:

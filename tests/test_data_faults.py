@@ -235,6 +235,15 @@ def test_file_names_that_are_not_utf8_train_in_both_backends(tmp_path, backend, 
     assert len(x) == 11 and (x - ref).abs().max() < 0.02  # the same files, the same pixels
 
 
+def test_check_lists_a_bad_file_whose_name_is_not_utf8(tmp_path, capsys):
+    root = make_dataset(tmp_path / "ds", specials=False)
+    with open(os.path.join(os.fsencode(root / "train" / "bee"), b"caf\xe9.jpg"), "wb") as f:
+        f.write(b"not an image")
+    assert script().main(["--check", str(root), "--backend", "torchvision", "--no-progress"]) == 1
+    out = capsys.readouterr().out
+    assert "bee/caf\\udce9.jpg: not an image" in out and "train: 13 images" in out
+
+
 def test_a_file_name_dali_lists_cannot_hold(tmp_path):
     root = make_dataset(tmp_path / "ds", specials=False)
     bad = root / "train" / "bee" / "line\nbreak.jpg"
@@ -274,6 +283,12 @@ def test_label_and_list_files_with_a_byte_order_mark(tmp_path):
         lines = [f"ds/{split}/{c}/{f} {i}" for i, c in enumerate(("ant", "bee", "cat"))
                  for f in sorted(os.listdir(root / split / c))]
         (tmp_path / f"{split}.txt").write_text("\r\n".join(lines) + "\r\n", encoding="utf-8-sig")
-    loaders = build_loaders(cfg("", train_list=str(tmp_path / "train.txt"), val_list=str(tmp_path / "val.txt")),
-                            batch_size=2)
-    assert loaders.val_images == 9 and len(loaders.train) == 6
+    with open(tmp_path / "train.txt", "ab") as f:  # and a name that is not UTF-8
+        f.write(b"ds/train/bee/caf\xe9.jpg 1\r\n")
+    Image.fromarray(smooth_image(np.random.default_rng(2), 40, 48)).save(
+        os.path.join(os.fsencode(root / "train" / "bee"), b"caf\xe9.jpg"), format="JPEG")
+    for backend in BACKENDS:
+        loaders = build_loaders(cfg("", backend=backend, autoaugment=False, train_list=str(tmp_path / "train.txt"),
+                                    val_list=str(tmp_path / "val.txt")), batch_size=2)
+        assert loaders.val_images == 9 and len(loaders.train) == 6
+        assert run_epoch(loaders) == (6, 9)

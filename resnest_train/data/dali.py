@@ -328,6 +328,7 @@ def _write_list(path: str, split: Split, indices) -> None:
     for a name the list format cannot hold (a line break).
     """
     base = os.path.abspath(split.base)
+    prefix = os.fsencode(base).lstrip(b"/") + b"/"
     with open(path, "wb") as f:
         for i in indices:
             rel = split.files[i]
@@ -335,7 +336,7 @@ def _write_list(path: str, split: Split, indices) -> None:
             if problem:
                 raise DataError(f"Cannot read the image {os.path.join(base, rel)!r}: {problem}, or set "
                                 f"data.skip_bad_images: true to skip it.")
-            f.write(os.fsencode(os.path.join(base, rel)).lstrip(b"/") + b" %d\n" % int(split.labels[i]))
+            f.write(prefix + os.fsencode(rel) + b" %d\n" % int(split.labels[i]))
 
 
 class _Base:
