@@ -238,7 +238,8 @@ def dali_decode_problem(path: str, compare: bool = True) -> Optional[str]:
 
     The file is decoded by DALI (CPU) and, with ``compare``, by ``load_rgb``; images more
     than one grey level apart (the rounding of a 16-bit or float sample) or of different
-    sizes count as read differently. Called for the rare files that are not JPEG or PNG.
+    sizes count as read differently. ``check_image`` compares the rare files that are not
+    JPEG or PNG; for those two it only asks whether DALI can read them (``full`` checks).
     """
     from PIL import Image
     with Image.open(path) as im:
@@ -332,7 +333,7 @@ def _write_list(path: str, split: Split, indices) -> None:
     with open(path, "wb") as f:
         for i in indices:
             rel = split.files[i]
-            problem = dali_name_problem(rel)
+            problem = dali_name_problem(os.path.join(base, rel))
             if problem:
                 raise DataError(f"Cannot read the image {os.path.join(base, rel)!r}: {problem}, or set "
                                 f"data.skip_bad_images: true to skip it.")

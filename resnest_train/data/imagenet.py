@@ -235,7 +235,6 @@ def to_rgb(im):
     instead of scaling (a 16-bit photo turns white). Alpha is dropped, as ``convert`` and DALI
     both do; palette (transparent entry or not), CMYK, 1-bit and the rest go through ``convert``.
     """
-    import numpy as np
     from PIL import Image
     if im.mode == "F":
         a = np.floor(np.clip(np.asarray(im, dtype=np.float32), 0, 1) * np.float32(255) + np.float32(0.5))
