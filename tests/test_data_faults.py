@@ -3,8 +3,9 @@
 The rule both backends follow (``resnest_train.data.imagenet.load_rgb``): the photo as a
 person sees it (EXIF orientation applied), 16-bit samples scaled to 8 bits as
 ``round(v * 255 / 65535)``, float samples as [0, 1], alpha dropped, every other mode
-converted to RGB by PIL. A file DALI's decoder cannot read that way is flagged by the
-DALI scan (named, or skipped with ``data.skip_bad_images``), never misread.
+converted to RGB by PIL. A file DALI's decoder cannot read that way is flagged by the DALI
+scan (``--check``, and skip mode, which skips it); one DALI cannot read at all stops a run
+without skip mode with its name.
 """
 import os
 
