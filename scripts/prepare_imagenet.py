@@ -27,6 +27,9 @@ in parallel with a progress bar; exit status 1 when problems are found:
 
 --check decodes every image (--quick: header and end-of-file checks only) and stores the list
 of unreadable files where data.skip_bad_images finds it, so training can skip them at once.
+It judges by what the loader reads: --backend dali (the default when DALI is installed, as
+data.backend=auto) also decodes with DALI's decoder, which cannot read some files PIL can
+(a GIF named .jpg, a 1-bit TIFF); --backend torchvision judges by PIL alone.
 """
 import argparse
 import json
@@ -73,9 +76,11 @@ def prepare(args):
 
 
 def check(args):
-    from resnest_train.data import imagenet
+    from resnest_train.data import imagenet, resolve_backend
+    backend = resolve_backend(args.backend)
     report = imagenet.check_dataset(args.check, workers=args.workers, full=not args.quick,
-                                    progress=not args.no_progress)
+                                    progress=not args.no_progress, backend=backend)
+    print(f"judged by what the {backend} backend can decode")
     for name, s in report["splits"].items():
         print(f"{name}: {s['images']} images in {s['classes']} classes "
               f"({s['min_per_class']}-{s['max_per_class']} per class), {len(s['bad'])} unreadable")
@@ -105,9 +110,13 @@ def main(argv=None):
     p.add_argument("--check", metavar="ROOT", help="check the dataset in ROOT (train/ and val/)")
     p.add_argument("--workers", type=int, default=0, help="processes for --check (default: all cores)")
     p.add_argument("--quick", action="store_true", help="--check with header/end-of-file checks only")
+    p.add_argument("--backend", choices=["auto", "dali", "torchvision"], default="auto",
+                   help="--check: judge files by what this data.backend decodes (auto: dali when installed)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.add_argument("--json", help="--check: also write the full report (per-class counts) here")
     args = p.parse_args(argv)
+    if hasattr(sys.stdout, "reconfigure"):
+        sys.stdout.reconfigure(errors="backslashreplace")  # file names that are not UTF-8 print escaped
     from resnest_train.errors import UserError
     try:
         if args.check:

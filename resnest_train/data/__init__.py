@@ -31,8 +31,10 @@ Eval: resize the short side to ``round(eval_crop / eval_ratio)`` (bilinear, anti
 centre crop ``eval_crop``, mean/std. Mixup is the trainer's.
 
 ``data.backend: auto`` is dali when ``nvidia.dali`` imports, else torchvision.
-``loaders.bad_images`` counts unreadable files skipped (``data.skip_bad_images: true``);
+``loaders.bad_images`` counts unreadable files skipped (``data.skip_bad_images: true``), judged
+by what the backend in use can decode (DALI cannot read a GIF; PIL can);
 without that option the first unreadable file stops training with a DataError naming it.
+Both backends decode a file to RGB by one rule, ``imagenet.load_rgb``.
 """
 from __future__ import annotations
 
@@ -71,13 +73,13 @@ def resolve_backend(name: str) -> str:
     return name
 
 
-def _skip_bad(cfg, train, val):
-    """Drop the files the (cached) pre-scan finds unreadable; one log line for all of them."""
+def _skip_bad(backend, train, val):
+    """Drop the files the (cached) pre-scan finds ``backend`` cannot read; one log line for all of them."""
     import numpy as np
     from .imagenet import find_bad_images
     out, counts, lists = [], [], []
     for split in (train, val):
-        bad, cache = find_bad_images(split, workers=0)
+        bad, cache = find_bad_images(split, workers=0, backend=backend)
         if bad:
             keep = np.asarray([i for i, f in enumerate(split.files) if f not in bad], dtype=np.int64)
             split = split.subset(keep)
@@ -110,7 +112,7 @@ def build_loaders(cfg, batch_size: int, rank: int = 0, world_size: int = 1,
     classes, train_split, val_split = load_splits(cfg)
     removed = 0
     if cfg.skip_bad_images:
-        train_split, val_split, removed = _skip_bad(cfg, train_split, val_split)
+        train_split, val_split, removed = _skip_bad(backend, train_split, val_split)
     if backend == "dali":
         from . import dali as impl
     else:

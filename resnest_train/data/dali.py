@@ -37,11 +37,19 @@ Validation: this rank's contiguous shard in a file list read in order with
 ``pad_last_batch=True``; the padded copies in the last batch are cut off here, so every
 image counts once.
 
+Decoding: ``fn.decoders.image*`` with ``output_type=RGB`` and EXIF orientation applied
+(DALI's default) follows the rule of ``imagenet.load_rgb``, which the torchvision backend
+applies with PIL; tests/test_data_faults.py compares the two over every image mode.
+
 Unreadable files: DALI cannot skip a file at run time. A failure stops with a DataError
 naming the file (found from DALI's message or by checking the files of the failing
-batches). With ``data.skip_bad_images: true`` the pre-scan removes bad files before the
-pipelines are built; a file that fails anyway is added to the scan's skip list and the
-error says to run the same command again (resume picks up the checkpoint).
+batches with DALI's own decoder, ``dali_decode_problem``: a GIF named ``.jpg`` reads fine
+in PIL). With ``data.skip_bad_images: true`` the pre-scan, judged by DALI's decoder, removes
+bad files before the pipelines are built; a file that fails anyway is added to the scan's
+skip list and the error says to run the same command again (resume picks up the checkpoint).
+
+File lists hold absolute paths as bytes (``file_root='/'``), so names that are not UTF-8
+reach DALI as the file system spells them.
 """
 from __future__ import annotations
 
@@ -59,7 +67,7 @@ import torch
 from ..errors import DataError
 from .common import AUTOAUGMENT_FILL, PCA_EIGVAL, PCA_EIGVEC, autoaugment_interpolation, check_enough, check_start_step, \
     epoch_indices, eval_sizes, stream_seed, train_steps, val_shard
-from .imagenet import Split, add_bad_image, check_image
+from .imagenet import Split, add_bad_image, check_image, dali_name_problem, load_rgb
 
 import nvidia.dali.fn as fn  # noqa: E402
 import nvidia.dali.types as types  # noqa: E402
@@ -200,6 +208,59 @@ def val_pipeline(file_list, file_root, device, short, crop, mean, std, layout, h
     return images, labels
 
 
+@pipeline_def(batch_size=1, num_threads=1, device_id=None, prefetch_queue_depth=1, exec_dynamic=True)
+def probe_pipeline():
+    """One encoded file in, DALI's CPU decode of it out (the decoder the pipelines above use)."""
+    encoded = fn.external_source(name="encoded", dtype=types.UINT8, ndim=1)
+    return fn.decoders.image(encoded, device="cpu", output_type=types.RGB)
+
+
+_probe = None  # this process's probe pipeline, built on first use
+
+
+def dali_decode(path: str) -> np.ndarray:
+    """``path`` decoded by DALI's CPU image decoder: HWC uint8 RGB. Raises DALI's error when it cannot."""
+    global _probe
+    if _probe is None:
+        _probe = probe_pipeline()
+        _probe.build()
+    _probe.feed_input("encoded", [np.fromfile(path, dtype=np.uint8)])
+    try:
+        (images,) = _probe.run()
+    except Exception:  # noqa: BLE001 - DALI raises RuntimeError or IndexError; the pipeline is spent
+        _probe = None
+        raise
+    return np.array(images.as_array()[0])
+
+
+def dali_decode_problem(path: str, compare: bool = True) -> Optional[str]:
+    """Why DALI's decoder cannot stand in for ``load_rgb`` on ``path``, or None.
+
+    The file is decoded by DALI (CPU) and, with ``compare``, by ``load_rgb``; images more
+    than one grey level apart (the rounding of a 16-bit or float sample) or of different
+    sizes count as read differently. ``check_image`` compares the rare files that are not
+    JPEG or PNG; for those two it only asks whether DALI can read them (``full`` checks).
+    """
+    from PIL import Image
+    with Image.open(path) as im:
+        what = f"a {im.format} image (mode {im.mode})"
+    fix = "convert it to JPEG or PNG, or use data.backend=torchvision"
+    try:
+        ours = dali_decode(path)
+    except Exception as e:  # noqa: BLE001 - whatever DALI raises, it cannot read the file
+        return f"{what}, which DALI's image decoder cannot read ({_dali_reason(e)}); {fix}"
+    if not compare:
+        return None
+    ref = np.asarray(load_rgb(path))
+    if ours.shape != ref.shape:
+        return (f"{what} that DALI's image decoder reads as {ours.shape[1]}x{ours.shape[0]} pixels, PIL as "
+                f"{ref.shape[1]}x{ref.shape[0]}; {fix}")
+    levels = int(np.abs(ours.astype(np.int16) - ref).max(initial=0))
+    if levels > 1:
+        return f"{what} that DALI's image decoder reads differently from PIL (up to {levels} of 255 levels); {fix}"
+    return None
+
+
 # ---------------------------------------------------------------------------------------
 # Running pipelines
 # ---------------------------------------------------------------------------------------
@@ -257,10 +318,26 @@ class _Runner:
         return x.to(self.device, non_blocking=nb), y.to(self.device, non_blocking=nb)
 
 
+LIST_ROOT = "/"  # the readers' file_root: the lists hold absolute paths
+
+
 def _write_list(path: str, split: Split, indices) -> None:
-    with open(path, "w") as f:
+    """A DALI file list: ``absolute/path label`` per line, relative to LIST_ROOT, in bytes.
+
+    Bytes (``os.fsencode``) carry names that are not UTF-8; absolute paths keep the data
+    folder's name out of ``file_root``, a string DALI must encode as UTF-8. Raises DataError
+    for a name the list format cannot hold (a line break).
+    """
+    base = os.path.abspath(split.base)
+    prefix = os.fsencode(base).lstrip(b"/") + b"/"
+    with open(path, "wb") as f:
         for i in indices:
-            f.write(f"{split.files[i]} {int(split.labels[i])}\n")
+            rel = split.files[i]
+            problem = dali_name_problem(os.path.join(base, rel))
+            if problem:
+                raise DataError(f"Cannot read the image {os.path.join(base, rel)!r}: {problem}, or set "
+                                f"data.skip_bad_images: true to skip it.")
+            f.write(prefix + os.fsencode(rel) + b" %d\n" % int(split.labels[i]))
 
 
 class _Base:
@@ -289,11 +366,12 @@ class _Base:
         found = None
         for i in candidates:
             if self.split.files[i] in text:
-                found = (self.split.files[i], check_image(self.split.path(i), full=True) or _dali_reason(err))
+                found = (self.split.files[i], check_image(self.split.path(i), full=True, backend="dali")
+                         or _dali_reason(err))
                 break
         if found is None:
             for i in candidates:
-                reason = check_image(self.split.path(i), full=True)
+                reason = check_image(self.split.path(i), full=True, backend="dali")
                 if reason:
                     found = (self.split.files[i], reason)
                     break
@@ -303,7 +381,7 @@ class _Base:
         rel, reason = found
         path = os.path.join(self.split.base, rel)
         if self.cfg.skip_bad_images:
-            cache = add_bad_image(self.split, rel, reason)
+            cache = add_bad_image(self.split, rel, reason, "dali")
             return DataError(f"Cannot read the image {path} ({reason}); the pre-scan's cheap checks missed it. "
                              f"It has been added to the skip list {cache}: run the same command again to "
                              f"continue without it (resume: auto continues from the last checkpoint).")
@@ -357,7 +435,7 @@ class DaliTrainLoader(_Base):
             _write_list(list_path, self.split, batches[0])
             c = self.cfg
             template = train_pipeline(
-                file_list=list_path, file_root=self.split.base, device=self.dali_device, crop=int(c.train_crop),
+                file_list=list_path, file_root=LIST_ROOT, device=self.dali_device, crop=int(c.train_crop),
                 area=[float(v) for v in c.rrc_scale], ratio=[float(v) for v in c.rrc_ratio], hflip=bool(c.hflip),
                 autoaugment=bool(c.autoaugment), aa_interp=self.aa_interp,
                 jitter=float(c.color_jitter), lighting=float(c.lighting),
@@ -415,7 +493,7 @@ class DaliValLoader(_Base):
         _write_list(list_path, self.split, range(self.start, self.end))
         short, crop = eval_sizes(self.cfg.train_crop, self.cfg.eval_crop, self.cfg.eval_ratio)
         c = self.cfg
-        pipe = val_pipeline(file_list=list_path, file_root=self.split.base, device=self.dali_device, short=short,
+        pipe = val_pipeline(file_list=list_path, file_root=LIST_ROOT, device=self.dali_device, short=short,
                             crop=crop, mean=list(c.mean), std=list(c.std), layout=self.layout,
                             hw_decoder_load=float(c.dali.hw_decoder_load),
                             **self._pipe_kwargs(0, max(1, int(c.dali.threads))))

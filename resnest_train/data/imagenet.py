@@ -5,15 +5,28 @@ sorted folder names of ``train/`` and must be the same in ``val/``. Alternativel
 ``data.train_list`` / ``data.val_list`` name text files with one ``relative/path label`` pair
 per line (DALI's file_list format; paths relative to the list file's folder).
 
-Unreadable files. Real ImageNet holds grayscale JPEGs, CMYK JPEGs and a PNG named ``.JPEG``;
-all are valid and decode to RGB. A file that is empty, not an image, truncated or otherwise
-undecodable is "bad". ``check_image`` decides cheaply from the header and the last bytes
-(a JPEG must end with its end-of-image marker, a PNG with its IEND chunk; the rare file that
-does not is fully decoded to decide), or with ``full=True`` by decoding every file.
-``find_bad_images`` runs it over a split in parallel and caches the answer next to the data
-(``<split>/.resnest_scan_<fingerprint>.json``, or under ``~/.cache/resnest_train`` when the
-data folder is read-only); the fingerprint is the list of file names, so adding or removing
-files triggers a new scan. Delete the cache file to force one after editing files in place.
+Decoding. ``load_rgb`` is the one rule for how a file becomes RGB, which both backends
+follow: the photo as a person sees it (EXIF orientation applied), 16-bit samples scaled to
+8 bits as ``round(v * 255 / 65535)``, float samples taken as [0, 1], alpha dropped (not
+composited), every other mode (grayscale, palette, CMYK, 1-bit) converted by PIL. That is
+what DALI's image decoder does with the files it reads; the torchvision backend applies it
+with PIL. Real ImageNet holds grayscale JPEGs, CMYK JPEGs and a PNG named ``.JPEG``; all
+are valid and decode to RGB.
+
+Unreadable files. A file that is empty, not an image, truncated or otherwise undecodable is
+"bad", and so is, for the DALI backend, a file DALI's decoder cannot read by the rule above
+(a GIF, a 1-bit TIFF...). ``check_image`` decides for a backend: cheaply from the header and
+the last bytes (a JPEG must end with its end-of-image marker, a PNG with its IEND chunk;
+the rare file that does not is fully decoded to decide), or with ``full=True`` by decoding
+every file; for DALI, any file that is neither JPEG nor PNG is also decoded by DALI once and
+compared with the rule. ``find_bad_images`` runs it over a split in parallel and caches the
+answer per backend next to the data (``<split>/.resnest_scan_<fingerprint>.json``, or under
+``~/.cache/resnest_train`` when the data folder is read-only); the fingerprint is the
+backend and the list of file names, so adding or removing files triggers a new scan.
+Delete the cache file to force one after editing files in place.
+
+Text files (file lists, label files) are read as UTF-8 with or without a byte-order mark;
+file names that are not UTF-8 pass through as ``os.listdir`` gives them (surrogate escapes).
 """
 from __future__ import annotations
 
@@ -33,7 +46,8 @@ from ..errors import DataError
 from .common import fingerprint, log
 
 IMG_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".ppm", ".pgm", ".pbm", ".pnm", ".tif", ".tiff", ".webp")
-SCAN_VERSION = 1
+SCAN_VERSION = 2  # 2: judged per backend
+DECODERS = ("torchvision", "dali")  # who judges whether a file can be read: PIL, or DALI's decoder
 
 
 @dataclass
@@ -54,6 +68,16 @@ class Split:
 
     def subset(self, keep: np.ndarray) -> "Split":
         return Split(self.name, self.base, [self.files[i] for i in keep], self.labels[keep], self.source)
+
+
+def open_text(path: str):
+    """Open a text file for reading: UTF-8 with or without a byte-order mark.
+
+    Windows tools (and some copies of Kaggle's LOC_val_solution.csv) start files with a BOM;
+    bytes that are not UTF-8 (a file name in a list) come through as surrogate escapes, as
+    ``os.listdir`` gives such names, so the path still opens.
+    """
+    return open(path, encoding="utf-8-sig", errors="surrogateescape")
 
 
 # ---------------------------------------------------------------------------------------
@@ -141,7 +165,7 @@ def read_list(path: str, name: str) -> Split:
                         f"'relative/path label' pair per line, or leave data.{name}_list empty.")
     base = os.path.dirname(os.path.abspath(path))
     files, labels = [], []
-    with open(path) as f:
+    with open_text(path) as f:
         for lineno, line in enumerate(f, 1):
             line = line.strip()
             if not line or line.startswith("#"):
@@ -195,40 +219,98 @@ def sniff(head: bytes) -> Optional[str]:
         return "webp"
     if head[:4] in (b"II*\x00", b"MM\x00*"):
         return "tiff"
-    if head[:2] in (b"P1", b"P2", b"P3", b"P4", b"P5", b"P6"):
+    if head[:2] in (b"P1", b"P2", b"P3", b"P4", b"P5", b"P6", b"PF", b"Pf"):  # PF, Pf: float PFM
         return "pnm"
     if head[:6] in (b"GIF87a", b"GIF89a"):
         return "gif"
     return None
 
 
-def _decode(path: str) -> Optional[str]:
+def to_rgb(im):
+    """The RGB image (PIL, uint8) of a PIL image of any mode, by the rule of the module docstring.
+
+    16-bit samples (modes ``I;16*``, and ``I`` as 16-bit PNG/PNM files open) become
+    ``round(v * 255 / 65535)``, float samples (``F``) ``round(clip(v, 0, 1) * 255)``: what
+    DALI's decoder (nvImageCodec) makes of such files, measured. PIL's own ``convert`` clips
+    instead of scaling (a 16-bit photo turns white). Alpha is dropped, as ``convert`` and DALI
+    both do; palette (transparent entry or not), CMYK, 1-bit and the rest go through ``convert``.
+    """
     from PIL import Image
+    if im.mode == "F":
+        a = np.floor(np.clip(np.asarray(im, dtype=np.float32), 0, 1) * np.float32(255) + np.float32(0.5))
+        im = Image.fromarray(a.astype(np.uint8), "L")
+    elif im.mode == "I" or im.mode.startswith("I;16"):
+        a = np.clip(np.asarray(im).astype(np.int64), 0, 65535)
+        im = Image.fromarray(((a * 255 + 32767) // 65535).astype(np.uint8), "L")
+    return im.convert("RGB")
+
+
+def load_rgb(path: str):
+    """Decode ``path`` to an RGB PIL image the way a person sees it: EXIF orientation applied
+    (``ImageOps.exif_transpose``, as DALI's decoder does by default), then ``to_rgb``.
+    Raises whatever PIL raises for a file it cannot read."""
+    from PIL import Image, ImageOps
+    with Image.open(path) as im:
+        ImageOps.exif_transpose(im, in_place=True)
+        return to_rgb(im)
+
+
+def _decode(path: str) -> Optional[str]:
     try:
-        with Image.open(path) as im:
-            im.convert("RGB").load()
+        load_rgb(path)
     except Exception as e:  # noqa: BLE001 - any decoder failure means the file is bad
         return f"cannot be decoded ({type(e).__name__}: {e})"
     return None
 
 
-def check_image(path: str, full: bool = False) -> Optional[str]:
-    """None when ``path`` is a readable image, else a short reason. Cheap unless ``full``."""
+def dali_name_problem(path: str) -> Optional[str]:
+    """Why DALI cannot be given this file name, or None: its file list is one name per line."""
+    if "\n" in path:  # a carriage return or a space is fine (the name ends with its extension)
+        return ("a file name with a line break, which DALI's file list cannot hold; rename the file, "
+                "or use data.backend=torchvision")
+    return None
+
+
+def check_image(path: str, full: bool = False, backend: str = "torchvision") -> Optional[str]:
+    """None when ``backend`` can read ``path`` as an image, else a short reason.
+
+    Cheap unless ``full`` (every file decoded). ``backend='dali'`` also asks DALI's decoder:
+    a file that is neither JPEG nor PNG is always decoded by DALI once and compared with
+    ``load_rgb`` (DALI cannot read GIF, 1-bit or 32-bit TIFF, and reads 2-channel TIFF
+    differently); JPEG and PNG, which it reads as ``load_rgb`` does in every mode
+    (tests/test_data_faults.py), are decoded by DALI only when ``full``. Raises ValueError
+    for an unknown backend.
+    """
+    if backend not in DECODERS:
+        raise ValueError(f"backend {backend!r} is not one of {DECODERS}")
+    kind, reason = _check_pil(path, full)
+    if reason or backend == "torchvision":
+        return reason
+    reason = dali_name_problem(path)
+    if reason is None and (full or kind not in ("jpeg", "png")):
+        from .dali import dali_decode_problem
+        reason = dali_decode_problem(path, compare=kind not in ("jpeg", "png"))
+    return reason
+
+
+def _check_pil(path: str, full: bool) -> tuple[Optional[str], Optional[str]]:
+    """(sniffed kind, reason PIL cannot read the file or None)."""
+    kind = None
     try:
         size = os.path.getsize(path)
         if size == 0:
-            return "empty file (0 bytes)"
+            return kind, "empty file (0 bytes)"
         with open(path, "rb") as f:
             head = f.read(32)
             f.seek(max(0, size - 4096))
             tail = f.read()
     except OSError as e:
-        return f"cannot be read ({e.strerror or e})"
+        return kind, f"cannot be read ({e.strerror or e})"
     kind = sniff(head)
     if kind is None:
-        return "not an image (unrecognised header bytes)"
+        return kind, "not an image (unrecognised header bytes)"
     if full:
-        return _decode(path)
+        return kind, _decode(path)
     suspicious = False
     if kind == "jpeg":
         suspicious = not tail.rstrip(b"\x00 \t\r\n").endswith(b"\xff\xd9")
@@ -236,21 +318,21 @@ def check_image(path: str, full: bool = False) -> Optional[str]:
         suspicious = b"IEND" not in tail
     if suspicious:  # truncated, or valid with trailing bytes: a full decode decides
         reason = _decode(path)
-        return f"truncated or corrupt: {reason}" if reason else None
+        return kind, (f"truncated or corrupt: {reason}" if reason else None)
     from PIL import Image
     try:
         with Image.open(path) as im:
             w, h = im.size
         if w <= 0 or h <= 0:
-            return f"invalid size {w}x{h}"
+            return kind, f"invalid size {w}x{h}"
     except Exception as e:  # noqa: BLE001
-        return f"cannot be decoded ({type(e).__name__}: {e})"
-    return None
+        return kind, f"cannot be decoded ({type(e).__name__}: {e})"
+    return kind, None
 
 
 def _check_chunk(args):
-    base, files, full = args
-    return [(f, check_image(os.path.join(base, f), full)) for f in files]
+    base, files, full, backend = args
+    return [(f, check_image(os.path.join(base, f), full, backend)) for f in files]
 
 
 class Progress:
@@ -288,11 +370,12 @@ class Progress:
 
 
 def check_files(base: str, files: Sequence[str], workers: int = 0, full: bool = False,
-                desc: str = "checking images", progress: bool = True) -> dict[str, str]:
-    """{relative path: reason} for every bad file, checked in parallel (processes)."""
+                desc: str = "checking images", progress: bool = True,
+                backend: str = "torchvision") -> dict[str, str]:
+    """{relative path: reason} for every file ``backend`` cannot read, checked in parallel (processes)."""
     workers = workers or min(os.cpu_count() or 1, 32)
     chunk = 64 if full else 256
-    jobs = [(base, list(files[i:i + chunk]), full) for i in range(0, len(files), chunk)]
+    jobs = [(base, list(files[i:i + chunk]), full, backend) for i in range(0, len(files), chunk)]
     bar = Progress(len(files), desc, enabled=progress)
     bad: dict[str, str] = {}
     if workers <= 1 or len(files) <= 2 * chunk:
@@ -341,14 +424,16 @@ def _write_json_atomic(path: str, data: dict) -> None:
     os.replace(tmp, path)
 
 
-def split_fingerprint(split: Split) -> str:
-    return fingerprint([os.path.abspath(split.base)] + [f"{f}\t{l}" for f, l in zip(split.files, split.labels)])
+def split_fingerprint(split: Split, backend: str) -> str:
+    """Names the scan of ``split`` judged by ``backend``'s decoder (a GIF is bad for DALI only)."""
+    return fingerprint([backend, os.path.abspath(split.base)]
+                       + [f"{f}\t{l}" for f, l in zip(split.files, split.labels)])
 
 
-def save_scan(split: Split, bad: dict[str, str], full: bool) -> str:
+def save_scan(split: Split, bad: dict[str, str], full: bool, backend: str) -> str:
     """Store a scan result where ``find_bad_images`` looks first; returns the path used."""
-    fp = split_fingerprint(split)
-    data = {"version": SCAN_VERSION, "fingerprint": fp, "base": os.path.abspath(split.base),
+    fp = split_fingerprint(split, backend)
+    data = {"version": SCAN_VERSION, "fingerprint": fp, "backend": backend, "base": os.path.abspath(split.base),
             "checked": len(split), "full": bool(full), "bad": bad}
     for path in _cache_paths(split, fp):
         try:
@@ -359,9 +444,9 @@ def save_scan(split: Split, bad: dict[str, str], full: bool) -> str:
     return ""
 
 
-def add_bad_image(split: Split, relpath: str, reason: str) -> str:
+def add_bad_image(split: Split, relpath: str, reason: str, backend: str) -> str:
     """Record one more bad file in the split's scan cache (a file that failed at run time)."""
-    fp = split_fingerprint(split)
+    fp = split_fingerprint(split, backend)
     data = None
     for path in _cache_paths(split, fp):
         data = _read_cache(path, fp)
@@ -369,16 +454,17 @@ def add_bad_image(split: Split, relpath: str, reason: str) -> str:
             break
     bad = dict(data["bad"]) if data else {}
     bad[relpath] = reason
-    return save_scan(split, bad, bool(data and data.get("full")))
+    return save_scan(split, bad, bool(data and data.get("full")), backend)
 
 
-def find_bad_images(split: Split, workers: int = 0) -> tuple[dict[str, str], str]:
-    """({relative path: reason}, cache path) for a split; scanned once, then read from the cache.
+def find_bad_images(split: Split, workers: int = 0, backend: str = "torchvision") -> tuple[dict[str, str], str]:
+    """({relative path: reason}, cache path) for a split, judged by what ``backend`` can read;
+    scanned once, then read from the cache.
 
     Concurrent callers (one per rank) serialise on a lock file: the first scans, the rest
     read its result.
     """
-    fp = split_fingerprint(split)
+    fp = split_fingerprint(split, backend)
     paths = _cache_paths(split, fp)
     for path in paths:
         data = _read_cache(path, fp)
@@ -395,11 +481,11 @@ def find_bad_images(split: Split, workers: int = 0) -> tuple[dict[str, str], str
                     return data["bad"], path
             rank0 = int(os.environ.get("RANK", "0")) == 0
             if rank0:
-                log.info("data.skip_bad_images: checking the %d %s images once (header and end-of-file "
-                         "checks); the result is cached", len(split), split.name)
+                log.info("data.skip_bad_images: checking the %d %s images once for the %s backend (header "
+                         "and end-of-file checks); the result is cached", len(split), split.name, backend)
             bad = check_files(split.base, split.files, workers, desc=f"checking {split.name} images",
-                              progress=rank0)
-            return bad, save_scan(split, bad, full=False)
+                              progress=rank0, backend=backend)
+            return bad, save_scan(split, bad, full=False, backend=backend)
         finally:
             fcntl.flock(lock, fcntl.LOCK_UN)
 
@@ -411,7 +497,7 @@ def find_bad_images(split: Split, workers: int = 0) -> tuple[dict[str, str], str
 def read_kaggle_solution(path: str) -> dict[str, str]:
     """{image id: synset} from Kaggle's LOC_val_solution.csv (ImageId,PredictionString)."""
     out = {}
-    with open(path) as f:
+    with open_text(path) as f:
         header = f.readline().strip().split(",")
         if header[:2] != ["ImageId", "PredictionString"]:
             raise DataError(f"{path}: expected the header 'ImageId,PredictionString' of Kaggle's "
@@ -431,7 +517,7 @@ def read_kaggle_solution(path: str) -> dict[str, str]:
 
 def read_synsets(path: str) -> list[str]:
     """Synset ids in file order from a 'n01440764 tench, Tinca tinca' text file."""
-    with open(path) as f:
+    with open_text(path) as f:
         wnids = [line.split()[0] for line in f if line.strip()]
     bad = [w for w in wnids if not (w.startswith("n") and w[1:].isdigit())]
     if bad:
@@ -455,7 +541,7 @@ def read_devkit_ground_truth(gt_path: str, synsets_path: str, order: str = "devk
             f"which is not sorted: the labels would be wrong. Give a mapping in meta.mat order (line i = "
             f"ILSVRC2012_ID i), or pass --id-order sorted if your ids really count sorted classes.")
     out = []
-    with open(gt_path) as f:
+    with open_text(gt_path) as f:
         for lineno, line in enumerate(f, 1):
             line = line.strip()
             if not line:
@@ -519,11 +605,12 @@ def organize_val(val_dir: str, assignments: dict[str, str], out_dir: str = "", m
 
 
 def check_dataset(root: str, workers: int = 0, full: bool = True, progress: bool = True,
-                  write_cache: bool = True) -> dict:
-    """A report on a dataset in ImageNet layout; never raises for bad images (they are listed)."""
+                  write_cache: bool = True, backend: str = "torchvision") -> dict:
+    """A report on a dataset in ImageNet layout, judged by what ``backend`` can read; never
+    raises for bad images (they are listed)."""
     if not os.path.isdir(root):
         raise DataError(f"{root} does not exist or is not a folder.")
-    report: dict = {"root": root, "splits": {}, "problems": []}
+    report: dict = {"root": root, "backend": backend, "splits": {}, "problems": []}
     split_classes = {}
     for name in ("train", "val"):
         d = os.path.join(root, name)
@@ -542,11 +629,11 @@ def check_dataset(root: str, workers: int = 0, full: bool = True, progress: bool
         split = Split(name, d, [f"{c}/{f}" for c in classes for f in _list_images(os.path.join(d, c))],
                       np.asarray([i for i, c in enumerate(classes) for _ in range(per_class[c])], dtype=np.int64),
                       d)
-        bad = check_files(d, split.files, workers, full=full, desc=f"{name}", progress=progress)
+        bad = check_files(d, split.files, workers, full=full, desc=f"{name}", progress=progress, backend=backend)
         if bad:
             report["problems"].append(f"{name}: {len(bad)} unreadable file(s)")
         if write_cache and split.files:
-            save_scan(split, bad, full)
+            save_scan(split, bad, full, backend)
         counts = list(per_class.values()) or [0]
         report["splits"][name] = {"classes": len(classes), "images": len(split), "min_per_class": min(counts),
                                   "max_per_class": max(counts), "per_class": per_class, "bad": bad}

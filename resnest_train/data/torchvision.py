@@ -10,6 +10,9 @@ float, lighting and mean/std normalisation happen on the target device in the ma
 process, which keeps the workers' CPU time for decoding. Stacking HWC gives channels_last
 for free when asked for.
 
+Decoding: ``imagenet.load_rgb``, the rule DALI's decoder follows (EXIF orientation, 16-bit
+and float samples scaled, alpha dropped), so the two backends see the same pixels.
+
 Unreadable files: with ``data.skip_bad_images: false`` the first one met stops training with
 a DataError naming it. With ``true`` the pre-scan has already removed the bad files it could
 find; a file that still fails to decode is replaced by the next readable sample of the
@@ -26,7 +29,7 @@ from torch.utils.data import DataLoader, Dataset
 from ..errors import DataError
 from .common import AUTOAUGMENT_FILL, autoaugment_interpolation, check_enough, check_start_step, epoch_indices, \
     eval_sizes, lighting_offset, log_once, sample_seed, train_steps, val_shard
-from .imagenet import Split
+from .imagenet import Split, load_rgb
 
 
 @dataclass
@@ -39,12 +42,6 @@ def _hint(path: str, reason: str) -> str:
     return (f"Cannot read the image {path} ({reason}). Fix or delete the file (scripts/prepare_imagenet.py "
             f"--check ROOT lists every unreadable file), or set data.skip_bad_images: true to skip unreadable "
             f"files.")
-
-
-def load_rgb(path: str):
-    from PIL import Image
-    with Image.open(path) as im:
-        return im.convert("RGB")  # grayscale, CMYK, palette and RGBA all become RGB
 
 
 def train_transform(cfg):
