@@ -291,3 +291,25 @@ def test_autoaugment_interpolation_is_a_setting_of_both_backends(data, backend):
     with pytest.raises(DataError, match="autoaugment_interpolation='bicubic' is not one of nearest, bilinear"):
         build_loaders(cfg(data, backend=backend, autoaugment=True, autoaugment_interpolation="bicubic"),
                       batch_size=4)
+
+
+def test_dali_gpu_runner_orders_outputs_on_torchs_stream(monkeypatch):
+    """Issue 16, item 4: a GPU pipeline runs with torch's current stream; a CPU one host-synchronously."""
+    pytest.importorskip("nvidia.dali")
+    from resnest_train.data import dali
+
+    class Pipe:
+        def build(self):
+            pass
+
+        def run(self, *args):
+            self.args = args
+            return "outputs"
+
+    torch_stream = object()
+    monkeypatch.setattr(torch.cuda, "current_stream", lambda device=None: torch_stream)
+    gpu, cpu = Pipe(), Pipe()
+    assert dali._Runner(gpu, "gpu", torch.device("cuda", 0), False).run() == "outputs"
+    assert gpu.args == (torch_stream,)
+    dali._Runner(cpu, "cpu", torch.device("cpu"), False).run()
+    assert cpu.args == ()

@@ -73,7 +73,7 @@ def test_dali_gpu_batches_match_cpu_decode(demo_root):
     for (xg, yg), (xc, yc) in zip(gpu_batches, cpu_batches):
         assert xg.device.type == "cuda" and xg.dtype == torch.float32 and yg.dtype == torch.int64
         assert xg.is_contiguous(memory_format=torch.channels_last) and xg.shape == xc.shape
-        assert torch.equal(yg.cpu(), yc.cpu())
+        assert yg.device.type == "cuda" and torch.equal(yg.cpu(), yc.cpu())
         diff = (xg.float() - xc.float()).abs()
         # nvJPEG/hardware decoding rounds its IDCT differently from libjpeg-turbo: a few levels
         # of 255 per pixel, i.e. about 0.02-0.05 after dividing by std ~0.225 * 255.

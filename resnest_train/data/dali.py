@@ -191,7 +191,7 @@ def train_pipeline(file_list, file_root, device, crop, area, ratio, hflip, autoa
     mirror = fn.random.coin_flip(probability=0.5) if hflip else 0
     images = fn.crop_mirror_normalize(images, dtype=types.FLOAT, output_layout=layout, mirror=mirror,
                                       mean=mean255, std=[s * 255.0 for s in std])
-    return images, labels
+    return images, _labels_on(labels, device)
 
 
 @pipeline_def
@@ -205,7 +205,12 @@ def val_pipeline(file_list, file_root, device, short, crop, mean, std, layout, h
     images = fn.crop_mirror_normalize(images, crop=(crop, crop), crop_pos_x=0.5, crop_pos_y=0.5,
                                       dtype=types.FLOAT, output_layout=layout,
                                       mean=[m * 255.0 for m in mean], std=[s * 255.0 for s in std])
-    return images, labels
+    return images, _labels_on(labels, device)
+
+
+def _labels_on(labels, device: str):
+    """On the GPU the labels leave the pipeline on the GPU too: no copy from pageable host memory."""
+    return labels.gpu() if device == "gpu" else labels
 
 
 @pipeline_def(batch_size=1, num_threads=1, device_id=None, prefetch_queue_depth=1, exec_dynamic=True)
@@ -297,6 +302,11 @@ class _Runner:
         pipe.build()
 
     def run(self):
+        """The next batch's outputs. A GPU pipeline gets torch's current stream: its outputs are
+        ordered on that stream, so DALI reuses their memory only after torch's kernels reading
+        them have run (without it, DALI releases them in its own stream's order)."""
+        if self.dali_device == "gpu":
+            return self.pipe.run(torch.cuda.current_stream(self.device))
         return self.pipe.run()
 
     def to_torch(self, outputs, keep: Optional[int] = None):
