@@ -54,12 +54,12 @@ CHOICES = {
 class Range:
     """The valid values of one numeric config key; for a list key, of each item.
 
-    ``low``/``high`` are the bounds (None: unbounded), included unless ``low_open`` /
-    ``high_open``. ``length`` fixes a list's number of items; ``ordered`` asks for a
+    ``low``/``high`` are the bounds (``high`` None: unbounded), included unless ``low_open``
+    / ``high_open``; NaN and infinity are never valid. ``length`` fixes a list's number of items; ``ordered`` asks for a
     (min, max) pair. ``why`` is the reason or source, shown in the error.
     """
 
-    low: Optional[float] = None
+    low: float
     high: Optional[float] = None
     low_open: bool = False
     high_open: bool = False
@@ -80,21 +80,17 @@ class Range:
     def _holds(self, x: float) -> bool:
         if not math.isfinite(x):
             return False
-        if self.low is not None and (x <= self.low if self.low_open else x < self.low):
+        if x <= self.low if self.low_open else x < self.low:
             return False
         return self.high is None or (x < self.high if self.high_open else x <= self.high)
 
     def describe(self, is_list: bool = False) -> str:
         """The range in words: ``in [0, 1)``, ``> 0``, ``a list of 3 numbers, each in (0, 1]``."""
-        lo, hi = _num(self.low), _num(self.high)
-        if self.low is not None and self.high is not None:
-            bounds = f"in {'(' if self.low_open else '['}{lo}, {hi}{')' if self.high_open else ']'}"
-        elif self.low is not None:
-            bounds = f"{'>' if self.low_open else '>='} {lo}"
-        elif self.high is not None:
-            bounds = f"{'<' if self.high_open else '<='} {hi}"
+        if self.high is None:
+            bounds = f"{'>' if self.low_open else '>='} {_num(self.low)}"
         else:
-            bounds = "finite"
+            bounds = (f"in {'(' if self.low_open else '['}{_num(self.low)}, {_num(self.high)}"
+                      f"{')' if self.high_open else ']'}")
         if not is_list:
             return bounds
         count = f"{self.length} numbers" if self.length is not None else "numbers"
@@ -102,8 +98,8 @@ class Range:
         return f"a list of {count}, each {bounds}{order}"
 
 
-def _num(x: Optional[float]) -> str:
-    return "" if x is None else (str(int(x)) if float(x).is_integer() else f"{x:g}")
+def _num(x: float) -> str:
+    return str(int(x)) if float(x).is_integer() else f"{x:g}"
 
 
 NONNEG = Range(0)
@@ -143,7 +139,7 @@ RANGES: dict[str, Range] = {
     "data.mean": Range(0, 1, length=3, why="the R, G, B means in [0, 1] pixel units "
                                            "(ImageNet: [0.485, 0.456, 0.406], not 0-255 values)"),
     "data.std": Range(0, 1, low_open=True, length=3,
-                      why="the R, G, B standard deviations in [0, 1] pixel units, divided by "
+                      why="the R, G, B standard deviations pixels are divided by, in [0, 1] pixel units "
                           "(ImageNet: [0.229, 0.224, 0.225], not 0-255 values)"),
     "data.dali.threads": Range(1, why="DALI CPU threads per process"),
     "data.dali.prefetch": Range(1, why="DALI's prefetch queue depth in batches"),
@@ -339,10 +335,10 @@ def check_device(cfg: Config, device: Any, world_size: int) -> None:
                           "Set train.sync_bn=false on the CPU (BN statistics are then per process and "
                           "averaged across ranks before each evaluation).")
     if cfg.train.sync_bn and cfg.train.batch_size * world_size < 2:
-        raise ConfigError(f"Config key 'train.batch_size' is {cfg.train.batch_size} with train.sync_bn on "
-                          f"{world_size} process: BatchNorm in training mode needs more than one value per "
-                          "channel, so the global batch must hold at least 2 images. Set "
-                          "train.batch_size >= 2 or train on several GPUs.")
+        raise ConfigError(f"Config key 'train.batch_size' is {cfg.train.batch_size} with train.sync_bn on a "
+                          "single process: BatchNorm in training mode needs more than one value per channel, "
+                          "so the global batch must hold at least 2 images. Set train.batch_size >= 2 or "
+                          "train on several GPUs.")
 
 
 def check_steps_per_epoch(cfg: Config, world_size: int, batches_per_epoch: int) -> int:
