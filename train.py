@@ -3,6 +3,9 @@
 
     python train.py --config configs/quickstart.yaml train.epochs=2 data.root=data/demo
     torchrun --nproc_per_node 8 train.py --config configs/resnest50.yaml data.root=/data/imagenet
+
+Loading the config runs the pre-flight check (resnest_train/preflight.py): every key's type
+and range, the rules across keys, and that the model builds; scripts/sweep.py runs the same.
 """
 import argparse
 import sys

@@ -165,20 +165,10 @@ class Config:
 # Loading: YAML with `base:` inheritance, dotted overrides, type checks
 # ---------------------------------------------------------------------------------------
 
-CHOICES = {
-    "data.backend": ("auto", "dali", "torchvision", "synthetic"),
-    "data.dali.device": ("auto", "cpu", "gpu"),
-    "model.dropblock.schedule": ("linear", "constant"),
-    "train.amp": ("none", "bf16", "fp16"),
-    "dist.backend": ("auto", "nccl", "gloo"),
-    "output.progress": ("auto", "bar", "lines"),
-    "device": ("auto", "cpu", "cuda"),
-}
-DROPBLOCK_SITES = ("bn1", "splat", "bn3")
-
-
 def load_config(path: Optional[str] = None, overrides: typing.Sequence[str] = ()) -> Config:
-    """The resolved config: schema defaults <- YAML file (and its bases) <- overrides."""
+    """The resolved config: schema defaults <- YAML file (and its bases) <- overrides, passed
+    through the one pre-flight check (``preflight.preflight``: types, ranges, cross-key
+    rules, model construction). Raises ``ConfigError``."""
     merged: dict = {}
     if path:
         merged = _load_yaml_tree(os.path.abspath(path), chain=())
@@ -187,8 +177,7 @@ def load_config(path: Optional[str] = None, overrides: typing.Sequence[str] = ()
         _build(Config, _nest(key, value), where=f"command-line override '{item}'", prefix="")
         _deep_merge(merged, _nest(key, value))
     cfg = _build(Config, merged, where=path or "the command line", prefix="")
-    validate(cfg)
-    return cfg
+    return _preflight(cfg)
 
 
 def config_to_dict(cfg: Config) -> dict:
@@ -200,38 +189,12 @@ def config_to_yaml(cfg: Config) -> str:
 
 
 def config_from_dict(data: dict, where: str = "a checkpoint") -> Config:
-    cfg = _build(Config, data, where=where, prefix="")
-    validate(cfg)
-    return cfg
+    return _preflight(_build(Config, data, where=where, prefix=""))
 
 
-def validate(cfg: Config) -> None:
-    """Checks across keys and value ranges that the types alone cannot express."""
-    for key, allowed in CHOICES.items():
-        value = _get(cfg, key)
-        if value not in allowed:
-            raise ConfigError(
-                f"Config key '{key}' is {value!r}, which is not one of {', '.join(map(repr, allowed))}. "
-                f"Set it to one of those.")
-    positive = ["train.epochs", "train.batch_size", "train.accum_steps", "data.train_crop",
-                "output.log_every", "train.eval_every"]
-    for key in positive:
-        if _get(cfg, key) <= 0:
-            raise ConfigError(f"Config key '{key}' must be a positive number, got {_get(cfg, key)}.")
-    for key in ("train.label_smoothing", "model.dropblock.prob", "train.mixup_prob"):
-        if not 0.0 <= _get(cfg, key) <= 1.0:
-            raise ConfigError(f"Config key '{key}' must be between 0 and 1, got {_get(cfg, key)}.")
-    if not 0.0 < cfg.data.eval_ratio <= 1.0:
-        raise ConfigError(f"Config key 'data.eval_ratio' must be in (0, 1], got {cfg.data.eval_ratio}; "
-                          "the paper uses 0.875 at 224 px (crop / (crop + 32) from 256 px up).")
-    bad_sites = [s for s in cfg.model.dropblock.sites if s not in DROPBLOCK_SITES]
-    if bad_sites:
-        raise ConfigError(f"Config key 'model.dropblock.sites' has unknown site(s) {bad_sites}; "
-                          f"valid sites are {list(DROPBLOCK_SITES)}.")
-    bad_stages = [s for s in cfg.model.dropblock.stages if s not in (1, 2, 3, 4)]
-    if bad_stages:
-        raise ConfigError(f"Config key 'model.dropblock.stages' has {bad_stages}; stages are 1 to 4 "
-                          "(layer1..layer4); the paper uses [3, 4].")
+def _preflight(cfg: Config) -> Config:
+    from .preflight import preflight  # it reads this module's schema
+    return preflight(cfg)
 
 
 def _get(cfg: Any, dotted: str) -> Any:

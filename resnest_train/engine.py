@@ -22,7 +22,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from . import checkpoint
-from .config import Config, ConfigError, config_to_dict, config_to_yaml
+from .config import Config, config_to_dict, config_to_yaml
 from .data import build_loaders
 from .distributed import (DistInfo, all_reduce_sum, any_rank, average_bn_stats, barrier, cleanup, init_distributed,
                           state_checksums)
@@ -30,6 +30,7 @@ from .errors import UserError
 from .models import create_model, dropblock_prob, model_info, set_dropblock_prob
 from .monitor import Monitor, flatten
 from .optim import build_optimizer, lr_at, peak_lr, set_lr
+from .preflight import check_device, check_steps_per_epoch
 
 PREEMPTED_EXIT_CODE = 143  # 128 + SIGTERM: what schedulers expect of a job stopped by SIGTERM
 
@@ -52,14 +53,7 @@ class Plan:
 
 def make_plan(cfg: Config, world_size: int, batches_per_epoch: int) -> Plan:
     global_batch = cfg.train.batch_size * world_size * cfg.train.accum_steps
-    steps = batches_per_epoch // cfg.train.accum_steps
-    if cfg.train.max_steps_per_epoch:
-        steps = min(steps, cfg.train.max_steps_per_epoch)
-    if steps == 0:
-        raise UserError(
-            f"An epoch would have no optimizer step: {batches_per_epoch} batches of {cfg.train.batch_size} per "
-            f"process with train.accum_steps={cfg.train.accum_steps} on {world_size} process(es). "
-            "Lower train.batch_size or train.accum_steps, or use fewer processes.")
+    steps = check_steps_per_epoch(cfg, world_size, batches_per_epoch)
     return Plan(world_size=world_size, batch_size=cfg.train.batch_size, accum_steps=cfg.train.accum_steps,
                 global_batch=global_batch, peak_lr=peak_lr(cfg.optim.base_lr, global_batch),
                 steps_per_epoch=steps, epochs=cfg.train.epochs)
@@ -99,11 +93,8 @@ def build_model(cfg: Config, num_classes: int) -> nn.Module:
             if getattr(m, k) is not None}
     db = m.dropblock
     dropblock = {"stages": db.stages, "sites": db.sites, "block_size": db.block_size, "prob": 0.0}
-    try:
-        model = create_model(m.name, num_classes=num_classes, zero_init_last=m.zero_init_last,
-                             dropblock=dropblock, **arch)
-    except (KeyError, ValueError) as e:
-        raise ConfigError(f"Config key 'model': {e}") from None
+    model = create_model(m.name, num_classes=num_classes, zero_init_last=m.zero_init_last,
+                         dropblock=dropblock, **arch)  # preflight.check_model built it already
     if m.weights:
         load_weights(model, m.weights)
     return model
@@ -129,20 +120,6 @@ def autocast(amp: str, device: torch.device):
         return contextlib.nullcontext()
     dtype = torch.bfloat16 if amp == "bf16" else torch.float16
     return torch.autocast(device_type=device.type, dtype=dtype)
-
-
-def check_device_options(cfg: Config, device: torch.device) -> None:
-    if cfg.train.amp == "fp16" and device.type != "cuda":
-        raise ConfigError("Config key 'train.amp' is fp16, which needs a CUDA GPU (its grad scaler and fast "
-                          "kernels are GPU-only). On the CPU use train.amp=bf16 or none.")
-    if cfg.train.sync_bn and device.type != "cuda":
-        raise ConfigError("Config key 'train.sync_bn' is true, but PyTorch's SyncBatchNorm runs only on GPUs. "
-                          "Set train.sync_bn=false on the CPU (BN statistics are then per process and "
-                          "averaged across ranks before each evaluation).")
-    if (cfg.train.mixup_alpha > 0 or cfg.train.cutmix_alpha > 0) and cfg.train.batch_size % 2:
-        raise ConfigError(f"Config key 'train.batch_size' is {cfg.train.batch_size}; mixup/cutmix pair each "
-                          "batch with its reverse and need an even per-process batch. Use an even batch size "
-                          "or set train.mixup_alpha=0 and train.cutmix_alpha=0.")
 
 
 def build_mixup(cfg: Config, num_classes: int):
@@ -373,7 +350,7 @@ def run(cfg: Config, dry_run: bool = False) -> int:
 
 
 def _run(cfg: Config, dist: DistInfo, dry_run: bool) -> int:
-    check_device_options(cfg, dist.device)
+    check_device(cfg, dist.device, dist.world_size)
     torch.manual_seed(cfg.train.seed)  # the same initial weights on every rank
     loaders = build_loaders(cfg.data, batch_size=cfg.train.batch_size, rank=dist.rank,
                             world_size=dist.world_size, device=dist.device, seed=cfg.train.seed,

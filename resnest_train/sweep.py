@@ -343,34 +343,18 @@ def load_sweep(path: str, extra_overrides: list[str] = ()) -> Sweep:
 
 
 def check(sweep: Sweep) -> dict[str, int]:
-    """Load every run's config the way train.py will, then build each distinct model on the
-    meta device: a bad key, value or architecture fails here, before any run starts.
+    """Load every run's config the way train.py will, through the same pre-flight check
+    (``load_config`` runs ``preflight.preflight``: types, ranges, cross-key rules, model
+    construction): a config train.py would refuse fails here, before any run starts.
     Returns each run's train.epochs."""
-    configs = []
+    epochs = {}
     for i, run in enumerate(sweep.runs):
         try:
-            configs.append(load_config(sweep.config, override_args(run)))
+            cfg = load_config(sweep.config, override_args(run))
         except ConfigError as e:
             raise SweepError(f"Run {i + 1} '{run.name}' of sweep {sweep.file} has a bad config: {e}") from None
-    import torch  # only now: every config loaded, so a bad key failed fast
-
-    from . import models
-
-    built = set()
-    for i, (run, cfg) in enumerate(zip(sweep.runs, configs)):
-        m = cfg.model
-        arch = {k: getattr(m, k) for k in models.resnest.ARCH_KEYS if getattr(m, k, None) is not None}
-        key = (m.name, tuple(sorted(arch.items())))
-        if key in built:
-            continue
-        try:
-            with torch.device("meta"):
-                models.create_model(m.name, **arch)
-        except (KeyError, ValueError) as e:
-            raise SweepError(f"Run {i + 1} '{run.name}' of sweep {sweep.file} has a bad model: "
-                             f"config key 'model': {e}") from None
-        built.add(key)
-    return {run.name: cfg.train.epochs for run, cfg in zip(sweep.runs, configs)}
+        epochs[run.name] = cfg.train.epochs
+    return epochs
 
 
 # ---------------------------------------------------------------------------------------

@@ -6,8 +6,9 @@
     python scripts/sweep.py configs/sweeps/radix_cardinality.yaml data.root=/data/imagenet --print > jobs.txt
     python scripts/sweep.py configs/sweeps/cpu_smoke.yaml --summary   rewrite summary.csv/.md now
 
-Every run's config is checked before anything starts. Each run goes through launch.sh
-(so it may use every GPU, or several nodes); a finished run is skipped and an unfinished
+Every run's config goes through train.py's pre-flight check (resnest_train/preflight.py)
+before anything starts, so --dry-run refuses what train.py would. Each run goes through
+launch.sh (so it may use every GPU, or several nodes); a finished run is skipped and an unfinished
 one resumes from its checkpoint, so running the same command again continues the sweep.
 A failed run does not stop the others; the exit status is then 1. The sweep file format
 is described in resnest_train/sweep.py.
@@ -31,7 +32,8 @@ def main(argv=None) -> int:
     mode = parser.add_mutually_exclusive_group()
     mode.add_argument("--print", action="store_true",
                       help="print one shell-quoted launch.sh command per run and exit")
-    mode.add_argument("--dry-run", action="store_true", help="check every run's config, print the plan, exit")
+    mode.add_argument("--dry-run", action="store_true",
+                      help="check every run's config as train.py does, print the plan, exit")
     mode.add_argument("--summary", action="store_true",
                       help="write summary.csv and summary.md from what the runs wrote so far, and print it")
     args = parser.parse_args(argv)

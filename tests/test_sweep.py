@@ -261,7 +261,8 @@ def test_bad_key_is_rejected_before_any_run_starts(tmp_path, fake_trainer):
     path = write_sweep(tmp_path / "bad2.yaml", {"base": BASE, "grid": {"model.radix": [2, 3]},
                                                 "overrides": {"model.cardinality": 3, "model.bottleneck_width": 10}})
     result = sweep_cli(path, cwd=tmp_path, env=env)
-    assert result.returncode == 2 and "Run 1 'radix2'" in result.stderr and "has a bad model" in result.stderr
+    assert result.returncode == 2 and "Run 1 'radix2'" in result.stderr and "has a bad config" in result.stderr
+    assert "cannot be built (model.name=resnest50, model.radix=2, model.cardinality=3" in result.stderr
     assert calls(log) == []
 
 
