@@ -53,12 +53,11 @@ def exception_text(e: BaseException) -> str:
 
     Terminal escape codes are removed (torch's weights-only refusal carries bold text) and so
     are other control characters, so the message reads the same in a log file. The telling
-    line is the first, except for that refusal, whose cause sits on a later
-    'WeightsUnpickler error:' line.
+    line is the first, except for that refusal, whose cause follows 'WeightsUnpickler error:'.
     """
-    lines = [line.strip() for line in _ANSI.sub("", str(e)).splitlines() if line.strip()]
-    cause = [line.split(":", 1)[1].strip() for line in lines if line.startswith("WeightsUnpickler error:")]
-    text = (cause or lines or [""])[0]
+    text = _ANSI.sub("", str(e))
+    text = text.split("WeightsUnpickler error:", 1)[-1]
+    text = next((line.strip() for line in text.splitlines() if line.strip()), "")
     text = "".join(ch for ch in text if ch.isprintable())
     text = text.split(". ", 1)[0].rstrip(".")
     return f"{type(e).__name__}: {text}" if text else type(e).__name__
