@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import glob
 import os
+import re
 import tempfile
 
 import torch
@@ -40,16 +41,65 @@ def atomic_save(obj: dict, path: str) -> None:
         os.close(dir_fd)
 
 
-def load(path: str, map_location="cpu") -> dict:
+# What a checkpoint written by `engine.state_dict` holds besides the EMA, scaler and best top-1.
+TRAINING_KEYS = ("model", "optimizer", "epoch", "step_in_epoch", "step", "loss_sum", "loss_count", "config")
+
+# CSI sequences (colour, cursor) such as torch's bold "do those steps only if you trust the source".
+_ANSI = re.compile(r"\x1b\[[0-?]*[ -/]*[@-~]")
+
+
+def exception_text(e: BaseException) -> str:
+    """`e` as one plain line for a UserError: type, then the first sentence of its telling line.
+
+    Terminal escape codes are removed (torch's weights-only refusal carries bold text) and so
+    are other control characters, so the message reads the same in a log file. The telling
+    line is the first, except for that refusal, whose cause follows 'WeightsUnpickler error:'.
+    """
+    text = _ANSI.sub("", str(e))
+    text = text.split("WeightsUnpickler error:", 1)[-1]
+    text = next((line.strip() for line in text.splitlines() if line.strip()), "")
+    text = "".join(ch for ch in text if ch.isprintable())
+    text = text.split(". ", 1)[0].rstrip(".")
+    return f"{type(e).__name__}: {text}" if text else type(e).__name__
+
+
+def load(path: str, map_location="cpu", key: str = "resume"):
+    """`torch.load(path, weights_only=True)`; `key` is the config key that named the file.
+
+    Raises UserError naming `key` and the file when it is missing, damaged, or holds Python
+    objects other than tensors and plain containers (weights_only runs no code from the file).
+    """
+    fix = {"resume": "point 'resume' at another file, or set resume=none to start afresh in a new output.dir",
+           "model.weights": "point 'model.weights' at a file of tensors only: a state_dict or a resnest-train "
+                            "checkpoint (a foreign checkpoint holding other objects can be loaded once in a "
+                            "trusted session and its state_dict saved alone with torch.save)"}[key]
     try:
         return torch.load(path, map_location=map_location, weights_only=True)
     except FileNotFoundError:
-        raise UserError(f"Checkpoint {path} does not exist. Check the 'resume' key "
-                        "(auto, none, or the path of a .pth file).") from None
+        raise UserError(f"Config key '{key}' points to {path}, which does not exist. "
+                        f"Check the path{', or use resume=auto or none' if key == 'resume' else ''}.") from None
     except Exception as e:  # a file that is not a checkpoint, or one from an untrusted source
-        raise UserError(f"Checkpoint {path} cannot be loaded ({type(e).__name__}: {str(e).splitlines()[0]}). "
-                        "It is damaged or not a resnest-train checkpoint: point 'resume' at another file, "
-                        "or set resume=none to start afresh in a new output.dir.") from None
+        raise UserError(f"Config key '{key}': {path} cannot be loaded ({exception_text(e)}). It is damaged, or "
+                        f"not a checkpoint that loads with torch.load(weights_only=True): {fix}.") from None
+
+
+def training_state_problem(saved) -> str:
+    """Why `saved` is not a resnest-train checkpoint to resume from ("" when it is one)."""
+    if not isinstance(saved, dict):
+        return f"it holds a {type(saved).__name__}, not a checkpoint dict"
+    missing = [k for k in TRAINING_KEYS if k not in saved]
+    return f"it lacks {', '.join(missing[:4])}: a bare state_dict, not a resnest-train checkpoint" if missing else ""
+
+
+def load_training_state(path: str, map_location="cpu") -> dict:
+    """A resnest-train checkpoint to resume from; UserError (naming 'resume') for anything else."""
+    saved = load(path, map_location, key="resume")
+    problem = training_state_problem(saved)
+    if problem:
+        raise UserError(f"Config key 'resume': {path} cannot be resumed from ({problem}). To start from bare "
+                        "weights use model.weights=<file> with resume=none; to resume, point 'resume' at a file "
+                        "from output.dir/checkpoints.")
+    return saved
 
 
 def checkpoint_dir(output_dir: str) -> str:
@@ -69,17 +119,122 @@ def save_periodic(state: dict, output_dir: str, epoch: int, keep_last: int) -> N
         os.remove(old)
 
 
-def resume_path(resume: str, output_dir: str) -> str | None:
-    """The checkpoint to resume from: auto finds last.pth in the run directory; none starts afresh."""
+def resume_candidates(output_dir: str) -> list[str]:
+    """Checkpoint files of a run: last.pth, then epoch_NNNN.pth newest first, then best.pth (existing ones)."""
+    folder = checkpoint_dir(output_dir)
+    numbered = sorted(glob.glob(os.path.join(folder, "epoch_*.pth")), reverse=True)
+    return [p for p in [last_path(output_dir), *numbered, os.path.join(folder, "best.pth")] if os.path.isfile(p)]
+
+
+def position(saved: dict) -> tuple[int, int, int]:
+    """(epoch, step_in_epoch, step) of a checkpoint: where in the run it was written; larger is newer."""
+    return saved["epoch"], saved["step_in_epoch"], saved["step"]
+
+
+def find_resume(resume: str, output_dir: str, log=print, map_location="cpu") -> tuple[str | None, dict | None]:
+    """The checkpoint to resume from and its content, or (None, None) to start afresh.
+
+    `resume` is the config key: none; a path (which must load); or auto, which takes last.pth
+    in the run directory and, when that is missing or does not load (a truncated or damaged
+    copy), the newest by `position` of the other checkpoints that load. Each file passed over
+    is reported through `log`, one line with the reason. Raises UserError when an explicit path
+    does not load, or when auto finds checkpoint files but none loads.
+    """
     if resume == "none":
-        return None
-    if resume == "auto":
-        path = last_path(output_dir)
-        return path if os.path.isfile(path) else None
-    if not os.path.isfile(resume):
-        raise UserError(f"Config key 'resume' points to {resume}, which does not exist. "
-                        "Use resume=auto to continue the run in output.dir, or give an existing .pth file.")
-    return resume
+        return None, None
+    if resume != "auto":
+        if not os.path.isfile(resume):
+            raise UserError(f"Config key 'resume' points to {resume}, which does not exist. "
+                            "Use resume=auto to continue the run in output.dir, or give an existing .pth file.")
+        return resume, load_training_state(resume, map_location)
+    files = resume_candidates(output_dir)
+    if not files:
+        return None, None
+    last = last_path(output_dir)
+    failures = []
+    if files[0] != last:
+        failures.append((last, "missing"))
+        log(f"warning: resume=auto finds no {last}; looking at the other checkpoints")
+    best_path, best = None, None
+    for path in files:
+        try:
+            saved = torch.load(path, map_location=map_location, weights_only=True)
+            problem = training_state_problem(saved)
+        except Exception as e:  # truncated, damaged, not a torch file, or refused by weights_only
+            saved, problem = None, exception_text(e)
+        if problem:
+            failures.append((path, problem))
+            log(f"warning: resume=auto skips {path}: {problem}")
+            continue
+        if path == last:
+            return path, saved
+        if best is None or position(saved) > position(best):
+            best_path, best = path, saved
+    if best is None:
+        listed = "; ".join(f"{os.path.basename(p)}: {why}" for p, why in failures)
+        raise UserError(f"Config key 'resume' is auto, but no checkpoint in {checkpoint_dir(output_dir)} loads "
+                        f"({listed}). Point 'resume' at a good copy of a checkpoint, or set resume=none with a "
+                        "new output.dir to start afresh.")
+    return best_path, best
+
+
+# Prefixes that wrappers put before every state_dict key: DistributedDataParallel/DataParallel and
+# timm's ModelEmaV3 ("module."), torch.compile ("_orig_mod."); nested in either order.
+WRAPPER_PREFIXES = ("module.", "_orig_mod.")
+
+
+def strip_wrapper_prefixes(state: dict) -> dict:
+    """`state` without the wrapper prefixes that every one of its keys carries, e.g. `_orig_mod.module.`.
+
+    A prefix is removed only when all keys have it, so a model with its own submodule named
+    `module` keeps its keys. (timm's `clean_state_dict` strips key by key, hence not used.)
+    """
+    while state:
+        prefix = next((p for p in WRAPPER_PREFIXES if all(k.startswith(p) for k in state)), None)
+        if prefix is None:
+            break
+        state = {k[len(prefix):]: v for k, v in state.items()}
+    return state
+
+
+def weights_state_dict(loaded, path: str, use_ema: bool = False) -> dict:
+    """The model weights in a file given as `model.weights`, keys free of wrapper prefixes.
+
+    `loaded` is what `load` returned: a bare state_dict (the official release's layout, or one
+    saved from a DDP-wrapped or compiled model), or a resnest-train checkpoint, whose `model`
+    entry is taken, or with `use_ema` (config key `model.weights_ema`) its `ema` entry.
+    Raises UserError when the file holds no such weights.
+    """
+    if isinstance(loaded, dict) and isinstance(loaded.get("model"), dict):  # a resnest-train checkpoint
+        if use_ema and not loaded.get("ema"):
+            raise UserError(f"Config key 'model.weights_ema' is true, but {path} holds no EMA weights (it was "
+                            "trained with train.ema=false). Set model.weights_ema=false to start from its model "
+                            "weights.")
+        loaded = loaded["ema"] if use_ema else loaded["model"]
+    elif use_ema:
+        raise UserError(f"Config key 'model.weights_ema' is true, but {path} is not a resnest-train checkpoint "
+                        "(those hold 'model' and 'ema' weights). Set model.weights_ema=false to load it as it is.")
+    if not (isinstance(loaded, dict) and loaded
+            and all(isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in loaded.items())):
+        raise UserError(f"Config key 'model.weights': {path} holds no state_dict (a dict of names to tensors, or "
+                        "a resnest-train checkpoint). Point model.weights at such a file.")
+    return strip_wrapper_prefixes(loaded)
+
+
+def state_dict_mismatch(state: dict, expected: dict, show: int = 5) -> str:
+    """What keeps `state` from loading strictly into a model whose state_dict is `expected`.
+
+    "" when it loads; otherwise the missing keys, the unexpected keys and the shape
+    mismatches (name: checkpoint shape vs model shape), the first `show` of each, in one line.
+    """
+    groups = {
+        "missing keys": [k for k in expected if k not in state],
+        "unexpected keys": [k for k in state if k not in expected],
+        "different shapes": [f"{k}: checkpoint {tuple(state[k].shape)} vs model {tuple(expected[k].shape)}"
+                             for k in expected if k in state and state[k].shape != expected[k].shape],
+    }
+    return "; ".join(f"{len(items)} {name}: {', '.join(items[:show])}{', ...' if len(items) > show else ''}"
+                     for name, items in groups.items() if items)
 
 
 def model_differences(saved: dict, current: dict, prefix: str = "model") -> list[str]:

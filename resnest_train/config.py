@@ -54,6 +54,7 @@ class ModelConfig:
     zero_init_last: bool = True
     dropblock: DropBlockConfig = field(default_factory=DropBlockConfig)
     weights: str = ""  # optional checkpoint / official state_dict to start from
+    weights_ema: bool = False  # with weights a resnest-train checkpoint: start from its EMA weights
 
 
 @dataclass

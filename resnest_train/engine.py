@@ -24,8 +24,8 @@ from torch import nn
 from . import checkpoint
 from .config import Config, config_to_dict, config_to_yaml
 from .data import build_loaders
-from .distributed import (DistInfo, all_reduce_sum, any_rank, average_bn_stats, barrier, cleanup, init_distributed,
-                          state_checksums)
+from .distributed import (DistInfo, all_gather_object, all_reduce_sum, any_rank, average_bn_stats, barrier,
+                          broadcast_object, cleanup, init_distributed, state_checksums)
 from .errors import UserError
 from .models import create_model, dropblock_prob, model_info, set_dropblock_prob
 from .monitor import Monitor, flatten
@@ -96,23 +96,32 @@ def build_model(cfg: Config, num_classes: int) -> nn.Module:
     model = create_model(m.name, num_classes=num_classes, zero_init_last=m.zero_init_last,
                          dropblock=dropblock, **arch)  # preflight.check_model built it already
     if m.weights:
-        load_weights(model, m.weights)
+        load_weights(model, m.weights, use_ema=m.weights_ema, name=m.name)
     return model
 
 
-def load_weights(model: nn.Module, path: str) -> None:
-    """Start from a state_dict (official release layout) or a resnest-train checkpoint."""
-    state = checkpoint.load(path)
-    state = state.get("model", state)
+def load_weights(model: nn.Module, path: str, use_ema: bool = False, name: str = "") -> None:
+    """Load `model.weights` into `model`, strictly, except for a classifier of another class count.
+
+    The file is a state_dict (official release layout, or saved from a DDP-wrapped or compiled
+    model: prefixes stripped) or a resnest-train checkpoint (its `model`, or with `use_ema` its
+    `ema` weights); see `checkpoint.weights_state_dict`. A different `fc` shape (another class
+    count) keeps the freshly initialised classifier. Raises UserError listing the first
+    missing/unexpected keys and shape mismatches when the weights do not fit.
+    """
+    state = checkpoint.weights_state_dict(checkpoint.load(path, key="model.weights"), path, use_ema)
     own = model.state_dict()
-    head = [k for k in ("fc.weight", "fc.bias") if k in state and state[k].shape != own[k].shape]
-    for k in head:  # a different class count: keep our freshly initialised classifier
-        state[k] = own[k]
-    try:
-        model.load_state_dict(state, strict=True)
-    except RuntimeError as e:
-        raise UserError(f"Config key 'model.weights': {path} does not fit model '{type(model).__name__}': "
-                        f"{str(e).splitlines()[0]} ... Check model.name and the architecture overrides.") from None
+    for k in ("fc.weight", "fc.bias"):  # a different class count: keep our freshly initialised classifier
+        if k in state and k in own and state[k].shape != own[k].shape:
+            state[k] = own[k]
+    mismatch = checkpoint.state_dict_mismatch(state, own)
+    if mismatch:
+        which = "EMA weights" if use_ema else "weights"
+        raise UserError(f"Config key 'model.weights': the {which} in {path} do not fit model "
+                        f"'{name or type(model).__name__}' ({mismatch}). Set model.name and the architecture "
+                        "overrides (model.radix, model.deep_stem, ...) to those of the run that saved the file, "
+                        "or point model.weights at weights of this architecture.")
+    model.load_state_dict(state, strict=True)
 
 
 def autocast(amp: str, device: torch.device):
@@ -290,9 +299,14 @@ def state_dict(state: TrainState, cfg: Config) -> dict:
 
 
 def restore(state: TrainState, saved: dict, cfg: Config, path: str) -> None:
+    """Put a checkpoint's model, optimizer, scaler and counters into `state` (its bare model).
+
+    The EMA is not touched: `build_ema` makes it afterwards from the restored weights and the
+    checkpoint's EMA state. Raises UserError when the config's model differs from the checkpoint's.
+    """
     current = config_to_dict(cfg)["model"]
     previous = dict(saved["config"]["model"])
-    for key in ("weights",):  # where the run started from, not what it is
+    for key in ("weights", "weights_ema"):  # where the run started from, not what it is
         previous.pop(key, None)
         current.pop(key, None)
     diffs = checkpoint.model_differences(previous, current)
@@ -304,10 +318,79 @@ def restore(state: TrainState, saved: dict, cfg: Config, path: str) -> None:
     state.optimizer.load_state_dict(saved["optimizer"])
     if state.scaler is not None and saved.get("scaler"):
         state.scaler.load_state_dict(saved["scaler"])
-    if state.ema is not None and saved.get("ema"):
-        state.ema.load_state_dict(saved["ema"])
     for key in ("epoch", "step_in_epoch", "step", "best_top1", "loss_sum", "loss_count"):
         setattr(state, key, saved[key])
+
+
+def build_ema(model: nn.Module, decay: float, saved_ema: Optional[dict] = None):
+    """timm's ModelEmaV3 of `model`, then the checkpoint's EMA state `saved_ema` if there is one.
+
+    ModelEmaV3 copies the model's current weights, so it is built after they are final (loaded
+    from model.weights or restored): an EMA switched on at resume starts at the restored weights.
+    """
+    from timm.utils import ModelEmaV3
+    ema = ModelEmaV3(model, decay=decay)
+    if saved_ema:
+        ema.load_state_dict(saved_ema)
+    return ema
+
+
+def pick_resume(cfg: Config, dist: DistInfo, log) -> tuple[Optional[str], Optional[dict]]:
+    """The checkpoint path rank 0 picked (`checkpoint.find_resume`), the same on every rank.
+
+    Only rank 0 looks at output.dir, so ranks whose view of a network filesystem lags cannot
+    decide otherwise. Returns (path, content): the content only on rank 0, which loaded it while
+    choosing; (None, None) to start afresh. Rank 0's UserError is raised on every rank.
+    """
+    choice, saved = (None, None), None
+    if dist.is_main:
+        try:
+            path, saved = checkpoint.find_resume(cfg.resume, cfg.output.dir, log, map_location=dist.device)
+            choice = (path, None)
+        except UserError as e:
+            choice = (None, str(e))
+    path, error = broadcast_object(choice)
+    if error:
+        raise UserError(error)
+    return path, saved
+
+
+def load_resume(state: TrainState, cfg: Config, dist: DistInfo, path: str, saved: Optional[dict]) -> dict:
+    """Every rank restores `path` into `state` (loading it unless `saved` is given); returns the content.
+
+    Then the ranks compare where they are, (epoch, step_in_epoch, step), and all raise the same
+    UserError (`check_resume_positions`) if one could not load the file or they disagree.
+    """
+    try:
+        if saved is None:
+            saved = checkpoint.load_training_state(path, map_location=dist.device)
+        restore(state, saved, cfg, path)
+        mine = (state.epoch, state.step_in_epoch, state.step)
+    except UserError as e:
+        mine = str(e)
+    check_resume_positions(all_gather_object(mine), path)
+    return saved
+
+
+def check_resume_positions(positions: list, path: str) -> None:
+    """Raise UserError unless every rank restored the same (epoch, step_in_epoch, step) from `path`.
+
+    `positions[r]` is rank r's tuple, or its error message if it could not restore.
+    """
+    errors = {r: p for r, p in enumerate(positions) if isinstance(p, str)}
+    if errors and len(set(errors.values())) == 1 and len(errors) == len(positions):
+        raise UserError(next(iter(errors.values())))
+    shared = "output.dir must be on a filesystem that every node sees the same"
+    if errors:
+        failed = ", ".join(str(r) for r in errors)
+        raise UserError(f"Rank(s) {failed} could not resume from {path}, which rank 0 chose ({shared}; wait "
+                        f"for it to settle, then run again): {next(iter(errors.values()))}")
+    if len(set(positions)) > 1:
+        listed = "; ".join(f"rank {r}: {p}" for r, p in enumerate(positions))
+        raise UserError(f"The ranks resumed from {path} at different points (epoch, step_in_epoch, step) = "
+                        f"{listed}: they read different contents of one file, so replicas and loop counts "
+                        f"would diverge. {shared} (a lagging network filesystem can serve a stale copy); "
+                        "wait for it to settle, then run the same command again.")
 
 
 def trim_metrics(output_dir: str, epochs_done: int) -> None:
@@ -373,22 +456,18 @@ def _run(cfg: Config, dist: DistInfo, dry_run: bool) -> int:
         model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
     optimizer = build_optimizer(model, cfg.optim, lr=0.0)
     scaler = torch.amp.GradScaler("cuda") if cfg.train.amp == "fp16" else None
-    ema = None
-    if cfg.train.ema:
-        from timm.utils import ModelEmaV3
-        ema = ModelEmaV3(model, decay=cfg.train.ema_decay)
-    net = model
-    if dist.enabled:
-        net = nn.parallel.DistributedDataParallel(
-            model, device_ids=[dist.local_rank] if dist.device.type == "cuda" else None,
-            bucket_cap_mb=cfg.dist.bucket_cap_mb, find_unused_parameters=cfg.dist.find_unused_parameters)
-    if cfg.train.compile:
-        net = torch.compile(net)
-    state = TrainState(model=model, net=net, optimizer=optimizer, scaler=scaler, ema=ema)
+    state = TrainState(model=model, net=model, optimizer=optimizer, scaler=scaler, ema=None)
 
-    resume_from = checkpoint.resume_path(cfg.resume, cfg.output.dir)
+    # Every rank restores the checkpoint rank 0 picked into the bare model, before DDP's one-time
+    # broadcast and torch.compile, and the ranks check they stand at the same step.
+    resume_from, saved = pick_resume(cfg, dist, monitor.print)
     if resume_from:
-        restore(state, checkpoint.load(resume_from, map_location=dist.device), cfg, resume_from)
+        saved = load_resume(state, cfg, dist, resume_from, saved)
+    new_ema = cfg.train.ema and saved is not None and not saved.get("ema")
+    if cfg.train.ema:
+        state.ema = build_ema(model, cfg.train.ema_decay, saved.get("ema") if saved else None)
+    saved = None  # free the checkpoint's tensors
+    if resume_from:
         if dist.is_main:
             trim_metrics(cfg.output.dir, state.epoch)
         if state.epoch >= plan.epochs:
@@ -397,7 +476,14 @@ def _run(cfg: Config, dist: DistInfo, dry_run: bool) -> int:
                           f"(best val top-1 {best}); nothing to do. Use a new output.dir to train again.")
             monitor.run_state(state="finished", epoch=state.epoch, epochs=plan.epochs, best_top1=state.best_top1)
             return 0
-        monitor.print(f"Resuming from {resume_from}: epoch {state.epoch + 1}, step {state.step}")
+        monitor.print(f"Resuming from {resume_from}: epoch {state.epoch + 1}, step {state.step}"
+                      + (" (the checkpoint holds no EMA: train.ema starts from its weights)" if new_ema else ""))
+    if dist.enabled:
+        state.net = nn.parallel.DistributedDataParallel(
+            model, device_ids=[dist.local_rank] if dist.device.type == "cuda" else None,
+            bucket_cap_mb=cfg.dist.bucket_cap_mb, find_unused_parameters=cfg.dist.find_unused_parameters)
+    if cfg.train.compile:
+        state.net = torch.compile(state.net)
 
     monitor.print(describe(cfg, plan, model_info(model, cfg.data.train_crop), loaders))
     stop = StopRequested()
