@@ -290,8 +290,9 @@ def test_max_restarts_restarts_a_killed_worker(tmp_path, bin_dir):
 # The real train.py: 2 CPU processes (gloo)
 # ---------------------------------------------------------------------------------------
 
-TINY = ["model.name=resnest14", "device=cpu", "data.backend=synthetic", "data.synthetic.train_images=32",
-        "data.synthetic.val_images=16", "data.synthetic.num_classes=10", "data.train_crop=32", "data.workers=0",
+TINY = ["model.name=resnest14", "device=cpu", "dist.backend=gloo", "data.backend=synthetic",
+        "data.synthetic.train_images=32", "data.synthetic.val_images=16", "data.synthetic.num_classes=10",
+        "data.train_crop=32", "data.workers=0",
         "train.epochs=1", "train.batch_size=4", "train.max_steps_per_epoch=2", "optim.warmup_epochs=0",
         "output.log_every=1"]
 
