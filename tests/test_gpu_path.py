@@ -41,7 +41,7 @@ def test_dali_device_auto_follows_the_trainer():
     assert dali_device("cpu", CUDA) == "cpu" and dali_device("gpu", CPU) == "gpu"  # explicit choices stay
 
 
-def test_quickstart_on_a_gpu_machine_decodes_on_the_cpu(gpu_machine, demo_root, monkeypatch):
+def test_quickstart_on_a_gpu_machine_decodes_on_the_cpu(gpu_machine, demo_root):
     pytest.importorskip("nvidia.dali")
     cfg = load_config(os.path.join(CONFIGS, "quickstart.yaml"),
                       [f"data.root={demo_root}", "data.backend=dali", "data.train_crop=32", "data.dali.threads=1"])
