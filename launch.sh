@@ -25,6 +25,10 @@ variables, which win over SLURM's variables.
   --rdzv-id ID         c10d job id, the same on every node (default SLURM_JOB_ID or "resnest")
   --max-restarts N     restart the worker group up to N times after a worker dies;
                        the run resumes from its last checkpoint (default 0)
+  --shutdown-timeout S seconds from SIGTERM (preemption) to torchrun's SIGKILL: time
+                       to finish the step and write the checkpoint (env
+                       TORCH_ELASTIC_SHUTDOWN_TIMEOUT; default 170, below the 180 s
+                       warning of SLURM's --signal=TERM@180; torchrun's own is 30)
 
 Other:
   --dry-run            print the torchrun command (shell-quoted) and exit
@@ -60,7 +64,7 @@ train_py=${TRAIN_PY:-$here/train.py}
 
 # ---- parse the command line ------------------------------------------------------------
 nproc="" nnodes="" node_rank="" master_addr="" master_port=""
-rdzv=static rdzv_endpoint="" rdzv_id="" max_restarts="" dry_run=0
+rdzv=static rdzv_endpoint="" rdzv_id="" max_restarts="" shutdown_timeout="" dry_run=0
 config="" overrides=() train_flags=()
 
 while (($#)); do
@@ -90,6 +94,7 @@ while (($#)); do
     --rdzv-endpoint|--rdzv_endpoint) rdzv_endpoint=$value ;;
     --rdzv-id|--rdzv_id) rdzv_id=$value ;;
     --max-restarts|--max_restarts) max_restarts=$value ;;
+    --shutdown-timeout|--shutdown_timeout) shutdown_timeout=$value ;;
     *) die "unknown option $name" ;;
   esac
 done
@@ -126,6 +131,7 @@ node_rank=${node_rank:-${NODE_RANK:-}}
 master_addr=${master_addr:-${MASTER_ADDR:-}}
 master_port=${master_port:-${MASTER_PORT:-29500}}
 rdzv_id=${rdzv_id:-resnest}
+shutdown_timeout=${shutdown_timeout:-${TORCH_ELASTIC_SHUTDOWN_TIMEOUT:-170}}
 
 if [[ -z $nproc ]]; then
   # one process per local GPU; CUDA_VISIBLE_DEVICES narrows the list; no GPU: 1 CPU process
@@ -145,6 +151,8 @@ is_uint "$nproc" && ((nproc >= 1)) || die "--nproc must be a positive integer, g
 [[ $nnodes =~ ^[0-9]+(:[0-9]+)?$ ]] || die "--nnodes must be N or MIN:MAX, got '$nnodes'"
 is_uint "$master_port" || die "--master-port must be a port number, got '$master_port'"
 [[ -z $max_restarts ]] || is_uint "$max_restarts" || die "--max-restarts must be an integer, got '$max_restarts'"
+is_uint "$shutdown_timeout" \
+  || die "--shutdown-timeout must be a whole number of seconds, got '$shutdown_timeout'"
 max_nodes=${nnodes#*:}
 
 cmd=("$python" -m torch.distributed.run)
@@ -175,6 +183,7 @@ case $rdzv in
 esac
 cmd+=(--nproc_per_node "$nproc")
 [[ -z $max_restarts ]] || cmd+=(--max_restarts "$max_restarts")
+cmd+=(--shutdown_timeout "$shutdown_timeout")
 cmd+=("$train_py" --config "$config")
 cmd+=(${overrides[@]+"${overrides[@]}"} ${train_flags[@]+"${train_flags[@]}"})
 

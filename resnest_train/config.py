@@ -122,6 +122,13 @@ class TrainConfig:
     amp: str = "none"  # none | bf16 | fp16
     channels_last: bool = False
     compile: bool = False
+    # GPU numerics (engine.configure_backends). cuDNN benchmark times the conv algorithms once
+    # per shape and keeps the fastest; TF32 runs fp32 matmuls/convs on tensor cores (10-bit
+    # mantissa inputs, fp32 accumulation; Ampere and later). deterministic: deterministic
+    # algorithms only and no benchmark, for bitwise-repeatable GPU runs (slower).
+    cudnn_benchmark: bool = True  # ignored (off) when deterministic
+    tf32: bool = True
+    deterministic: bool = False
     ema: bool = False
     ema_decay: float = 0.9998
     sync_bn: bool = False

@@ -131,6 +131,28 @@ def autocast(amp: str, device: torch.device):
     return torch.autocast(device_type=device.type, dtype=dtype)
 
 
+def configure_backends(train, device: torch.device) -> None:
+    """Set torch's process-wide numerics from ``train`` (a TrainConfig) for a run on ``device``.
+
+    ``torch.backends.cudnn.benchmark`` = cudnn_benchmark and not deterministic. deterministic
+    sets ``cudnn.deterministic`` and ``torch.use_deterministic_algorithms(warn_only=True)``: an
+    op without a deterministic implementation warns, naming itself, instead of stopping the
+    run; on a GPU also ``CUBLAS_WORKSPACE_CONFIG=:4096:8`` unless set, which deterministic
+    cuBLAS needs before its first call (PyTorch's "Reproducibility" notes). On a GPU, tf32
+    sets TF32 for fp32 matmuls (``torch.set_float32_matmul_precision``: "high" or "highest")
+    and cuDNN convs (``torch.backends.cudnn.allow_tf32``); a CPU run keeps plain fp32 (the
+    matmul precision would also switch oneDNN's CPU matmuls).
+    """
+    torch.backends.cudnn.benchmark = train.cudnn_benchmark and not train.deterministic
+    torch.backends.cudnn.deterministic = train.deterministic
+    torch.use_deterministic_algorithms(train.deterministic, warn_only=True)
+    if device.type == "cuda":
+        if train.deterministic:
+            os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+        torch.set_float32_matmul_precision("high" if train.tf32 else "highest")
+        torch.backends.cudnn.allow_tf32 = train.tf32
+
+
 def build_mixup(cfg: Config, num_classes: int):
     t = cfg.train
     if t.mixup_alpha <= 0 and t.cutmix_alpha <= 0:
@@ -434,6 +456,7 @@ def run(cfg: Config, dry_run: bool = False) -> int:
 
 def _run(cfg: Config, dist: DistInfo, dry_run: bool) -> int:
     check_device(cfg, dist.device, dist.world_size)
+    configure_backends(cfg.train, dist.device)
     torch.manual_seed(cfg.train.seed)  # the same initial weights on every rank
     loaders = build_loaders(cfg.data, batch_size=cfg.train.batch_size, rank=dist.rank,
                             world_size=dist.world_size, device=dist.device, seed=cfg.train.seed,

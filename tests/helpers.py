@@ -8,8 +8,9 @@ import sys
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TRAIN = os.path.join(ROOT, "train.py")
 
-# A tiny but real run: resnest14 on 32 px synthetic images, 2 x 4 steps, every step logged.
-TINY = ["model.name=resnest14", "data.backend=synthetic", "data.train_crop=32",
+# A tiny but real run: resnest14 on 32 px synthetic images, 2 x 4 steps, every step logged; on
+# the CPU also on a machine with a GPU (tests/test_gpu_path.py checks that with CUDA faked).
+TINY = ["model.name=resnest14", "device=cpu", "data.backend=synthetic", "data.train_crop=32",
         "data.synthetic.train_images=64", "data.synthetic.val_images=24", "data.synthetic.num_classes=5",
         "train.batch_size=8", "train.epochs=2", "optim.warmup_epochs=1", "output.log_every=1",
         "output.progress=lines", "output.save_every_epochs=1", "output.keep_last=1"]

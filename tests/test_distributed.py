@@ -14,7 +14,8 @@ from helpers import ROOT, TINY, TRAIN, env, metrics, train
 # Real JPEGs through the torchvision backend, whose global batches hold the same images for any
 # world size. Mixup pairs images inside each process's batch, so it is off here.
 def exact(root):
-    return TINY + ["data.backend=torchvision", f"data.root={root}", "data.workers=0", "train.mixup_alpha=0"]
+    return TINY + ["dist.backend=gloo", "data.backend=torchvision", f"data.root={root}", "data.workers=0",
+                   "train.mixup_alpha=0"]
 
 
 def free_port():

@@ -52,7 +52,7 @@ TORCHRUN = ["python", "-m", "torch.distributed.run"]
 
 def test_one_node_one_cpu_process_by_default(bin_dir):
     assert dry_run("configs/resnest50.yaml", "train.epochs=2", bin_dir=bin_dir) == [
-        *TORCHRUN, "--standalone", "--nnodes", "1", "--nproc_per_node", "1",
+        *TORCHRUN, "--standalone", "--nnodes", "1", "--nproc_per_node", "1", "--shutdown_timeout", "170",
         TRAIN_PY, "--config", "configs/resnest50.yaml", "train.epochs=2"]
 
 
@@ -77,7 +77,7 @@ def test_multi_node_from_environment(bin_dir):
     env = {"NNODES": "2", "NODE_RANK": "1", "MASTER_ADDR": "10.0.0.1", "MASTER_PORT": "29511"}
     assert dry_run("c.yaml", "train.epochs=1", "--nproc", "8", bin_dir=bin_dir, env=env) == [
         *TORCHRUN, "--nnodes", "2", "--node_rank", "1", "--master_addr", "10.0.0.1", "--master_port", "29511",
-        "--nproc_per_node", "8", TRAIN_PY, "--config", "c.yaml", "train.epochs=1"]
+        "--nproc_per_node", "8", "--shutdown_timeout", "170", TRAIN_PY, "--config", "c.yaml", "train.epochs=1"]
 
 
 def test_flags_win_over_environment(bin_dir):
@@ -85,14 +85,15 @@ def test_flags_win_over_environment(bin_dir):
     argv = dry_run("--nnodes", "2", "--node-rank", "0", "--master-addr", "127.0.0.1", "--master-port", "29600",
                    "--nproc", "2", "c.yaml", bin_dir=bin_dir, env=env)
     assert argv == [*TORCHRUN, "--nnodes", "2", "--node_rank", "0", "--master_addr", "127.0.0.1",
-                    "--master_port", "29600", "--nproc_per_node", "2", TRAIN_PY, "--config", "c.yaml"]
+                    "--master_port", "29600", "--nproc_per_node", "2", "--shutdown_timeout", "170",
+                    TRAIN_PY, "--config", "c.yaml"]
 
 
 def test_elastic_rendezvous_and_max_restarts(bin_dir):
     argv = dry_run("--rdzv", "c10d", "--nnodes", "1:4", "--rdzv-endpoint", "head:29400", "--rdzv-id", "exp7",
                    "--max-restarts", "3", "c.yaml", bin_dir=bin_dir)
     assert argv == [*TORCHRUN, "--nnodes", "1:4", "--rdzv_backend", "c10d", "--rdzv_endpoint", "head:29400",
-                    "--rdzv_id", "exp7", "--nproc_per_node", "1", "--max_restarts", "3",
+                    "--rdzv_id", "exp7", "--nproc_per_node", "1", "--max_restarts", "3", "--shutdown_timeout", "170",
                     TRAIN_PY, "--config", "c.yaml"]
     # the endpoint defaults to MASTER_ADDR:MASTER_PORT
     argv = dry_run("--rdzv", "c10d", "c.yaml", bin_dir=bin_dir,
@@ -102,7 +103,18 @@ def test_elastic_rendezvous_and_max_restarts(bin_dir):
     # one node keeps the private standalone rendezvous, with restarts
     argv = dry_run("--max-restarts", "2", "c.yaml", bin_dir=bin_dir)
     assert argv[3:] == ["--standalone", "--nnodes", "1", "--nproc_per_node", "1", "--max_restarts", "2",
-                        TRAIN_PY, "--config", "c.yaml"]
+                        "--shutdown_timeout", "170", TRAIN_PY, "--config", "c.yaml"]
+
+
+def test_shutdown_timeout_default_environment_and_flag(bin_dir):
+    """torchrun SIGKILLs workers this many seconds after a SIGTERM; its own 30 s default can cut
+    a large checkpoint short, so launch.sh passes 170 s (below SLURM's --signal=TERM@180)."""
+    timeout = lambda argv: argv[argv.index("--shutdown_timeout") + 1]  # noqa: E731
+    assert timeout(dry_run("c.yaml", bin_dir=bin_dir)) == "170"
+    assert timeout(dry_run("c.yaml", bin_dir=bin_dir, env={"TORCH_ELASTIC_SHUTDOWN_TIMEOUT": "300"})) == "300"
+    assert timeout(dry_run("--shutdown-timeout", "90", "c.yaml", bin_dir=bin_dir,
+                           env={"TORCH_ELASTIC_SHUTDOWN_TIMEOUT": "300"})) == "90"
+    assert timeout(dry_run("--shutdown-timeout=45", "c.yaml", bin_dir=bin_dir)) == "45"
 
 
 SLURM = {"SLURM_JOB_ID": "4242", "SLURM_NNODES": "2", "SLURM_NODEID": "1", "SLURM_JOB_NODELIST": "gpu-[07-08]"}
@@ -148,6 +160,8 @@ def test_python_from_environment(bin_dir):
     (["--rdzv", "etcd", "c.yaml"], {}, "--rdzv must be static or c10d"),
     (["--nnodes", "1:2", "c.yaml"], {}, "needs --rdzv c10d"),
     (["--max-restarts", "x", "c.yaml"], {}, "--max-restarts must be an integer"),
+    (["--shutdown-timeout", "3m", "c.yaml"], {}, "--shutdown-timeout must be a whole number of seconds, got '3m'"),
+    (["c.yaml"], {"TORCH_ELASTIC_SHUTDOWN_TIMEOUT": "-1"}, "--shutdown-timeout must be a whole number"),
     (["--gpus", "2", "c.yaml"], {}, "unknown option --gpus"),
     (["c.yaml", "--nproc"], {}, "--nproc needs a value"),
 ])
@@ -160,7 +174,7 @@ def test_help(bin_dir):
     result = launch("--help", bin_dir=bin_dir)
     assert result.returncode == 0 and result.stdout.startswith("Usage: launch.sh")
     for word in ("--nproc", "--nnodes", "--node-rank", "--master-addr", "--rdzv", "--max-restarts", "SLURM",
-                 "--dry-run"):
+                 "--shutdown-timeout", "TORCH_ELASTIC_SHUTDOWN_TIMEOUT", "--dry-run"):
         assert word in result.stdout
 
 
@@ -212,6 +226,43 @@ def test_sigterm_reaches_the_workers_and_exits_143(tmp_path, bin_dir):
     assert (tmp_path / "argv.0.term").exists() and (tmp_path / "argv.1.term").exists()
 
 
+SLOW_SAVE = textwrap.dedent("""\
+    import os, signal, sys, time
+    out = os.environ["ECHO_OUT"]
+    def save(*args):
+        time.sleep(4)  # a checkpoint that takes 4 s to write
+        open(out + ".saved", "w").close()
+        sys.exit(143)
+    signal.signal(signal.SIGTERM, save)
+    open(out + ".ready", "w").close()
+    time.sleep(60)
+""")
+
+
+def test_shutdown_timeout_is_the_time_workers_get_to_save(tmp_path, bin_dir):
+    script = tmp_path / "slow_save.py"
+    script.write_text(SLOW_SAVE)
+    base = {k: v for k, v in os.environ.items() if k not in CLEAN and not k.startswith("SLURM_")}
+    base["PATH"] = f"{bin_dir}{os.pathsep}{base['PATH']}"
+
+    def preempt(seconds):
+        out = tmp_path / f"t{seconds}"
+        env = {**base, "TRAIN_PY": str(script), "ECHO_OUT": str(out), "PYTHON": sys.executable}
+        proc = subprocess.Popen(["bash", LAUNCH_SH, "--shutdown-timeout", str(seconds), "c.yaml"], env=env,
+                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        deadline = time.time() + 60
+        while not os.path.exists(f"{out}.ready"):
+            assert time.time() < deadline and proc.poll() is None, proc.communicate()[0]
+            time.sleep(0.2)
+        proc.send_signal(signal.SIGTERM)
+        log, _ = proc.communicate(timeout=60)
+        assert proc.returncode == 143, log
+        return os.path.exists(f"{out}.saved")
+
+    assert not preempt(1)  # killed 1 s into its 4 s save
+    assert preempt(20)  # given the time, the save completes
+
+
 def test_max_restarts_restarts_a_killed_worker(tmp_path, bin_dir):
     script = tmp_path / "dies_once.py"
     script.write_text(textwrap.dedent("""\
@@ -239,8 +290,9 @@ def test_max_restarts_restarts_a_killed_worker(tmp_path, bin_dir):
 # The real train.py: 2 CPU processes (gloo)
 # ---------------------------------------------------------------------------------------
 
-TINY = ["model.name=resnest14", "device=cpu", "data.backend=synthetic", "data.synthetic.train_images=32",
-        "data.synthetic.val_images=16", "data.synthetic.num_classes=10", "data.train_crop=32", "data.workers=0",
+TINY = ["model.name=resnest14", "device=cpu", "dist.backend=gloo", "data.backend=synthetic",
+        "data.synthetic.train_images=32", "data.synthetic.val_images=16", "data.synthetic.num_classes=10",
+        "data.train_crop=32", "data.workers=0",
         "train.epochs=1", "train.batch_size=4", "train.max_steps_per_epoch=2", "optim.warmup_epochs=0",
         "output.log_every=1"]
 

@@ -123,7 +123,7 @@ def test_bf16_channels_last_ema_and_accumulation_run_on_cpu(tmp_path):
 
 
 def test_fp16_on_cpu_is_a_clear_error(tmp_path):
-    result = train(*TINY, "train.amp=fp16", f"output.dir={tmp_path}", check=False)
+    result = train(*TINY, "device=cpu", "train.amp=fp16", f"output.dir={tmp_path}", check=False)
     assert result.returncode == 2 and "Traceback" not in result.stderr
     assert "'train.amp' is fp16, which needs a CUDA GPU" in result.stderr
     assert not os.path.exists(os.path.join(tmp_path, "checkpoints"))

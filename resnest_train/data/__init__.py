@@ -31,6 +31,8 @@ Eval: resize the short side to ``round(eval_crop / eval_ratio)`` (bilinear, anti
 centre crop ``eval_crop``, mean/std. Mixup is the trainer's.
 
 ``data.backend: auto`` is dali when ``nvidia.dali`` imports, else torchvision.
+``data.dali.device: auto`` follows the trainer's ``device``: gpu (mixed decode) for a CUDA
+device, cpu otherwise, whatever GPUs the machine has (see ``dali_device``).
 ``loaders.bad_images`` counts unreadable files skipped (``data.skip_bad_images: true``), judged
 by what the backend in use can decode (DALI cannot read a GIF; PIL can);
 without that option the first unreadable file stops training with a DataError naming it.
@@ -38,6 +40,7 @@ Both backends decode a file to RGB by one rule, ``imagenet.load_rgb``.
 """
 from __future__ import annotations
 
+import dataclasses
 import importlib.util
 from typing import Optional
 
@@ -46,7 +49,7 @@ import torch
 from ..errors import DataError
 from .common import Loaders, log_once
 
-__all__ = ["build_loaders", "Loaders", "resolve_backend"]
+__all__ = ["build_loaders", "Loaders", "dali_device", "resolve_backend"]
 
 BACKENDS = ("auto", "dali", "torchvision", "synthetic")
 
@@ -70,6 +73,17 @@ def resolve_backend(name: str) -> str:
         raise DataError("data.backend=dali but nvidia.dali cannot be imported; install it "
                         "(pip install nvidia-dali-cuda130, see README 'Installing DALI') or use "
                         "data.backend=torchvision.")
+    return name
+
+
+def dali_device(name: str, device: torch.device) -> str:
+    """``data.dali.device`` for a trainer on ``device``: ``auto`` is ``gpu`` for a CUDA
+    device and ``cpu`` for any other; ``cpu``, ``gpu`` (and a wrong name, which the DALI
+    backend reports) pass through. The trainer's device decides, not whether the machine
+    has a GPU: a CPU run on a GPU machine must not get batches on the GPU.
+    """
+    if name == "auto":
+        return "gpu" if torch.device(device).type == "cuda" else "cpu"
     return name
 
 
@@ -115,6 +129,8 @@ def build_loaders(cfg, batch_size: int, rank: int = 0, world_size: int = 1,
         train_split, val_split, removed = _skip_bad(backend, train_split, val_split)
     if backend == "dali":
         from . import dali as impl
+        dali_cfg = dataclasses.replace(cfg.dali, device=dali_device(cfg.dali.device, device))
+        cfg = dataclasses.replace(cfg, dali=dali_cfg)
     else:
         from . import torchvision as impl
     train, val = impl.build(cfg, train_split, val_split, batch_size, rank, world_size, device, seed,

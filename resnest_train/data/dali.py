@@ -270,11 +270,12 @@ def dali_decode_problem(path: str, compare: bool = True) -> Optional[str]:
 # Running pipelines
 # ---------------------------------------------------------------------------------------
 
-def resolve_device(name: str) -> str:
+def resolve_device(name: str, device: torch.device) -> str:
+    """``data.dali.device`` for a trainer on ``device`` (``auto``: the rule of ``data.dali_device``)."""
+    from . import dali_device
     if name not in ("auto", "cpu", "gpu"):
         raise DataError(f"data.dali.device={name!r} is not one of auto, cpu, gpu.")
-    if name == "auto":
-        return "gpu" if torch.cuda.is_available() else "cpu"
+    name = dali_device(name, device)
     if name == "gpu" and not torch.cuda.is_available():
         raise DataError("data.dali.device=gpu needs CUDA, which torch cannot see on this machine; "
                         "use data.dali.device=cpu (or auto).")
@@ -535,7 +536,7 @@ class DaliValLoader(_Base):
 def build(cfg, train: Split, val: Split, batch_size: int, rank: int, world_size: int, device: torch.device,
           seed: int, channels_last: bool):
     check_enough(len(train), batch_size, world_size, train.source)
-    dali_device = resolve_device(cfg.dali.device)
+    dali_device = resolve_device(cfg.dali.device, device)
     if dali_device == "gpu" and device.type != "cuda":
         raise DataError(f"data.dali.device=gpu puts batches on the GPU but the trainer runs on {device}; "
                         f"use data.dali.device=cpu.")

@@ -44,18 +44,23 @@ class DropBlock(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if not self.training or not self.active:
             return x
+        return x * self.keep_mask(x).to(x.dtype)
+
+    def keep_mask(self, x: torch.Tensor) -> torch.Tensor:
+        """The float32 (B, C, H, W) multiplier for ``x``: 0 in dropped blocks, elsewhere
+        numel / kept so the mean is kept; in ``x``'s memory format (NCHW or channels_last),
+        so the product reads both tensors in the same order."""
         B, C, H, W = x.shape
         kh, kw = min(self.block_size, H), min(self.block_size, W)
         gamma = self.drop_prob * (H * W / (kh * kw) / ((H - kh + 1) * (W - kw + 1)))
         # The mask in float32 whatever x is (AMP): a bf16 sum of keep cannot count units.
         # Nothing here requires grad (rand, a buffer), so no no_grad() block is needed.
-        seeds = (torch.rand([B, C, H, W], device=x.device) < gamma).float()
+        seeds = (torch.rand_like(x, dtype=torch.float32) < gamma).float()
         dropped = F.max_pool2d(seeds, (kh, kw), stride=1, padding=(kh // 2, kw // 2))
         if kh % 2 == 0 or kw % 2 == 0:  # even blocks pool one row/column too many
             dropped = dropped[..., (kh + 1) % 2:, (kw + 1) % 2:]
         keep = 1.0 - dropped
-        keep = keep * (keep.sum().clamp(min=1.0).reciprocal() * keep.numel())
-        return x * keep.to(x.dtype)
+        return keep * (keep.sum().clamp(min=1.0).reciprocal() * keep.numel())
 
     def extra_repr(self) -> str:
         return f"prob={float(self.drop_prob):.4f}, block_size={self.block_size}"

@@ -11,6 +11,12 @@ and neither for the result:
   writes a full-size gradient (expand, then divide); a sum's backward is an expanded view
   folded into the gradient accumulation the feature map needs anyway. (Pooling before the
   radix sum, sum_r mean(x_r), is faster in inference but slower in training: not used.)
+
+Under AMP the block stays in its input's dtype. CUDA autocast runs sum and softmax in
+float32 unless they are given a dtype (its "fp32_set_opt_dtype" ops), and float32 attention
+times bf16 splits promotes to float32: without the explicit ``dtype=`` below the radix sum
+and the block output would be full-size float32 tensors in a bf16 network. Reductions
+accumulate in float32 inside the kernel whatever their output dtype.
 """
 import torch
 from torch import nn
@@ -56,7 +62,7 @@ class SplitAttention(nn.Module):
         C = RC // R
         scale = 1.0 / (H * W)
         if R == 1:
-            gap = x.sum((2, 3), keepdim=True) * scale
+            gap = x.sum((2, 3), keepdim=True, dtype=x.dtype) * scale
             return x * self.fc2(self.act1(self.bn1(self.fc1(gap)))).sigmoid()
 
         # Split the channels radix-major as a view of x in the layout it is stored in, so
@@ -65,17 +71,17 @@ class SplitAttention(nn.Module):
         nhwc = x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous()
         if nhwc:
             splits = x.permute(0, 2, 3, 1).view(B, H, W, R, C)
-            radix_dim, hw_dims = 3, [1, 2]
+            radix_dim, pool_dims = 3, [1, 2, 3]  # H, W, radix
             attn_shape = [B, 1, 1, R, C]
         else:
             splits = x.view(B, R, C, H, W)
-            radix_dim, hw_dims = 1, [2, 3]
+            radix_dim, pool_dims = 1, [1, 3, 4]  # radix, H, W
             attn_shape = [B, R, C, 1, 1]
 
-        gap = splits.sum(radix_dim).sum(hw_dims) * scale  # (B, C)
+        gap = splits.sum(pool_dims, dtype=x.dtype) * scale  # (B, C)
         attn = self.fc2(self.act1(self.bn1(self.fc1(gap.view(B, C, 1, 1)))))
         # fc2 orders its outputs (cardinal group, radix, channel); the splits are
         # (radix, cardinal group, channel): softmax over radix, then reorder to match.
-        attn = attn.view(B, self.cardinality, R, -1).softmax(2).transpose(1, 2)
-        out = (splits * attn.reshape(attn_shape)).sum(radix_dim)
+        attn = attn.view(B, self.cardinality, R, -1).softmax(2, dtype=x.dtype).transpose(1, 2)
+        out = (splits * attn.reshape(attn_shape)).sum(radix_dim, dtype=x.dtype)
         return out.permute(0, 3, 1, 2) if nhwc else out
