@@ -64,7 +64,8 @@ def exception_text(e: BaseException) -> str:
 
 
 def load(path: str, map_location="cpu", key: str = "resume"):
-    """`torch.load(path, weights_only=True)`; `key` is the config key that named the file.
+    """`torch.load(path, weights_only=True)` (a `.safetensors` file: `safetensors.torch.load_file`);
+    `key` is the config key that named the file.
 
     Raises UserError naming `key` and the file when it is missing, damaged, or holds Python
     objects other than tensors and plain containers (weights_only runs no code from the file).
@@ -74,6 +75,9 @@ def load(path: str, map_location="cpu", key: str = "resume"):
                             "checkpoint (a foreign checkpoint holding other objects can be loaded once in a "
                             "trusted session and its state_dict saved alone with torch.save)"}[key]
     try:
+        if str(path).endswith(".safetensors"):  # weights from scripts/export.py or another library
+            from safetensors.torch import load_file
+            return load_file(path, device=str(torch.device(map_location)))
         return torch.load(path, map_location=map_location, weights_only=True)
     except FileNotFoundError:
         raise UserError(f"Config key '{key}' points to {path}, which does not exist. "

@@ -7,6 +7,7 @@ one paragraph naming the file or argument, the key, and the fix.
 """
 from __future__ import annotations
 
+import copy
 import dataclasses
 import difflib
 import os
@@ -138,6 +139,16 @@ class TrainConfig:
 
 
 @dataclass
+class FinetuneConfig:
+    # Transfer learning from model.weights (resnest_train/finetune.py). Stages count the stem
+    # as stage 0, layer1..layer4 as 1..4 and the classifier as 5.
+    freeze_stages: int = 0  # freeze stages 0..N-1 (weights and BN statistics): 0 none, 1 the stem, 5 all but fc
+    freeze_bn: bool = False  # every BatchNorm keeps its pretrained statistics and affine: for small batches
+    body_lr_mult: float = 1.0  # LR multiplier of every layer but the classifier (the new head)
+    layer_decay: float = 1.0  # layer-wise LR decay: stage s also gets layer_decay ** (5 - s)
+
+
+@dataclass
 class DistConfig:
     backend: str = "auto"  # auto (nccl on GPU, gloo on CPU) | nccl | gloo
     timeout_min: int = 30
@@ -163,6 +174,7 @@ class Config:
     data: DataConfig = field(default_factory=DataConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
+    finetune: FinetuneConfig = field(default_factory=FinetuneConfig)
     dist: DistConfig = field(default_factory=DistConfig)
     output: OutputConfig = field(default_factory=OutputConfig)
     device: str = "auto"  # auto | cpu | cuda
@@ -180,12 +192,16 @@ def load_config(path: Optional[str] = None, overrides: typing.Sequence[str] = ()
     merged: dict = {}
     if path:
         merged = _load_yaml_tree(os.path.abspath(path), chain=())
+    _apply_overrides(merged, overrides)
+    cfg = _build(Config, merged, where=path or "the command line", prefix="")
+    return _preflight(cfg)
+
+
+def _apply_overrides(merged: dict, overrides: typing.Sequence[str]) -> None:
     for item in overrides:
         key, value = _parse_override(item)
         _build(Config, _nest(key, value), where=f"command-line override '{item}'", prefix="")
         _deep_merge(merged, _nest(key, value))
-    cfg = _build(Config, merged, where=path or "the command line", prefix="")
-    return _preflight(cfg)
 
 
 def config_to_dict(cfg: Config) -> dict:
@@ -196,8 +212,13 @@ def config_to_yaml(cfg: Config) -> str:
     return yaml.safe_dump(config_to_dict(cfg), sort_keys=False, default_flow_style=None)
 
 
-def config_from_dict(data: dict, where: str = "a checkpoint") -> Config:
-    return _preflight(_build(Config, data, where=where, prefix=""))
+def config_from_dict(data: dict, where: str = "a checkpoint", overrides: typing.Sequence[str] = ()) -> Config:
+    """A config saved as a dict (a checkpoint's ``config``), with command-line ``overrides`` on
+    top, through the same checks as ``load_config``. Raises ``ConfigError``."""
+    merged = copy.deepcopy(data)
+    _build(Config, merged, where=where, prefix="")  # a mistake in the saved config names its source
+    _apply_overrides(merged, overrides)
+    return _preflight(_build(Config, merged, where=where, prefix=""))
 
 
 def _preflight(cfg: Config) -> Config:

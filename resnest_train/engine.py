@@ -21,7 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from . import checkpoint
+from . import checkpoint, finetune
 from .config import Config, config_to_dict, config_to_yaml
 from .data import build_loaders
 from .distributed import (DistInfo, all_gather_object, all_reduce_sum, any_rank, average_bn_stats, barrier,
@@ -97,7 +97,7 @@ def build_model(cfg: Config, num_classes: int) -> nn.Module:
                          dropblock=dropblock, **arch)  # preflight.check_model built it already
     if m.weights:
         load_weights(model, m.weights, use_ema=m.weights_ema, name=m.name)
-    return model
+    return finetune.apply(model, cfg.finetune)  # frozen stages / BatchNorm, after the weights are in
 
 
 def load_weights(model: nn.Module, path: str, use_ema: bool = False, name: str = "") -> None:
@@ -332,6 +332,10 @@ def restore(state: TrainState, saved: dict, cfg: Config, path: str) -> None:
         previous.pop(key, None)
         current.pop(key, None)
     diffs = checkpoint.model_differences(previous, current)
+    # what is frozen and the LR multipliers shape the optimizer's parameter groups
+    defaults = config_to_dict(Config())["finetune"]
+    diffs += checkpoint.model_differences(saved["config"].get("finetune", defaults), config_to_dict(cfg)["finetune"],
+                                          prefix="finetune")
     if diffs:
         raise UserError(f"Cannot resume from {path}: the model in the config differs from the checkpoint's "
                         f"({'; '.join(diffs)}). Use the checkpoint's model settings, or a new output.dir "
@@ -477,7 +481,7 @@ def _run(cfg: Config, dist: DistInfo, dry_run: bool) -> int:
         model.to(memory_format=torch.channels_last)
     if cfg.train.sync_bn and dist.enabled:
         model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
-    optimizer = build_optimizer(model, cfg.optim, lr=0.0)
+    optimizer = build_optimizer(model, cfg.optim, lr=0.0, lr_mult=finetune.lr_mult_fn(cfg.finetune))
     scaler = torch.amp.GradScaler("cuda") if cfg.train.amp == "fp16" else None
     state = TrainState(model=model, net=model, optimizer=optimizer, scaler=scaler, ema=None)
 

@@ -171,6 +171,13 @@ RANGES: dict[str, Range] = {
     "train.seed": Range(0, 2 ** 32, high_open=True, why="data order and augmentation use the seed's 32 bits"),
     "train.max_steps_per_epoch": Range(0, why="0 runs the whole epoch"),
     "train.eval_every": Range(1, why="epochs between evaluations (the last epoch always evaluates)"),
+    # finetune
+    "finetune.freeze_stages": Range(0, 5, why="stages 0..N-1 are frozen: 0 is the stem, 1..4 are layer1..layer4; "
+                                    "5 leaves only the classifier to train"),
+    "finetune.body_lr_mult": Range(0, low_open=True, why="the body's LR is body_lr_mult x the scheduled LR; "
+                                   "to keep a stage fixed, freeze it (finetune.freeze_stages)"),
+    "finetune.layer_decay": Range(0, 1, low_open=True, why="stage s (0 = stem .. 4 = layer4) learns at "
+                                  "layer_decay ** (5 - s) x the scheduled LR; 1 turns the decay off"),
     # dist
     "dist.timeout_min": Range(1, why="minutes a collective may wait for the other processes"),
     "dist.bucket_cap_mb": Range(1, why="DDP's gradient bucket size in MiB"),
@@ -219,7 +226,22 @@ def nesterov_momentum(cfg: Config) -> None:
             "optim.nesterov=false.")
 
 
-CROSS_KEY_RULES: tuple[Callable[[Config], None], ...] = (batch_norm_batch, mixup_pairs, nesterov_momentum)
+def freezing_needs_weights(cfg: Config) -> None:
+    """Frozen layers keep the weights they start with: random ones never learn, and a frozen
+    BatchNorm at its initial statistics passes activations unnormalised, with the residual
+    branches' zero-initialised last gamma (``model.zero_init_last``) switching them off for good."""
+    f = cfg.finetune
+    if (f.freeze_stages > 0 or f.freeze_bn) and not cfg.model.weights:
+        key, value = ("finetune.freeze_stages", f.freeze_stages) if f.freeze_stages > 0 else ("finetune.freeze_bn", True)
+        raise ConfigError(
+            f"Config key '{key}' is {str(value).lower()}, but 'model.weights' is empty: frozen layers keep the weights "
+            "they start with, and random weights (or BatchNorm statistics never measured) would stay useless. "
+            f"Set model.weights to a pretrained checkpoint or state_dict, or set {key}="
+            f"{'0' if key.endswith('stages') else 'false'} to train from scratch.")
+
+
+CROSS_KEY_RULES: tuple[Callable[[Config], None], ...] = (batch_norm_batch, mixup_pairs, nesterov_momentum,
+                                                         freezing_needs_weights)
 
 
 # ---------------------------------------------------------------------------------------

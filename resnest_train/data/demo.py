@@ -1,6 +1,7 @@
 """A small, deterministic, learnable image set in ImageNet layout, for the quick start.
 
     python -m resnest_train.data.demo --out data/demo        # 10 classes, 2,000 train / 500 val, 64 px
+    python -m resnest_train.data.demo --out data/demo5 --classes 5 --first-class 10   # 5 other classes
 
 Each class is one (shape, texture, colour) combination. Every colour is shared by two
 classes and most shapes by two or three, so no single cue gives the answer: a model has to
@@ -165,9 +166,12 @@ def render(spec, size: int, rng: np.random.Generator) -> np.ndarray:
     return np.clip(img, 0, 255).astype(np.uint8)
 
 
-def _params(classes, train_per_class, val_per_class, size, seed):
-    return {"version": VERSION, "classes": classes, "train_per_class": train_per_class,
-            "val_per_class": val_per_class, "size": size, "seed": seed}
+def _params(classes, train_per_class, val_per_class, size, seed, first_class=0):
+    params = {"version": VERSION, "classes": classes, "train_per_class": train_per_class,
+              "val_per_class": val_per_class, "size": size, "seed": seed}
+    if first_class:  # only then: sets made before first_class existed stay complete
+        params["first_class"] = first_class
+    return params
 
 
 def is_complete(out_dir: str, params: dict) -> bool:
@@ -179,16 +183,22 @@ def is_complete(out_dir: str, params: dict) -> bool:
 
 
 def make_demo_dataset(out_dir: str, classes: int = 10, train_per_class: int = 200, val_per_class: int = 50,
-                      size: int = 64, seed: int = 0, force: bool = False, verbose: bool = False) -> dict:
+                      size: int = 64, seed: int = 0, force: bool = False, verbose: bool = False,
+                      first_class: int = 0) -> dict:
     """Write the demo set to ``out_dir`` (train/ and val/ class folders of JPEGs).
+
+    The set holds ``classes`` classes of the class table from ``first_class`` on: a set with
+    another ``first_class`` shares no class with the default one (a transfer-learning target).
 
     Returns ``{"path", "generated", "train_images", "val_images", "classes", "seconds"}``;
     ``generated`` is False when a complete set with the same arguments was already there.
     """
     from PIL import Image
-    params = _params(classes, train_per_class, val_per_class, size, seed)
-    table = class_table(classes)
-    names = [class_name(i, spec) for i, spec in enumerate(table)]
+    params = _params(classes, train_per_class, val_per_class, size, seed, first_class)
+    if first_class < 0:
+        raise ValueError("first_class must be >= 0")
+    table = class_table(first_class + classes)[first_class:]
+    names = [class_name(first_class + i, spec) for i, spec in enumerate(table)]
     result = {"path": out_dir, "generated": False, "train_images": classes * train_per_class,
               "val_images": classes * val_per_class, "classes": names, "seconds": 0.0}
     if not force and is_complete(out_dir, params):
@@ -204,7 +214,7 @@ def make_demo_dataset(out_dir: str, classes: int = 10, train_per_class: int = 20
                 if entry[:2].isdigit() and entry[2:3] == "_":  # only our own class folders
                     shutil.rmtree(os.path.join(d, entry))
     for split_id, (split, per) in enumerate((("train", train_per_class), ("val", val_per_class))):
-        for ci, (spec, name) in enumerate(zip(table, names)):
+        for ci, (spec, name) in enumerate(zip(table, names), start=first_class):
             d = os.path.join(out_dir, split, name)
             os.makedirs(d, exist_ok=True)
             for i in range(per):
@@ -229,11 +239,13 @@ def main(argv=None) -> int:
     p.add_argument("--val-per-class", type=int, default=50)
     p.add_argument("--size", type=int, default=64, help="image side in pixels")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--first-class", type=int, default=0,
+                   help="start at this class of the table (10: five classes the default set does not have)")
     p.add_argument("--force", action="store_true", help="regenerate even if a complete set is there")
     a = p.parse_args(argv)
     try:
         r = make_demo_dataset(a.out, a.classes, a.train_per_class, a.val_per_class, a.size, a.seed, a.force,
-                              verbose=True)
+                              verbose=True, first_class=a.first_class)
     except (OSError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

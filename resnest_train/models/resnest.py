@@ -10,6 +10,7 @@ from torch import nn
 
 from ..errors import UserError
 from .dropblock import DropBlock, parse_dropblock
+from .features import ResNeStFeatures, check_out_indices
 from .splat import SplitAttention
 
 
@@ -271,14 +272,22 @@ def _check(args: Dict[str, Any]) -> None:
                 f"divisible by cardinality x radix = {groups}")
 
 
-def create_model(name: str, **overrides: Any) -> ResNeSt:
+def create_model(name: str, features_only: bool = False, out_indices: Sequence[int] = (1, 2, 3, 4),
+                 **overrides: Any) -> nn.Module:
     """Build the named variant, with any of OVERRIDE_KEYS replacing its table values.
 
     A None override keeps the table value, so a config's unset fields can be passed as is.
     `dropblock` takes {stages, sites, block_size, prob[, schedule]} (see dropblock.py);
     `prob` is what the layers start with: a trainer sets the scheduled value each epoch
     with set_dropblock_prob(model, dropblock_prob(epoch, epochs, final_prob, schedule)).
+    With `features_only`, a `ResNeStFeatures` backbone returning the maps of the stages in
+    `out_indices` (0: stem, stride 2; 1-4: layer1-layer4, strides 4-32; see features.py).
     """
+    if features_only:
+        try:
+            check_out_indices(out_indices)
+        except ValueError as e:
+            raise ModelError(f"create_model({name!r}, features_only=True): {e}") from None
     spec = get_model_spec(name)
     unknown = sorted(set(overrides) - set(OVERRIDE_KEYS))
     if unknown:
@@ -295,8 +304,9 @@ def create_model(name: str, **overrides: Any) -> ResNeSt:
     args["layers"] = tuple(args["layers"])
     args["final_drop"] = float(args["final_drop"])
     try:
-        return ResNeSt(**args)
+        model = ResNeSt(**args)
     except ValueError as e:  # e.g. split-attention's inner width not divisible by the cardinality
         raise ModelError(f"create_model({name!r}) with radix {args['radix']}, cardinality {args['cardinality']}, "
                          f"bottleneck_width {args['bottleneck_width']} builds no valid network ({e}); "
                          "pick a cardinality that divides the layer widths, as the model table does.") from None
+    return ResNeStFeatures(model, out_indices) if features_only else model
