@@ -228,10 +228,19 @@ def plan(request: Request) -> Plan:
     path = weights_file(request.path, request.best)
     found = inspect_weights(path, request.use_ema)
     crops = list(request.crops) or [None]
-    configs = [weights_config(found, list(request.overrides) + ([f"data.eval_crop={c}"] if c else []),
-                              request.config_file) for c in crops]
+    configs = [val_only(weights_config(found, list(request.overrides) + ([f"data.eval_crop={c}"] if c else []),
+                                       request.config_file)) for c in crops]
     relabels = read_relabels(request.relabel) if request.relabel else None
     return Plan(found=found, configs=configs, request=request, relabels=relabels)
+
+
+def val_only(cfg: Config) -> Config:
+    """``cfg`` with ``data.train_list`` = ``data.val_list`` when only a val list is given:
+    ``build_loaders`` reads a train split too (never iterated here), and a val set need not
+    come with one."""
+    if cfg.data.val_list and not cfg.data.train_list:
+        cfg.data.train_list = cfg.data.val_list
+    return cfg
 
 
 def evaluate_config(cfg: Config, found: FoundWeights, dist: DistInfo, model: Optional[nn.Module],

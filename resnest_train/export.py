@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import importlib.util
 import json
 import os
 import tempfile
@@ -192,6 +193,12 @@ def check_request(r: ExportRequest) -> None:
                         "longer load into create_model: use it with --format onnx or torchscript.")
     if r.img_size is not None and r.img_size < 32:
         raise UserError(f"--img-size {r.img_size} is below 32 px: ResNeSt's total stride is 32.")
+    if r.fmt == "onnx":
+        needed = ("onnx", "onnxruntime") + (("onnxscript",) if r.exporter == "dynamo" else ())
+        missing = [m for m in needed if importlib.util.find_spec(m) is None]
+        if missing:
+            raise UserError(f"--format onnx needs {', '.join(missing)}, which cannot be imported: pip install "
+                            f"{' '.join(missing)} (or pip install -e '.[export]').")
 
 
 def build_for_export(r: ExportRequest) -> tuple[nn.Module, dict]:
