@@ -75,7 +75,7 @@ class _Recorder(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         logits = self.model(x)
-        self.top.append(logits.float().topk(min(self.k, logits.shape[1]), dim=1).indices.cpu())
+        self.top.append(logits.float().topk(self.k, dim=1).indices.cpu())
         return logits
 
 
@@ -85,15 +85,18 @@ def _keeping_labels(loader, labels: list):
         yield images, y
 
 
-def evaluate_with_predictions(model: nn.Module, loader, device: torch.device, amp: str) -> tuple[dict, Predictions]:
-    """``engine.evaluate`` (its metrics, unchanged) plus every image's top-k and label.
+def evaluate_with_predictions(model: nn.Module, loader, device: torch.device, amp: str,
+                              num_classes: int) -> tuple[dict, Predictions]:
+    """``engine.evaluate`` (its metrics, unchanged) plus every image's top-k (k = min(5,
+    num_classes), as the trainer's top-5) and label.
 
     Rank r's val shard is a contiguous run of the val list (``data.common.val_shard``), so the
     shards gathered in rank order are the val list: each image once, in order.
     """
-    recorder, labels = _Recorder(model, TOP_K), []
+    k = min(TOP_K, num_classes)
+    recorder, labels = _Recorder(model, k), []
     metrics = engine.evaluate(recorder, _keeping_labels(loader, labels), device, amp)
-    mine = (torch.cat(recorder.top) if recorder.top else torch.zeros(0, TOP_K, dtype=torch.long),
+    mine = (torch.cat(recorder.top) if recorder.top else torch.zeros(0, k, dtype=torch.long),
             torch.cat(labels) if labels else torch.zeros(0, dtype=torch.long))
     shards = all_gather_object(mine)
     return metrics, Predictions(torch.cat([s[0] for s in shards]), torch.cat([s[1] for s in shards]))
@@ -261,7 +264,7 @@ def evaluate_config(cfg: Config, found: FoundWeights, dist: DistInfo, model: Opt
         if cfg.train.channels_last:
             model.to(memory_format=torch.channels_last)
     if need_predictions:
-        metrics, pred = evaluate_with_predictions(model, loaders.val, dist.device, cfg.train.amp)
+        metrics, pred = evaluate_with_predictions(model, loaders.val, dist.device, cfg.train.amp, found.num_classes)
     else:
         metrics, pred = engine.evaluate(model, loaders.val, dist.device, cfg.train.amp), None
     resize, crop = eval_sizes(cfg.data.train_crop, cfg.data.eval_crop, cfg.data.eval_ratio)

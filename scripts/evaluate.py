@@ -12,8 +12,10 @@ settings), a bare state_dict in the official layout (give model.name=..., or --c
 a run directory (its checkpoints/last.pth; --best: best.pth). section.key=value overrides
 change the config as in train.py (data.root, data.backend, train.batch_size, device ...).
 The loaders, weight loading and reduction are the trainer's, so a run's own checkpoint gives
-its metrics.jsonl values exactly (same batch size, train.batch_size, and process count).
-Prints a line per crop and a markdown table; --json writes everything, per-class too.
+its metrics.jsonl values to the last digit (with the run's train.batch_size and process
+count; others change the loss in its last digits). A val set given as data.val_list alone
+needs no training split. Prints a line per crop and a markdown table; --json writes every
+number, per class too. More: docs/after_training.md.
 """
 import argparse
 import os

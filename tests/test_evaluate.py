@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from helpers import NARROW, ROOT, env, make_shapes, metrics
-from resnest_train.evaluate import Predictions, real_accuracy, relabels_for
+from resnest_train.evaluate import Predictions, evaluate_with_predictions, real_accuracy, relabels_for
 
 SCRIPT = os.path.join(ROOT, "scripts", "evaluate.py")
 # What a bare state_dict needs to be read as the pretrained run: its model and data settings.
@@ -143,6 +143,18 @@ def test_real_json_is_matched_by_imagenet_val_file_names():
     from resnest_train.errors import UserError
     with pytest.raises(UserError, match="has no labels for the val image n03/photo.jpg"):
         relabels_for(["n03/photo.jpg"], real, "real.json")
+
+
+def test_a_rank_without_val_images_gathers_an_empty_shard():
+    """More ranks than val images leave a shard empty; its (0, k) predictions still concatenate."""
+    model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(12, 4))
+    metrics_, pred = evaluate_with_predictions(model, [], torch.device("cpu"), "none", num_classes=4)
+    assert metrics_["images"] == 0 and pred.top.shape == (0, 4) and pred.labels.shape == (0,)
+    batch = [(torch.randn(3, 3, 2, 2), torch.tensor([0, 1, 3]))]
+    metrics_, pred = evaluate_with_predictions(model, batch, torch.device("cpu"), "none", num_classes=4)
+    with torch.no_grad():
+        assert torch.equal(pred.top, model(batch[0][0]).topk(4, dim=1).indices)
+    assert metrics_["images"] == 3 and torch.equal(pred.labels, batch[0][1])
 
 
 @pytest.mark.parametrize("case", ["missing", "empty_dir", "ema_on_state_dict", "other_classes", "best_on_file",

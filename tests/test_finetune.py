@@ -108,15 +108,19 @@ def test_resume_refuses_other_finetune_settings():
 # train.py end to end: fine-tuned beats from scratch
 # ---------------------------------------------------------------------------------------
 
-# 5 classes (the shapes regardless of colour) that the 10-class pretraining set does not
-# have, 8 training images each: 20 steps of batch 8.
-SCHEDULE = SHAPES_RUN + ["train.batch_size=8", "train.epochs=4", "optim.base_lr=0.64", "optim.warmup_epochs=0.5"]
+# 5 classes (the shapes whatever their colour) that the 10-class pretraining set does not
+# have, 16 training images each: 30 steps of batch 8, evaluated once at the end on 200 images.
+SCHEDULE = SHAPES_RUN + ["train.batch_size=8", "train.epochs=3", "train.eval_every=3", "optim.base_lr=0.64",
+                         "optim.warmup_epochs=0.5"]
 FINETUNE = ["finetune.freeze_stages=1", "finetune.freeze_bn=true", "finetune.body_lr_mult=0.1"]
+# Measured with train.seed 0-3 (pretraining and both runs) on a 2-core CPU: fine-tuned 61.0 /
+# 43.5 / 63.0 / 57.0 % top-1, from scratch 25.5 / 29.5 / 32.5 / 31.5 %; the smallest gap was 14 points.
+MARGIN = 10.0
 
 
 @pytest.fixture(scope="module")
 def finetune_runs(pretrained_run, tmp_path_factory):
-    root = make_shapes(str(tmp_path_factory.mktemp("shapes5")), 8, 20, seed=1, by_colour=False)
+    root = make_shapes(str(tmp_path_factory.mktemp("shapes5")), 16, 40, seed=1, by_colour=False)
     weights = os.path.join(pretrained_run, "checkpoints", "last.pth")
     tuned, scratch = str(tmp_path_factory.mktemp("tuned")), str(tmp_path_factory.mktemp("scratch"))
     train(*SCHEDULE, *FINETUNE, f"data.root={root}", f"model.weights={weights}", f"output.dir={tuned}")
@@ -127,8 +131,8 @@ def finetune_runs(pretrained_run, tmp_path_factory):
 def test_finetuned_model_beats_the_same_schedule_from_scratch(finetune_runs):
     _, tuned, scratch = finetune_runs
     ft, sc = metrics(tuned)[-1]["val_top1"], metrics(scratch)[-1]["val_top1"]
-    assert metrics(tuned)[-1]["val_images"] == 100
-    assert ft >= sc + 15.0, (ft, sc)
+    assert metrics(tuned)[-1]["val_images"] == 200 and "val_top1" not in metrics(tuned)[0]  # evaluated once
+    assert ft >= sc + MARGIN, (ft, sc)
 
 
 def test_finetuning_kept_the_frozen_parts(finetune_runs):
