@@ -308,7 +308,7 @@ def train_one_epoch(state: TrainState, loader, plan: Plan, cfg: Config, dist: Di
         mid_epoch = state.step_in_epoch < plan.steps_per_epoch
         log = state.step_in_epoch % cfg.output.log_every == 0 or not mid_epoch
         periodic = bool(cfg.output.save_every_steps) and state.step % cfg.output.save_every_steps == 0
-        if not (log or periodic or not mid_epoch or state.step_in_epoch % poll_every == 0):
+        if not (log or periodic or state.step_in_epoch % poll_every == 0):  # log: also the epoch's last step
             continue
         # The step's loss over the global batch: the mean of every rank's micro-batch losses.
         poll = stop.poll(device, dist.world_size, loss_sum, state.model,
