@@ -24,7 +24,7 @@ from torch import nn
 from . import checkpoint
 from .config import Config, config_to_dict, config_to_yaml
 from .data import build_loaders
-from .distributed import (DistInfo, all_gather_object, all_reduce_sum, average_bn_stats, barrier,
+from .distributed import (DistInfo, all_gather_object, all_reduce_sum, average_bn_stats,
                           broadcast_object, cleanup, init_distributed, state_checksums)
 from .errors import UserError
 from .models import create_model, dropblock_prob, model_info, set_dropblock_prob
@@ -354,23 +354,34 @@ def reduce_loss(loss_sum: torch.Tensor, count: int, device) -> tuple[float, int]
 
 
 @torch.no_grad()
-def evaluate(model: nn.Module, loader, device: torch.device, amp: str) -> dict:
-    """Loss and top-1/top-5 over this rank's shard, summed over ranks: each image counted once."""
-    model.eval()
-    sums = torch.zeros(4, device=device, dtype=torch.float64)  # loss, top1, top5, images
+def evaluate(models, loader, device: torch.device, amp: str):
+    """Loss and top-1/top-5 over this rank's shard, summed over ranks: each image counted once.
+
+    `models`: one module, or a list of them (the model and its EMA) evaluated on the same
+    batches in one pass over `loader`, so the validation set is decoded once; returns one
+    dict {loss, top1, top5, images}, or a list of them in the order of `models`.
+    """
+    several = isinstance(models, (list, tuple))
+    models = list(models) if several else [models]
+    for model in models:
+        model.eval()
+    sums = torch.zeros(len(models), 4, device=device, dtype=torch.float64)  # loss, top1, top5, images
     for images, labels in loader:
-        with autocast(amp, device):
-            logits = model(images)
-        logits = logits.float()
-        sums[0] += F.cross_entropy(logits, labels, reduction="sum")
-        top5 = logits.topk(min(5, logits.shape[1]), dim=1).indices
-        hits = top5.eq(labels[:, None])
-        sums[1] += hits[:, 0].sum()
-        sums[2] += hits.any(dim=1).sum()
-        sums[3] += len(labels)
-    loss, top1, top5, images = all_reduce_sum(sums).tolist()
-    n = max(images, 1.0)
-    return {"loss": loss / n, "top1": 100.0 * top1 / n, "top5": 100.0 * top5 / n, "images": int(images)}
+        for model, row in zip(models, sums):
+            with autocast(amp, device):
+                logits = model(images)
+            logits = logits.float()
+            row[0] += F.cross_entropy(logits, labels, reduction="sum")
+            top5 = logits.topk(min(5, logits.shape[1]), dim=1).indices
+            hits = top5.eq(labels[:, None])
+            row[1] += hits[:, 0].sum()
+            row[2] += hits.any(dim=1).sum()
+            row[3] += len(labels)
+    results = []
+    for loss, top1, top5, images in all_reduce_sum(sums).tolist():
+        n = max(images, 1.0)
+        results.append({"loss": loss / n, "top1": 100.0 * top1 / n, "top5": 100.0 * top5 / n, "images": int(images)})
+    return results if several else results[0]
 
 
 # --------------------------------------------------------------------------------------
@@ -674,21 +685,55 @@ def _run(cfg: Config, dist: DistInfo, dry_run: bool) -> int:
 
 def fit(state: TrainState, loaders, plan: Plan, cfg: Config, dist: DistInfo, monitor: Monitor,
         stop: StopRequested) -> int:
+    """Train every remaining epoch; returns the exit code. Checkpoints are written by rank 0 in the
+    background (`checkpoint.AsyncSaver`); every return waits until the newest one is on disk."""
     mixup = build_mixup(cfg, loaders.num_classes)
-    out = cfg.output
 
     def snapshot(st: TrainState) -> dict:
         return dict(state_dict(st, cfg), plan=asdict(plan))  # the plan lets a resume on a new world map the step
+
+    saver = checkpoint.AsyncSaver()  # rank 0 writes in the background; the other ranks never wait for it
+    try:
+        return _epochs(state, loaders, plan, cfg, dist, monitor, stop, mixup, saver, snapshot)
+    except BaseException:
+        try:
+            saver.wait()
+        except UserError:  # the writer's failure is secondary to the one being raised
+            pass
+        raise
+    finally:
+        saver.wait()  # the newest checkpoint is complete on disk before the run returns
+        report_saves(saver, monitor)
+
+
+def report_saves(saver: checkpoint.AsyncSaver, monitor: Monitor) -> Optional[checkpoint.SaveReport]:
+    """Print and log (TensorBoard checkpoint/save_s, checkpoint/size_mb) each finished background
+    save; returns the newest one (None when none finished since the last call)."""
+    report = None
+    for report in saver.done():
+        names = ", ".join(os.path.basename(p) for p in report.paths)
+        monitor.print(f"checkpoint {names} written at step {report.step}: {report.bytes / 1e6:.1f} MB in "
+                      f"{report.seconds:.2f} s")
+        monitor.scalars({"checkpoint/save_s": report.seconds, "checkpoint/size_mb": report.bytes / 1e6},
+                        report.step)
+    return report
+
+
+def _epochs(state: TrainState, loaders, plan: Plan, cfg: Config, dist: DistInfo, monitor: Monitor,
+            stop: StopRequested, mixup, saver: checkpoint.AsyncSaver, snapshot) -> int:
+    """fit's epoch loop; every checkpoint goes through `saver` (rank 0 only)."""
+    out = cfg.output
 
     def save_last(st: TrainState, loss_sum: float, loss_count: int) -> None:
         if dist.is_main:
             saved = snapshot(st)
             saved.update(loss_sum=loss_sum, loss_count=loss_count)
-            checkpoint.atomic_save(saved, checkpoint.last_path(out.dir))
-        barrier()
+            saver.save(saved, lambda obj: _write_last(obj, out.dir), st.step)
+            report_saves(saver, monitor)
 
     monitor.run_state(state="running", epoch=state.epoch, epochs=plan.epochs, best_top1=state.best_top1)
     record = {}
+    newest_save = None
     while state.epoch < plan.epochs:
         epoch = state.epoch
         drop = dropblock_prob(epoch, plan.epochs, cfg.model.dropblock.prob, cfg.model.dropblock.schedule)
@@ -699,8 +744,11 @@ def fit(state: TrainState, loaders, plan: Plan, cfg: Config, dist: DistInfo, mon
         try:
             finished = train_one_epoch(state, loaders.train, plan, cfg, dist, monitor, mixup, stop, save_last)
         except Diverged as e:
+            saver.wait()  # last.pth, checked finite, is complete before the report names it
             return report_divergence(e, state, plan, cfg, monitor)
         if not finished:
+            saver.wait()
+            report_saves(saver, monitor)
             monitor.print(f"Stopped by {stop.signal_name or 'a signal'} at step {state.step}; "
                           f"checkpoint saved to {checkpoint.last_path(out.dir)}. Run the same command to resume.")
             monitor.run_state(state="preempted", epoch=state.epoch, epochs=plan.epochs, best_top1=state.best_top1)
@@ -721,13 +769,16 @@ def fit(state: TrainState, loaders, plan: Plan, cfg: Config, dist: DistInfo, mon
             if len(set(checksums)) > 1:
                 monitor.print(f"warning: model replicas differ across ranks after epoch {epoch + 1}: {checksums}")
         if (epoch + 1) % cfg.train.eval_every == 0 or epoch + 1 == plan.epochs:
-            val = evaluate(state.model, loaders.val, dist.device, cfg.train.amp)
+            models = [state.model] + ([state.ema.module] if state.ema is not None else [])
+            val, *ema_val = evaluate(models, loaders.val, dist.device, cfg.train.amp)  # one pass over val
             record.update(val_loss=val["loss"], val_top1=val["top1"], val_top5=val["top5"],
                           val_images=val["images"])
-            if state.ema is not None:
-                ema_val = evaluate(state.ema.module, loaders.val, dist.device, cfg.train.amp)
-                record.update(val_loss_ema=ema_val["loss"], val_top1_ema=ema_val["top1"],
-                              val_top5_ema=ema_val["top5"])
+            if ema_val:
+                record.update(val_loss_ema=ema_val[0]["loss"], val_top1_ema=ema_val[0]["top1"],
+                              val_top5_ema=ema_val[0]["top5"])
+        newest_save = report_saves(saver, monitor) or newest_save
+        if newest_save is not None:  # the newest finished write: usually the previous epoch's, in the background
+            record.update(checkpoint_save_s=newest_save.seconds, checkpoint_mb=newest_save.bytes / 1e6)
         record["epoch_time_s"] = time.perf_counter() - t0
         is_best = "val_top1" in record and (state.best_top1 is None or record["val_top1"] > state.best_top1)
         if is_best:
@@ -740,14 +791,12 @@ def fit(state: TrainState, loaders, plan: Plan, cfg: Config, dist: DistInfo, mon
         monitor.print(f"epoch {epoch + 1}/{plan.epochs} " + " ".join(
             f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}" for k, v in numbers.items()))
         if dist.is_main:
-            saved = snapshot(state)
-            checkpoint.atomic_save(saved, checkpoint.last_path(out.dir))
-            if is_best:
-                checkpoint.atomic_save(saved, os.path.join(checkpoint.checkpoint_dir(out.dir), "best.pth"))
-            if out.save_every_epochs and state.epoch % out.save_every_epochs == 0:
-                checkpoint.save_periodic(saved, out.dir, state.epoch, out.keep_last)
-        barrier()
+            periodic = bool(out.save_every_epochs) and state.epoch % out.save_every_epochs == 0
+            saver.save(snapshot(state), lambda obj, e=state.epoch, best=is_best, p=periodic:
+                       _write_epoch_end(obj, out, e, best, p), state.step)
         if state.epoch < plan.epochs and stop.poll(dist.device, dist.world_size).stop:
+            saver.wait()
+            report_saves(saver, monitor)
             monitor.print(f"Stopped by {stop.signal_name or 'a signal'} after epoch {state.epoch}; "
                           f"checkpoint saved to {checkpoint.last_path(out.dir)}. Run the same command to resume.")
             monitor.run_state(state="preempted", epoch=state.epoch, epochs=plan.epochs, best_top1=state.best_top1)
@@ -759,12 +808,31 @@ def fit(state: TrainState, loaders, plan: Plan, cfg: Config, dist: DistInfo, mon
     hparams = {k: v for k, v in flatten(config_to_dict(cfg)).items() if not k.startswith("output.")}
     hparams.update(global_batch=plan.global_batch, peak_lr=plan.peak_lr, world_size=plan.world_size)
     monitor.hparams(hparams, {f"hparam/{k}": v for k, v in final.items()})
+    saver.wait()  # the last checkpoint is on disk before the run says it finished
+    report_saves(saver, monitor)
     monitor.run_state(state="finished", epoch=state.epoch, epochs=plan.epochs, best_top1=state.best_top1)
     if state.best_top1 is not None:
         monitor.print(f"Finished {plan.epochs} epochs: final val top-1 {record.get('val_top1', float('nan')):.2f}%, "
                       f"best {state.best_top1:.2f}%. Run directory: {out.dir}")
     monitor.print(f"TensorBoard: tensorboard --logdir {os.path.join(out.dir, 'tb')}")
     return 0
+
+
+def _write_last(saved: dict, output_dir: str) -> list:
+    path = checkpoint.last_path(output_dir)
+    checkpoint.atomic_save(saved, path)
+    return [path]
+
+
+def _write_epoch_end(saved: dict, out, epoch: int, is_best: bool, periodic: bool) -> list:
+    """last.pth, best.pth when `is_best`, epoch_NNNN.pth when `periodic`; returns the paths written."""
+    paths = _write_last(saved, out.dir)
+    if is_best:
+        paths.append(os.path.join(checkpoint.checkpoint_dir(out.dir), "best.pth"))
+        checkpoint.atomic_save(saved, paths[-1])
+    if periodic:
+        paths.append(checkpoint.save_periodic(saved, out.dir, epoch, out.keep_last))
+    return paths
 
 
 def report_divergence(e: Diverged, state: TrainState, plan: Plan, cfg: Config, monitor: Monitor) -> int:

@@ -6,11 +6,12 @@ import threading
 
 import pytest
 import torch
-
 from helpers import TINY, metrics, scalars, train
+from test_data_helpers import cfg, make_dataset
+
 from resnest_train import checkpoint
 from resnest_train.data import build_loaders
-from test_data_helpers import cfg, make_dataset
+from resnest_train.errors import UserError
 
 CUDA = torch.device("cuda", 0)
 
@@ -115,8 +116,8 @@ def test_dali_uint8_crops_keep_the_per_sample_lighting(data):
     uint8 crop, and torch applies (x - mean) / (255 std) with it."""
     pytest.importorskip("nvidia.dali")
     c = cfg(data, backend="dali", lighting=0.1)
-    train, _ = _uint8_build(c, False)
-    runners, _ = train.build_pipelines(0)
+    loader, _ = _uint8_build(c, False)
+    runners, _ = loader.build_pipelines(0)
     outputs = runners[0].run()
     raw, labels, mean255 = (torch.from_dlpack(o.as_tensor()) for o in outputs)
     x, y = runners[0].to_torch(outputs)
@@ -127,3 +128,88 @@ def test_dali_uint8_crops_keep_the_per_sample_lighting(data):
     offsets = torch.tensor(c.mean) - mean255 / 255  # each sample's PCA lighting offset, RGB in [0, 1]
     assert offsets.abs().min().item() > 0 and offsets.abs().max().item() < 0.2
     assert len({tuple(o) for o in offsets.tolist()}) == 4
+
+
+# ---------------------------------------------------------------------------------------
+# With EMA, one pass over the validation set evaluates both models
+# ---------------------------------------------------------------------------------------
+
+def test_evaluating_model_and_ema_in_one_pass_equals_two_passes(monkeypatch):
+    from resnest_train.config import load_config
+    from resnest_train.engine import build_ema, build_model, evaluate
+    c = load_config(None, TINY + ["data.synthetic.val_images=20"])
+    loaders = build_loaders(c.data, batch_size=8, seed=0)
+    torch.manual_seed(0)
+    model, other = build_model(c, 5), build_model(c, 5)
+    ema = build_ema(model, 0.9)
+    ema.module.load_state_dict(other.state_dict())  # an EMA whose numbers differ from the model's
+    separate = [evaluate(m, loaders.val, torch.device("cpu"), "none") for m in (model, ema.module)]
+    passes = []
+    real_iter = type(loaders.val).__iter__
+    monkeypatch.setattr(type(loaders.val), "__iter__", lambda self: passes.append(1) or real_iter(self))
+    together = evaluate([model, ema.module], loaders.val, torch.device("cpu"), "none")
+    assert together == separate and separate[0] != separate[1]
+    assert len(passes) == 1 and together[0]["images"] == 20
+
+
+# ---------------------------------------------------------------------------------------
+# Checkpoints: written in the background, atomic, of the state at save time, timed
+# ---------------------------------------------------------------------------------------
+
+def test_background_save_holds_the_state_at_save_time(tmp_path):
+    weights = torch.arange(6.0)
+    state = {"model": {"w": weights}, "step": 3}
+    release = threading.Event()
+    path = str(tmp_path / "last.pth")
+
+    def writes(obj):
+        release.wait(10)  # the write starts only after training has changed the weights
+        checkpoint.atomic_save(obj, path)
+        return [path]
+
+    saver = checkpoint.AsyncSaver()
+    saver.save(state, writes, step=3)
+    weights.mul_(-1)  # the next optimizer step, in place, while the writer holds its copy
+    state["step"] = 4
+    release.set()
+    saver.wait()
+    saved = torch.load(path, weights_only=True)
+    assert torch.equal(saved["model"]["w"], torch.arange(6.0)) and saved["step"] == 3
+    [report] = saver.done()
+    assert report.paths == [path] and report.bytes == os.path.getsize(path) and report.seconds >= 0
+    assert [f for f in os.listdir(tmp_path)] == ["last.pth"]  # no temp file left
+
+
+def test_a_failed_background_write_raises_in_the_training_thread(tmp_path):
+    path = str(tmp_path / "last.pth")
+    checkpoint.atomic_save({"step": 1}, path)
+
+    def full_disk(obj):
+        raise OSError(28, "No space left on device")
+
+    saver = checkpoint.AsyncSaver()
+    saver.save({"step": 2}, full_disk, step=2)
+    with pytest.raises(UserError, match=r"Writing a checkpoint failed \(OSError: \[Errno 28\] No space left on "
+                                        r"device\); training stopped.*intact.*Free disk space"):
+        saver.wait()
+    assert torch.load(path, weights_only=True) == {"step": 1}
+    saver.save({"step": 3}, full_disk, step=3)
+    with pytest.raises(UserError):  # the next save raises it too, before starting another
+        saver.save({"step": 4}, lambda obj: [], step=4)
+
+
+def test_a_run_logs_each_checkpoint_write_and_its_size(tmp_path):
+    out = tmp_path / "run"
+    result = train(*TINY, "train.ema=true", "output.save_every_steps=6", f"output.dir={out}")
+    lines = [line for line in result.stdout.splitlines() if line.startswith("checkpoint ")]
+    # 8 steps per epoch: mid-epoch saves at steps 6 and 12, epoch ends at 8 and 16 (last, best, epoch_NNNN)
+    assert [line.split(" written at step ")[1].split(":")[0] for line in lines] == ["6", "8", "12", "16"], lines
+    assert "last.pth, best.pth, epoch_0001.pth" in lines[1] and " MB in " in lines[1]
+    size_mb = os.path.getsize(out / "checkpoints" / "last.pth") / 1e6
+    files = lines[-1].split("checkpoint ")[1].split(" written")[0].split(", ")  # last.pth, epoch_0002.pth (+ best)
+    assert abs(float(lines[-1].split(": ")[1].split(" MB")[0]) - len(files) * size_mb) < 0.01 * size_mb + 0.1
+    records = metrics(out)
+    # epoch 2's record: the newest write finished by then, the step-12 last.pth
+    assert records[1]["checkpoint_save_s"] > 0 and records[1]["checkpoint_mb"] == pytest.approx(size_mb, rel=0.01)
+    assert sorted(scalars(str(out / "tb"), "checkpoint/save_s")) == [6, 8, 12, 16]
+    assert "val_top1_ema" in records[1]
