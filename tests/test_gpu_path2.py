@@ -213,3 +213,18 @@ def test_a_run_logs_each_checkpoint_write_and_its_size(tmp_path):
     assert records[1]["checkpoint_save_s"] > 0 and records[1]["checkpoint_mb"] == pytest.approx(size_mb, rel=0.01)
     assert sorted(scalars(str(out / "tb"), "checkpoint/save_s")) == [6, 8, 12, 16]
     assert "val_top1_ema" in records[1]
+
+
+def test_overhead_benchmark_compares_train_py_with_a_bare_loop():
+    import json
+    import subprocess
+    import sys
+
+    from helpers import ROOT, env
+    result = subprocess.run([sys.executable, os.path.join(ROOT, "scripts", "benchmark.py"), "overhead", "--steps", "2",
+                             "--pairs", "1", "--img-size", "32", "--batch", "4", "--json"],
+                            capture_output=True, text=True, env=env(), timeout=300)
+    assert result.returncode == 0, result.stderr
+    r = json.loads(result.stdout.strip().splitlines()[-1])
+    assert r["train_py_images_per_sec"] > 0 and r["bare_images_per_sec"] > 0
+    assert r["ratio"] == pytest.approx(r["train_py_images_per_sec"] / r["bare_images_per_sec"])
