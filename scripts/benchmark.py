@@ -4,6 +4,7 @@
     python scripts/benchmark.py models [--batch 8 ...]     model fwd+bwd images/s, ours vs timm
     python scripts/benchmark.py data [--root DIR ...]      loader images/s, DALI vs torchvision
     python scripts/benchmark.py gpu [--batch 128 ...]      the GPU table (needs CUDA; scripts/gpu_check.sh)
+    python scripts/benchmark.py overhead [--steps 20 ...]  train.py's images/s vs a bare loop of the same work
 
 Each section is a script of its own (scripts/bench_<section>.py); `SECTION --help` lists its options.
 """
@@ -11,7 +12,8 @@ import importlib.util
 import os
 import sys
 
-SECTIONS = {"models": "bench_models.py", "data": "bench_data.py", "gpu": "bench_gpu.py"}
+SECTIONS = {"models": "bench_models.py", "data": "bench_data.py", "gpu": "bench_gpu.py",
+            "overhead": "bench_overhead.py"}
 
 
 def load_section(name):
