@@ -9,7 +9,8 @@
 
 CHECKPOINT is a resnest-train checkpoint (its run's config gives the model and the data
 settings), a bare state_dict in the official layout (give model.name=..., or --config), or
-a run directory (its checkpoints/last.pth; --best: best.pth). section.key=value overrides
+a run directory (its checkpoints/last.pth; --best: best.pth); --config configs/resnest101.yaml
+gives a bare state_dict its model's crop and ratio. section.key=value overrides
 change the config as in train.py (data.root, data.backend, train.batch_size, device ...).
 The loaders, weight loading and reduction are the trainer's, so a run's own checkpoint gives
 its metrics.jsonl values to the last digit (with the run's train.batch_size and process
