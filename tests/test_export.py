@@ -81,6 +81,23 @@ def test_every_model_exports_to_safetensors_and_folds_every_batch_norm(name, tmp
         assert ex.max_abs_diff(fused(x), want) <= 1e-9 * float(want.abs().max())
 
 
+def test_folding_takes_frozen_batch_norm_and_backbones():
+    """A fine-tuned model's FrozenBatchNorm2d and a features_only body fold like the classifier."""
+    from resnest_train.finetune import FrozenBatchNorm2d, freeze_batch_norm
+    frozen = freeze_batch_norm(randomized("resnest14")).double()
+    body = create_model("resnest14", features_only=True, out_indices=(0, 4))
+    body.load_classifier_state_dict(randomized("resnest14").state_dict())
+    body = body.eval().double()
+    x = ex.random_batch(1, 64).double()
+    for model in (frozen, body):
+        fused = ex.fuse_bn(copy.deepcopy(model))
+        assert not any(isinstance(m, (nn.BatchNorm2d, FrozenBatchNorm2d)) for m in fused.modules())
+        with torch.no_grad():
+            want, got = model(x), fused(x)
+        for w, g in zip(want if isinstance(want, list) else [want], got if isinstance(got, list) else [got]):
+            assert ex.max_abs_diff(g, w) <= 1e-9 * float(w.abs().max())
+
+
 @pytest.mark.parametrize("name", sorted(SMALL))
 @pytest.mark.parametrize("fuse", [False, True])
 def test_torchscript_export_of_every_branch(name, fuse, tmp_path):
