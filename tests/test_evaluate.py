@@ -27,9 +27,18 @@ def evaluate_main():
 
 
 def evaluate(tmp_path, *args):
-    """scripts/evaluate.py in this process; returns its JSON report."""
+    """scripts/evaluate.py in this process; returns its JSON report.
+
+    With one torch thread, as the training run had (helpers.env sets OMP_NUM_THREADS=1): the
+    reductions then run in the same order, so the floats can be compared exactly.
+    """
     out = str(tmp_path / f"report{len(os.listdir(tmp_path))}.json")
-    assert evaluate_main()([*args, "--json", out]) == 0
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        assert evaluate_main()([*args, "--json", out]) == 0
+    finally:
+        torch.set_num_threads(threads)
     with open(out) as f:
         return json.load(f)
 
