@@ -13,10 +13,9 @@ import os
 import types
 import typing
 from dataclasses import dataclass, field
-from typing import Any, Optional, Union
+from typing import Any, Union
 
 import yaml
-
 
 from .errors import UserError
 
@@ -42,15 +41,15 @@ class DropBlockConfig:
 class ModelConfig:
     name: str = "resnest50"
     # Architecture overrides; None keeps the named variant's value.
-    radix: Optional[int] = None
-    cardinality: Optional[int] = None
-    bottleneck_width: Optional[int] = None
-    stem_width: Optional[int] = None
-    deep_stem: Optional[bool] = None
-    avg_down: Optional[bool] = None
-    avd: Optional[bool] = None
-    avd_first: Optional[bool] = None
-    final_drop: Optional[float] = None
+    radix: int | None = None
+    cardinality: int | None = None
+    bottleneck_width: int | None = None
+    stem_width: int | None = None
+    deep_stem: bool | None = None
+    avg_down: bool | None = None
+    avd: bool | None = None
+    avd_first: bool | None = None
+    final_drop: float | None = None
     zero_init_last: bool = True
     dropblock: DropBlockConfig = field(default_factory=DropBlockConfig)
     weights: str = ""  # optional checkpoint / official state_dict to start from
@@ -81,7 +80,7 @@ class DataConfig:
     skip_bad_images: bool = False
     workers: int = 8  # torchvision DataLoader workers per process
     train_crop: int = 224
-    eval_crop: Optional[int] = None  # None: same as train_crop
+    eval_crop: int | None = None  # None: same as train_crop
     eval_ratio: float = 0.875  # eval resizes the short side to eval_crop / eval_ratio
     rrc_scale: list[float] = field(default_factory=lambda: [0.08, 1.0])
     rrc_ratio: list[float] = field(default_factory=lambda: [0.75, 4.0 / 3.0])
@@ -106,7 +105,7 @@ class OptimConfig:
     warmup_epochs: float = 5.0
     warmup_start_lr: float = 0.0
     final_lr: float = 0.0
-    clip_grad_norm: Optional[float] = None
+    clip_grad_norm: float | None = None
 
 
 @dataclass
@@ -173,7 +172,7 @@ class Config:
 # Loading: YAML with `base:` inheritance, dotted overrides, type checks
 # ---------------------------------------------------------------------------------------
 
-def load_config(path: Optional[str] = None, overrides: typing.Sequence[str] = ()) -> Config:
+def load_config(path: str | None = None, overrides: typing.Sequence[str] = ()) -> Config:
     """The resolved config: schema defaults <- YAML file (and its bases) <- overrides, passed
     through the one pre-flight check (``preflight.preflight``: types, ranges, cross-key
     rules, model construction). Raises ``ConfigError``."""
@@ -349,7 +348,8 @@ def _type_name(hint: Any) -> str:
         return " or ".join(_type_name(a) for a in args) + " (or null)"
     if origin is list:
         item = typing.get_args(hint)[0]
-        return f"a list of {({bool: 'true/false values', int: 'integers', float: 'numbers', str: 'strings'}).get(item, item)}"
+        names = {bool: "true/false values", int: "integers", float: "numbers", str: "strings"}
+        return f"a list of {names.get(item, item)}"
     return {bool: "true/false", int: "an integer", float: "a number", str: "a string"}.get(hint, str(hint))
 
 

@@ -14,7 +14,7 @@ import random
 import signal
 import time
 from dataclasses import dataclass
-from typing import Any, Optional
+from typing import Any
 
 import numpy as np
 import torch
@@ -24,8 +24,18 @@ from torch import nn
 from . import checkpoint
 from .config import Config, config_to_dict, config_to_yaml
 from .data import build_loaders
-from .distributed import (DistInfo, all_gather_object, all_reduce_sum, any_rank, average_bn_stats, barrier,
-                          broadcast_object, cleanup, init_distributed, state_checksums)
+from .distributed import (
+    DistInfo,
+    all_gather_object,
+    all_reduce_sum,
+    any_rank,
+    average_bn_stats,
+    barrier,
+    broadcast_object,
+    cleanup,
+    init_distributed,
+    state_checksums,
+)
 from .errors import UserError
 from .models import create_model, dropblock_prob, model_info, set_dropblock_prob
 from .monitor import Monitor, flatten
@@ -72,12 +82,12 @@ class TrainState:
     model: nn.Module  # the bare model (what checkpoints hold)
     net: nn.Module  # what runs the forward pass: DDP and/or compiled around `model`
     optimizer: torch.optim.Optimizer
-    scaler: Optional[torch.amp.GradScaler]
+    scaler: torch.amp.GradScaler | None
     ema: Any  # timm ModelEmaV3 or None
     epoch: int = 0  # epoch in progress (0-based)
     step_in_epoch: int = 0  # optimizer steps done in that epoch
     step: int = 0  # optimizer steps done in the run
-    best_top1: Optional[float] = None
+    best_top1: float | None = None
     loss_sum: float = 0.0  # train loss summed over the epoch so far, all ranks (restored on resume)
     loss_count: int = 0
 
@@ -344,7 +354,7 @@ def restore(state: TrainState, saved: dict, cfg: Config, path: str) -> None:
         setattr(state, key, saved[key])
 
 
-def build_ema(model: nn.Module, decay: float, saved_ema: Optional[dict] = None):
+def build_ema(model: nn.Module, decay: float, saved_ema: dict | None = None):
     """timm's ModelEmaV3 of `model`, then the checkpoint's EMA state `saved_ema` if there is one.
 
     ModelEmaV3 copies the model's current weights, so it is built after they are final (loaded
@@ -357,7 +367,7 @@ def build_ema(model: nn.Module, decay: float, saved_ema: Optional[dict] = None):
     return ema
 
 
-def pick_resume(cfg: Config, dist: DistInfo, log) -> tuple[Optional[str], Optional[dict]]:
+def pick_resume(cfg: Config, dist: DistInfo, log) -> tuple[str | None, dict | None]:
     """The checkpoint path rank 0 picked (`checkpoint.find_resume`), the same on every rank.
 
     Only rank 0 looks at output.dir, so ranks whose view of a network filesystem lags cannot
@@ -377,7 +387,7 @@ def pick_resume(cfg: Config, dist: DistInfo, log) -> tuple[Optional[str], Option
     return path, saved
 
 
-def load_resume(state: TrainState, cfg: Config, dist: DistInfo, path: str, saved: Optional[dict]) -> dict:
+def load_resume(state: TrainState, cfg: Config, dist: DistInfo, path: str, saved: dict | None) -> dict:
     """Every rank restores `path` into `state` (loading it unless `saved` is given); returns the content.
 
     Then the ranks compare where they are, (epoch, step_in_epoch, step), and all raise the same

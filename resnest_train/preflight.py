@@ -20,8 +20,9 @@ from __future__ import annotations
 import dataclasses
 import functools
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Callable, Optional
+from typing import Any
 
 import torch
 from torch.overrides import TorchFunctionMode
@@ -30,7 +31,6 @@ from .config import Config, ConfigError, _coerce, _get, _hint
 from .models import create_model
 from .models.dropblock import SCHEDULES, SITES
 from .models.resnest import ARCH_KEYS
-
 
 # ---------------------------------------------------------------------------------------
 # Choices and ranges, as data
@@ -60,11 +60,11 @@ class Range:
     """
 
     low: float
-    high: Optional[float] = None
+    high: float | None = None
     low_open: bool = False
     high_open: bool = False
     why: str = ""
-    length: Optional[int] = None
+    length: int | None = None
     ordered: bool = False
 
     def holds(self, value: Any) -> bool:

@@ -37,8 +37,9 @@ import statistics
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Callable, Optional
+from typing import Any
 
 import yaml
 
@@ -171,7 +172,7 @@ def name_part(short: str, value: Any) -> str:
     return sanitize(f"{short}-{sanitize(text)}")
 
 
-def run_names(settings: list[dict], keys: list[str], explicit: list[Optional[str]]) -> list[str]:
+def run_names(settings: list[dict], keys: list[str], explicit: list[str | None]) -> list[str]:
     """One unique, readable, file-system-safe name per run."""
     shorts = short_keys(keys)
     names = []
@@ -260,7 +261,7 @@ def launch_flags(launch: dict) -> list[str]:
     return [arg for k, v in launch.items() for arg in (f"--{k.replace('_', '-')}", str(v))]
 
 
-def launch_argv(sweep: Sweep, run: Run, launch_sh: Optional[str] = None) -> list[str]:
+def launch_argv(sweep: Sweep, run: Run, launch_sh: str | None = None) -> list[str]:
     """The command that trains one run: ``launch.sh [options] CONFIG key=value ...``."""
     return [launch_sh or display_path(LAUNCH_SH, executable=True), *launch_flags(sweep.launch),
             sweep.config, *override_args(run)]
@@ -361,7 +362,7 @@ def check(sweep: Sweep) -> dict[str, int]:
 # Run states and the summary (pure: read what the runs wrote)
 # ---------------------------------------------------------------------------------------
 
-def _read_json(path: str) -> Optional[dict]:
+def _read_json(path: str) -> dict | None:
     try:
         with open(path) as f:
             data = json.load(f)
@@ -390,7 +391,7 @@ def read_status(root: str) -> dict:
     return (_read_json(os.path.join(root, STATUS_FILE)) or {}).get("runs", {})
 
 
-def run_state(run: Run, status: Optional[dict] = None) -> str:
+def run_state(run: Run, status: dict | None = None) -> str:
     """finished | failed | preempted | running | pending.
 
     The trainer's run_state.json says finished, failed, preempted or running. "running"
@@ -406,7 +407,7 @@ def run_state(run: Run, status: Optional[dict] = None) -> str:
     return "running" if state == "running" else "pending"
 
 
-def is_done(run: Run, status: Optional[dict] = None, epochs: Optional[int] = None) -> bool:
+def is_done(run: Run, status: dict | None = None, epochs: int | None = None) -> bool:
     """Finished, with at least the ``epochs`` its config asks for now (when given): a sweep
     whose train.epochs went up launches its runs again and they train on."""
     if run_state(run, status) != "finished":
@@ -504,7 +505,7 @@ def _write_atomic(path: str, text: str) -> None:
     os.replace(tmp, path)
 
 
-def plan_text(sweep: Sweep, launch_sh: Optional[str] = None, epochs: Optional[dict] = None) -> str:
+def plan_text(sweep: Sweep, launch_sh: str | None = None, epochs: dict | None = None) -> str:
     """What --dry-run prints: each run, its state and its command."""
     status = read_status(sweep.root)
     lines = [f"Sweep {sweep.name}: {len(sweep.runs)} run(s) of {sweep.config} under {sweep.root}"]
@@ -530,8 +531,8 @@ def _record(root: str, name: str, exit_code: int, seconds: float) -> None:
     _write_atomic(os.path.join(root, STATUS_FILE), json.dumps(data, indent=2) + "\n")
 
 
-def run_sweep(sweep: Sweep, launch_sh: Optional[str] = None, env: Optional[dict] = None,
-              echo: Optional[Callable[[str], None]] = None, epochs: Optional[dict] = None) -> int:
+def run_sweep(sweep: Sweep, launch_sh: str | None = None, env: dict | None = None,
+              echo: Callable[[str], None] | None = None, epochs: dict | None = None) -> int:
     """Launch the runs that are not finished, one after another; write the summary.
     ``epochs``: each run's train.epochs (from ``check``), so a longer schedule is resumed.
 

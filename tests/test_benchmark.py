@@ -3,9 +3,12 @@ import os
 import subprocess
 import sys
 
+import pytest
+
 from helpers import ROOT, env
 
 
+@pytest.mark.slow
 def test_benchmark_dispatches_to_the_models_section():
     result = subprocess.run([sys.executable, os.path.join(ROOT, "scripts", "benchmark.py"), "models",
                              "--batch", "2", "--img-size", "32", "--steps", "1", "--repeats", "1",

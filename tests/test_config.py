@@ -88,6 +88,7 @@ def run_train(*args):
                           capture_output=True, text=True, cwd=ROOT)
 
 
+@pytest.mark.slow
 def test_cli_user_errors_are_one_paragraph_and_exit_2(tmp_path):
     result = run_train("--config", os.path.join(CONFIGS, "resnest50.yaml"), "train.epohcs=2")
     assert result.returncode == 2
@@ -97,6 +98,7 @@ def test_cli_user_errors_are_one_paragraph_and_exit_2(tmp_path):
     assert result.returncode == 2 and "missing.yaml does not exist" in result.stderr
 
 
+@pytest.mark.slow
 def test_print_config_shows_resolved_values():
     result = run_train("--config", os.path.join(CONFIGS, "resnest101.yaml"), "--print-config", "train.epochs=3")
     assert result.returncode == 0, result.stderr

@@ -18,6 +18,7 @@ BINS = [2, 9]
 
 def policy_ops():
     import torchvision.transforms as T
+
     from resnest_train.data.dali import torchvision_imagenet_policy
     table = T.AutoAugment(T.AutoAugmentPolicy.IMAGENET).policies
     policy = torchvision_imagenet_policy("cpu")

@@ -1,10 +1,11 @@
 """The demo-data generator and the loader benchmark, on small settings."""
 import argparse
 import hashlib
-import importlib.util
 import os
 import subprocess
 import sys
+
+import pytest
 
 from resnest_train.data.demo import MARKER, make_demo_dataset
 
@@ -49,6 +50,7 @@ def test_demo_classes_differ_in_colour_shape_and_texture(tmp_path):
         assert all(values.count(v) >= 2 for v in values if v not in ("cross", "checker")), i
 
 
+@pytest.mark.slow
 def test_demo_cli_and_wrapper(tmp_path):
     args = ["--classes", "2", "--train-per-class", "2", "--val-per-class", "1", "--size", "24"]
     env = dict(os.environ, PYTHONPATH=ROOT)
@@ -61,9 +63,7 @@ def test_demo_cli_and_wrapper(tmp_path):
 
 
 def test_bench_data_runs_and_reports_both_backends():
-    spec = importlib.util.spec_from_file_location("bench_data", os.path.join(ROOT, "scripts", "bench_data.py"))
-    bench = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(bench)
+    from resnest_train.cli import bench_data as bench
     p = argparse.ArgumentParser()
     bench.add_arguments(p)
     args = p.parse_args(["--images", "16", "--batch", "4", "--crop", "32", "--repeats", "1",

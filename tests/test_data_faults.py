@@ -262,7 +262,7 @@ def test_a_file_name_dali_lists_cannot_hold(tmp_path):
 # --- item 11: text files with a UTF-8 byte-order mark ----------------------------------------
 
 def test_label_and_list_files_with_a_byte_order_mark(tmp_path):
-    from test_data_prepare import TRUTH, SYNSETS, expected, flat_val, layout
+    from test_data_prepare import SYNSETS, TRUTH, expected, flat_val, layout
     mod = script()
     val = tmp_path / "val"
     names = flat_val(val)

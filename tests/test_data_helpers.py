@@ -19,7 +19,7 @@ def make_dataset(root, classes=("ant", "bee", "cat"), train_per_class=4, val_per
     rng = np.random.default_rng(seed)
     h, w = size
     for split, per in (("train", train_per_class), ("val", val_per_class)):
-        for ci, cls in enumerate(classes):
+        for cls in classes:
             d = os.path.join(root, split, cls)
             os.makedirs(d, exist_ok=True)
             for i in range(per):

@@ -58,6 +58,7 @@ def test_batches_follow_the_contract(data, backend):
     assert L.bad_images == 0
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("backend", BACKENDS + ["synthetic"])
 def test_mid_epoch_resume_is_bit_identical(data, backend):
     c = cfg(data, backend=backend, autoaugment=backend == "dali", color_jitter=0.4, lighting=0.1)
@@ -76,6 +77,9 @@ def test_mid_epoch_resume_is_bit_identical(data, backend):
     assert not all(torch.equal(a, b) for (a, _), (b, _) in zip(full, other))
 
 
+# slow: forks DataLoader workers; after DALI tests in the same process a fork can hang on a lock one of
+# DALI's threads held (seen when test-fast deselects the tests between), so only the full suite runs it
+@pytest.mark.slow
 def test_torchvision_workers_do_not_change_the_batches(data):
     c = cfg(data, backend="torchvision", autoaugment=True, color_jitter=0.4, lighting=0.1)
     serial = epoch(build_loaders(c, batch_size=4, seed=3).train, 1)
@@ -157,6 +161,7 @@ def test_train_steps_equal_on_every_rank_and_val_shards_are_exact(data, backend)
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_grayscale_cmyk_and_png_named_jpeg_decode_to_rgb(tmp_path, backend):
     from PIL import Image
+
     from test_data_helpers import smooth_image
     root = make_dataset(tmp_path, classes=("a", "b"), train_per_class=2, val_per_class=1, specials=False)
     rng = np.random.default_rng(0)
@@ -244,6 +249,7 @@ def test_dali_gpu_pipeline_graph_builds_without_a_gpu(tmp_path):
 
 def test_dali_autoaugment_policy_is_torchvisions():
     import torchvision.transforms as T
+
     from resnest_train.data.dali import _posterize_mask, torchvision_imagenet_policy
     policy = torchvision_imagenet_policy()
     table = T.AutoAugment(T.AutoAugmentPolicy.IMAGENET).policies

@@ -1,9 +1,9 @@
 """scripts/prepare_imagenet.py: val folder sorting from both label formats, and --check."""
-import importlib.util
 import os
 import subprocess
 import sys
 
+import pytest
 from PIL import Image
 
 from test_data_helpers import corrupt, make_dataset, smooth_image
@@ -16,10 +16,9 @@ TRUTH = [SYNSETS[i] for i in (2, 0, 1, 1, 0, 2)]  # the synset of val images 1..
 
 
 def script():
-    spec = importlib.util.spec_from_file_location("prepare_imagenet", SCRIPT)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+    """The module behind scripts/prepare_imagenet.py (and resnest-prepare-imagenet)."""
+    from resnest_train.cli import prepare_imagenet
+    return prepare_imagenet
 
 
 def flat_val(d):
@@ -90,6 +89,7 @@ def test_devkit_ids_in_sorted_order_when_asked(tmp_path):
     assert layout(val) == expected(names)
 
 
+@pytest.mark.slow
 def test_check_reports_counts_bad_files_and_missing_classes(tmp_path):
     root = make_dataset(tmp_path / "ds")  # includes grayscale, CMYK and PNG-named .JPEG: all fine
     corrupt(root / "train" / "bee" / "bee_001.JPEG", "truncated")
@@ -123,6 +123,7 @@ def test_check_reports_counts_bad_files_and_missing_classes(tmp_path):
     assert loaders.bad_images == 2 and calls == []
 
 
+@pytest.mark.slow
 def test_check_of_a_clean_dataset_passes(tmp_path):
     root = make_dataset(tmp_path / "ds", specials=False)
     r = subprocess.run([sys.executable, SCRIPT, "--check", str(root), "--quick", "--no-progress"],

@@ -6,6 +6,8 @@ import pytest
 from helpers import metrics, train
 from test_data_helpers import corrupt, make_dataset
 
+pytestmark = [pytest.mark.slow]  # train.py on real JPEGs
+
 TINY = ["model.name=resnest14", "data.train_crop=32", "data.eval_ratio=0.8", "data.workers=0",
         "data.dali.threads=2", "train.batch_size=4", "train.epochs=1", "optim.warmup_epochs=0",
         "output.progress=lines", "output.log_every=1", "output.tensorboard=false", "output.image_grid=false"]

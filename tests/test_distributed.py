@@ -11,6 +11,8 @@ import torch
 
 from helpers import ROOT, TINY, TRAIN, env, metrics, train
 
+pytestmark = [pytest.mark.slow, pytest.mark.dist]  # torchrun with 2 processes
+
 # Real JPEGs through the torchvision backend, whose global batches hold the same images for any
 # world size. Mixup pairs images inside each process's batch, so it is off here.
 def exact(root):

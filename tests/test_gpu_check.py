@@ -16,6 +16,7 @@ def test_gpu_check_script_parses():
     assert subprocess.run(["bash", "-n", SCRIPT]).returncode == 0
 
 
+@pytest.mark.slow
 def test_gpu_tests_are_collected_under_the_gpu_marker():
     result = subprocess.run([sys.executable, "-m", "pytest", "-m", "gpu", "--collect-only", "-q", "-p",
                              "no:cacheprovider", os.path.join(ROOT, "tests")],
@@ -26,6 +27,7 @@ def test_gpu_tests_are_collected_under_the_gpu_marker():
     assert not [line for line in result.stdout.splitlines() if "::" in line and "test_gpu.py::" not in line]
 
 
+@pytest.mark.slow
 @no_gpu
 def test_gpu_tests_skip_cleanly_without_a_gpu():
     result = subprocess.run([sys.executable, "-m", "pytest", "-m", "gpu", "-q", "-p", "no:cacheprovider",
@@ -35,6 +37,7 @@ def test_gpu_tests_skip_cleanly_without_a_gpu():
     assert "9 skipped" in result.stdout and "passed" not in result.stdout
 
 
+@pytest.mark.slow
 @no_gpu
 def test_gpu_check_and_bench_refuse_without_a_gpu(tmp_path):
     result = subprocess.run(["bash", SCRIPT, str(tmp_path)], capture_output=True, text=True, env=env(), timeout=120)
@@ -45,8 +48,7 @@ def test_gpu_check_and_bench_refuse_without_a_gpu(tmp_path):
 
 
 def test_gpu_table_formats_every_section():
-    sys.path.insert(0, os.path.join(ROOT, "scripts"))
-    import bench_gpu
+    from resnest_train.cli import bench_gpu
     rows = [{"section": "model", "source": "ours", "model": "resnest50", "amp": "bf16", "layout": "channels_last",
              "mode": "compiled", "per_step_sync": False, "images_per_sec": 2500.0, "peak_mem_gib": 20.1},
             {"section": "dali", "autoaugment": True, "images_per_sec": 6000.0},

@@ -194,6 +194,7 @@ ECHO_TRAIN = textwrap.dedent("""\
 """)
 
 
+@pytest.mark.dist
 def test_arguments_reach_every_worker_unchanged(tmp_path, bin_dir):
     script = tmp_path / "echo_train.py"
     script.write_text(ECHO_TRAIN)
@@ -206,6 +207,7 @@ def test_arguments_reach_every_worker_unchanged(tmp_path, bin_dir):
         assert seen == {"argv": ["--config", "conf.yaml", *words], "world": "2"}
 
 
+@pytest.mark.dist
 def test_sigterm_reaches_the_workers_and_exits_143(tmp_path, bin_dir):
     script = tmp_path / "echo_train.py"
     script.write_text(ECHO_TRAIN)
@@ -239,6 +241,8 @@ SLOW_SAVE = textwrap.dedent("""\
 """)
 
 
+@pytest.mark.slow
+@pytest.mark.dist
 def test_shutdown_timeout_is_the_time_workers_get_to_save(tmp_path, bin_dir):
     script = tmp_path / "slow_save.py"
     script.write_text(SLOW_SAVE)
@@ -263,6 +267,7 @@ def test_shutdown_timeout_is_the_time_workers_get_to_save(tmp_path, bin_dir):
     assert preempt(20)  # given the time, the save completes
 
 
+@pytest.mark.dist
 def test_max_restarts_restarts_a_killed_worker(tmp_path, bin_dir):
     script = tmp_path / "dies_once.py"
     script.write_text(textwrap.dedent("""\
@@ -297,6 +302,8 @@ TINY = ["model.name=resnest14", "device=cpu", "dist.backend=gloo", "data.backend
         "output.log_every=1"]
 
 
+@pytest.mark.slow
+@pytest.mark.dist
 def test_two_cpu_processes_train_through_launch_sh(tmp_path, bin_dir):
     out = tmp_path / "run"
     result = launch("--nproc", "2", os.path.join(ROOT, "configs", "resnest50.yaml"), *TINY, f"output.dir={out}",

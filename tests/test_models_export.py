@@ -36,6 +36,7 @@ def test_torchscript_matches_eager(name):
     assert scripted(x).shape == (2, 10)  # DropBlock's train path scripts too
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name,dynamo", [("resnest50_fast_4s2x40d", True), ("resnest14", False),
                                          ("resnet50d", False), ("resnest50_fast_1s4x24d", False)])
 def test_onnx_export_runs_in_onnxruntime(name, dynamo):
@@ -57,6 +58,7 @@ def test_onnx_export_runs_in_onnxruntime(name, dynamo):
     torch.testing.assert_close(torch.from_numpy(got), want, rtol=1e-4, atol=1e-5)
 
 
+@pytest.mark.slow
 def test_torch_compile_inductor_matches_eager():
     import torch._dynamo
 
@@ -71,6 +73,7 @@ def test_torch_compile_inductor_matches_eager():
     torch._dynamo.reset()
 
 
+@pytest.mark.slow
 def test_torch_compile_train_step_fullgraph_with_dropblock():
     import torch._dynamo
 

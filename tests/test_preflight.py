@@ -2,7 +2,6 @@
 model construction, the device and steps-per-epoch rules kept apart; and train.py --dry-run
 and scripts/sweep.py --dry-run refuse the same configs."""
 import dataclasses
-import importlib.util
 import os
 import types
 import typing
@@ -253,10 +252,9 @@ GOOD = TINY + ["train.max_steps_per_epoch=1"]
 
 
 def sweep_main():
-    spec = importlib.util.spec_from_file_location("sweep_script", os.path.join(ROOT, "scripts", "sweep.py"))
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module.main
+    """The main of scripts/sweep.py (and resnest-sweep)."""
+    from resnest_train.cli.sweep import main
+    return main
 
 
 def sweep_dry_run(tmp_path, bad, capsys):
@@ -272,6 +270,7 @@ def sweep_dry_run(tmp_path, bad, capsys):
     return code, out.out, out.err, str(path)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("bad,key", BAD_CONFIGS, ids=[" ".join(b) for b, _ in BAD_CONFIGS])
 def test_train_dry_run_and_sweep_dry_run_refuse_the_same_configs(bad, key, tmp_path, capsys):
     result = train(*GOOD, *bad, f"output.dir={tmp_path / 'run'}", "--dry-run", check=False)
@@ -286,6 +285,7 @@ def test_train_dry_run_and_sweep_dry_run_refuse_the_same_configs(bad, key, tmp_p
     assert not (tmp_path / "runs").exists() and not (tmp_path / "run").exists()
 
 
+@pytest.mark.slow
 def test_a_good_config_passes_both_dry_runs(tmp_path, capsys):
     result = train(*GOOD, f"output.dir={tmp_path / 'run'}", "--dry-run")
     assert "global batch     8 = 8 per process x 1 x 1 accumulation" in result.stdout

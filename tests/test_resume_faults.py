@@ -49,6 +49,7 @@ def tiny_cfg(*overrides):
 
 # ---- issue 9 item 5: weights saved from DDP / torch.compile, or a checkpoint's EMA ---------------
 
+@pytest.mark.slow
 @pytest.mark.parametrize("prefix", ["module.", "_orig_mod.", "_orig_mod.module."])
 def test_weights_saved_from_a_wrapped_model_load_with_the_prefix_stripped(plain_run, tmp_path, prefix):
     weights = ckpt(plain_run)["model"]
@@ -69,6 +70,7 @@ def test_prefix_is_stripped_only_when_every_key_has_it():
     assert checkpoint.strip_wrapper_prefixes({"module._orig_mod.a": t}).keys() == {"a"}
 
 
+@pytest.mark.slow
 def test_weights_ema_picks_the_checkpoints_ema_weights(ema_resumed_run):
     out, _ = ema_resumed_run
     path = os.path.join(out, "checkpoints", "last.pth")
@@ -81,12 +83,14 @@ def test_weights_ema_picks_the_checkpoints_ema_weights(ema_resumed_run):
     assert distance(loaded, saved["model"]) == 0.0
 
 
+@pytest.mark.slow
 def test_weights_ema_of_a_run_without_ema_is_a_clear_error(plain_run):
     path = os.path.join(plain_run, "checkpoints", "last.pth")
     with pytest.raises(UserError, match=r"'model.weights_ema' is true, but .*last.pth holds no EMA weights"):
         build_model(tiny_cfg(f"model.weights={path}", "model.weights_ema=true"), num_classes=5)
 
 
+@pytest.mark.slow
 def test_weights_of_another_architecture_list_keys_and_shapes(plain_run):
     path = os.path.join(plain_run, "checkpoints", "last.pth")
     result = train(*TINY, f"model.weights={path}", "model.name=resnest26", "--dry-run", check=False)
@@ -100,6 +104,7 @@ def test_weights_of_another_architecture_list_keys_and_shapes(plain_run):
 
 # ---- issue 9 item 12: a checkpoint holding a non-tensor object ---------------------------------
 
+@pytest.mark.slow
 def test_weights_holding_a_python_object_name_the_key_without_escape_codes(tmp_path):
     path = str(tmp_path / "with_args.pth")
     torch.save({"state_dict": {"w": torch.zeros(1)}, "args": argparse.Namespace(lr=0.1)}, path)
@@ -131,9 +136,10 @@ def test_auto_resume_takes_the_newest_checkpoint_that_loads(tmp_path):
     lines = []
     path, saved = checkpoint.find_resume("auto", str(tmp_path), lines.append)
     assert path == str(folder / "epoch_0002.pth") and checkpoint.position(saved) == (2, 0, 16)
-    assert lines == [f"warning: resume=auto skips {folder / 'last.pth'}: RuntimeError: PytorchStreamReader "
+    skips = "warning: resume=auto skips"
+    assert lines == [f"{skips} {folder / 'last.pth'}: RuntimeError: PytorchStreamReader "
                      "failed reading zip archive: failed finding central directory",
-                     f"warning: resume=auto skips {folder / 'epoch_0003.pth'}: UnpicklingError: Unsupported operand 110"]
+                     f"{skips} {folder / 'epoch_0003.pth'}: UnpicklingError: Unsupported operand 110"]
 
     (folder / "last.pth").unlink()  # missing, not damaged: the same fallback
     assert checkpoint.find_resume("auto", str(tmp_path), lines.append)[0] == str(folder / "epoch_0002.pth")
@@ -157,6 +163,7 @@ def test_explicit_resume_of_a_damaged_or_bare_file_names_the_resume_key(tmp_path
         checkpoint.find_resume(str(bare), str(tmp_path))
 
 
+@pytest.mark.slow
 def test_truncated_last_pth_resumes_from_the_newest_good_checkpoint(plain_run, tmp_path):
     out = str(tmp_path / "run")
     shutil.copytree(plain_run, out)
@@ -175,6 +182,7 @@ def test_truncated_last_pth_resumes_from_the_newest_good_checkpoint(plain_run, t
 
 # ---- issue 9 item 7: EMA switched on at resume ---------------------------------------------------
 
+@pytest.mark.slow
 def test_ema_built_after_restore_starts_at_the_restored_weights(plain_run):
     cfg = tiny_cfg("train.ema=true")
     model = build_model(cfg, num_classes=5)
@@ -187,6 +195,7 @@ def test_ema_built_after_restore_starts_at_the_restored_weights(plain_run):
     assert saved["ema"] is None and distance(ema.module.state_dict(), saved["model"]) == 0.0
 
 
+@pytest.mark.slow
 def test_ema_switched_on_at_resume_follows_the_restored_weights(plain_run, ema_resumed_run):
     out, result = ema_resumed_run
     epoch_1, epoch_2 = ckpt(plain_run)["model"], ckpt(out)
@@ -231,6 +240,8 @@ def torchrun_with_view(tmp_path, view, *args):
     return subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, env=env(), timeout=300)
 
 
+@pytest.mark.slow
+@pytest.mark.dist
 def test_a_rank_with_a_lagging_view_resumes_from_rank_0s_choice(plain_run, tmp_path):
     out = str(tmp_path / "run")
     shutil.copytree(plain_run, out)
@@ -243,6 +254,8 @@ def test_a_rank_with_a_lagging_view_resumes_from_rank_0s_choice(plain_run, tmp_p
     assert checkpoint.position(ckpt(out)) == (2, 0, 16)  # both ran the same 8 steps of epoch 2
 
 
+@pytest.mark.slow
+@pytest.mark.dist
 def test_ranks_that_restore_different_points_stop_with_each_ranks_position(plain_run, tmp_path):
     out = str(tmp_path / "run")
     shutil.copytree(plain_run, out)

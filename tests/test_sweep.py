@@ -14,6 +14,7 @@ import time
 import pytest
 import yaml
 
+import helpers
 from resnest_train import sweep as sw
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -29,7 +30,7 @@ def write_sweep(path, spec):
 
 
 def sweep_cli(*args, cwd, env=None, timeout=300):
-    full_env = {**os.environ, **(env or {})}
+    full_env = {**helpers.env(), **(env or {})}
     return subprocess.run([sys.executable, SWEEP_PY, *args], cwd=cwd, env=full_env, capture_output=True,
                           text=True, timeout=timeout)
 
@@ -177,6 +178,7 @@ def test_sweep_root_name_base_and_extra_overrides(tmp_path):
 # The CLI: --print, --dry-run, checking before anything runs
 # ---------------------------------------------------------------------------------------
 
+@pytest.mark.slow
 def test_print_gives_one_shell_quoted_command_per_run(tmp_path):
     values = ["/data/image net", "it's", 'a "b" $HOME `x` \\ ;|&']
     path = write_sweep(tmp_path / "q.yaml", {
@@ -197,6 +199,7 @@ def test_print_gives_one_shell_quoted_command_per_run(tmp_path):
     assert not os.path.exists(root)  # --print starts nothing
 
 
+@pytest.mark.slow
 def test_dry_run_prints_the_plan_and_creates_nothing(tmp_path):
     result = sweep_cli(os.path.join(SWEEPS, "radix_cardinality.yaml"), "data.root=/data/imagenet", "--dry-run",
                        cwd=tmp_path)
@@ -245,6 +248,8 @@ def calls(log):
     return log.read_text().split() if log.exists() else []
 
 
+@pytest.mark.slow
+@pytest.mark.dist
 def test_bad_key_is_rejected_before_any_run_starts(tmp_path, fake_trainer):
     env, log = fake_trainer
     path = write_sweep(tmp_path / "bad.yaml", {
@@ -266,6 +271,8 @@ def test_bad_key_is_rejected_before_any_run_starts(tmp_path, fake_trainer):
     assert calls(log) == []
 
 
+@pytest.mark.slow
+@pytest.mark.dist
 def test_failed_run_does_not_stop_the_sweep_and_rerun_skips_finished(tmp_path, fake_trainer):
     env, log = fake_trainer
     root = tmp_path / "sw"
@@ -291,12 +298,14 @@ def test_failed_run_does_not_stop_the_sweep_and_rerun_skips_finished(tmp_path, f
     assert "[2/2] seed2: finished, skipped" in result.stdout
 
 
+@pytest.mark.slow
+@pytest.mark.dist
 def test_sigterm_stops_the_sweep_after_the_run_in_progress(tmp_path, fake_trainer):
     env, log = fake_trainer
     root = tmp_path / "sw"
     path = write_sweep(tmp_path / "s.yaml", {"base": BASE, "overrides": {"output.dir": str(root)},
                                              "grid": {"train.seed": [99, 1]}})
-    proc = subprocess.Popen([sys.executable, SWEEP_PY, path], cwd=tmp_path, env={**os.environ, **env},
+    proc = subprocess.Popen([sys.executable, SWEEP_PY, path], cwd=tmp_path, env={**helpers.env(), **env},
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     deadline = time.time() + 60
     while not (root / "seed99" / "started").exists():
@@ -311,6 +320,7 @@ def test_sigterm_stops_the_sweep_after_the_run_in_progress(tmp_path, fake_traine
     assert [(r["run"], r["state"]) for r in rows] == [("seed99", "preempted"), ("seed1", "pending")]
 
 
+@pytest.mark.slow
 def test_summary_states_from_what_runs_wrote(tmp_path):
     root = tmp_path / "sw"
     path = write_sweep(tmp_path / "s.yaml", {"base": BASE, "overrides": {"output.dir": str(root)},
@@ -343,6 +353,7 @@ def test_summary_states_from_what_runs_wrote(tmp_path):
 # End to end: the shipped CPU sweep through launch.sh and the real train.py
 # ---------------------------------------------------------------------------------------
 
+@pytest.mark.slow
 def test_cpu_smoke_sweep_end_to_end(tmp_path):
     path = os.path.join(SWEEPS, "cpu_smoke.yaml")
     result = sweep_cli(path, cwd=tmp_path, timeout=600)
@@ -358,7 +369,8 @@ def test_cpu_smoke_sweep_end_to_end(tmp_path):
         assert (out / "checkpoints" / "last.pth").is_file()
         assert any(name.startswith("events.out.tfevents") for _, _, files in os.walk(out / "tb") for name in files)
         saved = yaml.safe_load((out / "config.yaml").read_text())
-        assert saved["model"]["radix"] == int(r["model.radix"]) and saved["output"]["dir"] == f"runs/cpu_smoke/{r['run']}"
+        assert saved["model"]["radix"] == int(r["model.radix"])
+        assert saved["output"]["dir"] == f"runs/cpu_smoke/{r['run']}"
     assert "| radix1 | 1 | finished | 1/1 |" in (root / "summary.md").read_text()
 
     # `tensorboard --logdir <root>` sees both runs side by side, each with its hparams

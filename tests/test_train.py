@@ -10,6 +10,8 @@ import torch
 from helpers import ROOT, TINY, TRAIN, env, event_files, metrics, run_state, scalars, scalars_in, train
 from resnest_train.optim import lr_at
 
+pytestmark = [pytest.mark.slow]  # every test runs train.py for real
+
 
 @pytest.fixture(scope="module")
 def tiny_run(tmp_path_factory):

@@ -42,7 +42,6 @@ from __future__ import annotations
 
 import dataclasses
 import importlib.util
-from typing import Optional
 
 import torch
 
@@ -90,6 +89,7 @@ def dali_device(name: str, device: torch.device) -> str:
 def _skip_bad(backend, train, val):
     """Drop the files the (cached) pre-scan finds ``backend`` cannot read; one log line for all of them."""
     import numpy as np
+
     from .imagenet import find_bad_images
     out, counts, lists = [], [], []
     for split in (train, val):
@@ -108,7 +108,7 @@ def _skip_bad(backend, train, val):
 
 
 def build_loaders(cfg, batch_size: int, rank: int = 0, world_size: int = 1,
-                  device: Optional[torch.device] = None, seed: int = 0, channels_last: bool = False) -> Loaders:
+                  device: torch.device | None = None, seed: int = 0, channels_last: bool = False) -> Loaders:
     """Train and val loaders for this rank; see the module docstring for the contract."""
     device = torch.device(device) if device is not None else torch.device("cpu")
     if batch_size < 1:

@@ -23,8 +23,9 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterable, Optional
+from typing import Any
 
 import numpy as np
 
@@ -130,7 +131,7 @@ def lighting_offset(gen_normal: Callable[[], np.ndarray], std: float) -> np.ndar
     return (PCA_EIGVEC @ (alpha * PCA_EIGVAL)).astype(np.float32)
 
 
-def eval_sizes(train_crop: int, eval_crop: Optional[int], eval_ratio: float) -> tuple[int, int]:
+def eval_sizes(train_crop: int, eval_crop: int | None, eval_ratio: float) -> tuple[int, int]:
     """(short side to resize to, centre crop) for evaluation."""
     crop = int(eval_crop or train_crop)
     if not (0 < eval_ratio <= 1):

@@ -59,20 +59,30 @@ import re
 import shutil
 import tempfile
 import warnings
-from typing import Optional
 
 import numpy as np
 import torch
 
 from ..errors import DataError
-from .common import AUTOAUGMENT_FILL, PCA_EIGVAL, PCA_EIGVEC, autoaugment_interpolation, check_enough, check_start_step, \
-    epoch_indices, eval_sizes, stream_seed, train_steps, val_shard
+from .common import (
+    AUTOAUGMENT_FILL,
+    PCA_EIGVAL,
+    PCA_EIGVEC,
+    autoaugment_interpolation,
+    check_enough,
+    check_start_step,
+    epoch_indices,
+    eval_sizes,
+    stream_seed,
+    train_steps,
+    val_shard,
+)
 from .imagenet import Split, add_bad_image, check_image, dali_name_problem, load_rgb
 
+# isort: split
 import nvidia.dali.fn as fn  # noqa: E402
 import nvidia.dali.types as types  # noqa: E402
 from nvidia.dali import pipeline_def  # noqa: E402
-
 
 # ---------------------------------------------------------------------------------------
 # AutoAugment: torchvision's ImageNet policy, expressed with DALI's auto_aug building blocks
@@ -238,7 +248,7 @@ def dali_decode(path: str) -> np.ndarray:
     return np.array(images.as_array()[0])
 
 
-def dali_decode_problem(path: str, compare: bool = True) -> Optional[str]:
+def dali_decode_problem(path: str, compare: bool = True) -> str | None:
     """Why DALI's decoder cannot stand in for ``load_rgb`` on ``path``, or None.
 
     The file is decoded by DALI (CPU) and, with ``compare``, by ``load_rgb``; images more
@@ -310,7 +320,7 @@ class _Runner:
             return self.pipe.run(torch.cuda.current_stream(self.device))
         return self.pipe.run()
 
-    def to_torch(self, outputs, keep: Optional[int] = None):
+    def to_torch(self, outputs, keep: int | None = None):
         images, labels = outputs
         images = images.as_tensor()
         if self.dali_device == "cpu" and self.device.type == "cuda":

@@ -37,8 +37,8 @@ import os
 import sys
 import tempfile
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Optional, Sequence
 
 import numpy as np
 
@@ -66,7 +66,7 @@ class Split:
     def path(self, i: int) -> str:
         return os.path.join(self.base, self.files[i])
 
-    def subset(self, keep: np.ndarray) -> "Split":
+    def subset(self, keep: np.ndarray) -> Split:
         return Split(self.name, self.base, [self.files[i] for i in keep], self.labels[keep], self.source)
 
 
@@ -208,7 +208,7 @@ def load_splits(cfg) -> tuple[list[str], Split, Split]:
 # Checking images
 # ---------------------------------------------------------------------------------------
 
-def sniff(head: bytes) -> Optional[str]:
+def sniff(head: bytes) -> str | None:
     if head[:3] == b"\xff\xd8\xff":
         return "jpeg"
     if head[:8] == b"\x89PNG\r\n\x1a\n":
@@ -255,7 +255,7 @@ def load_rgb(path: str):
         return to_rgb(im)
 
 
-def _decode(path: str) -> Optional[str]:
+def _decode(path: str) -> str | None:
     try:
         load_rgb(path)
     except Exception as e:  # noqa: BLE001 - any decoder failure means the file is bad
@@ -263,7 +263,7 @@ def _decode(path: str) -> Optional[str]:
     return None
 
 
-def dali_name_problem(path: str) -> Optional[str]:
+def dali_name_problem(path: str) -> str | None:
     """Why DALI cannot be given this file name, or None: its file list is one name per line."""
     if "\n" in path:  # a carriage return or a space is fine (the name ends with its extension)
         return ("a file name with a line break, which DALI's file list cannot hold; rename the file, "
@@ -271,7 +271,7 @@ def dali_name_problem(path: str) -> Optional[str]:
     return None
 
 
-def check_image(path: str, full: bool = False, backend: str = "torchvision") -> Optional[str]:
+def check_image(path: str, full: bool = False, backend: str = "torchvision") -> str | None:
     """None when ``backend`` can read ``path`` as an image, else a short reason.
 
     Cheap unless ``full`` (every file decoded). ``backend='dali'`` also asks DALI's decoder:
@@ -293,7 +293,7 @@ def check_image(path: str, full: bool = False, backend: str = "torchvision") -> 
     return reason
 
 
-def _check_pil(path: str, full: bool) -> tuple[Optional[str], Optional[str]]:
+def _check_pil(path: str, full: bool) -> tuple[str | None, str | None]:
     """(sniffed kind, reason PIL cannot read the file or None)."""
     kind = None
     try:
@@ -405,7 +405,7 @@ def _cache_paths(split: Split, fp: str) -> list[str]:
     return [os.path.join(split.base, name), os.path.join(home, "resnest_train", name)]
 
 
-def _read_cache(path: str, fp: str) -> Optional[dict]:
+def _read_cache(path: str, fp: str) -> dict | None:
     try:
         with open(path) as f:
             data = json.load(f)
@@ -427,7 +427,7 @@ def _write_json_atomic(path: str, data: dict) -> None:
 def split_fingerprint(split: Split, backend: str) -> str:
     """Names the scan of ``split`` judged by ``backend``'s decoder (a GIF is bad for DALI only)."""
     return fingerprint([backend, os.path.abspath(split.base)]
-                       + [f"{f}\t{l}" for f, l in zip(split.files, split.labels)])
+                       + [f"{f}\t{label}" for f, label in zip(split.files, split.labels)])
 
 
 def save_scan(split: Split, bad: dict[str, str], full: bool, backend: str) -> str:

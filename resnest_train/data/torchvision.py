@@ -27,8 +27,19 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from ..errors import DataError
-from .common import AUTOAUGMENT_FILL, autoaugment_interpolation, check_enough, check_start_step, epoch_indices, \
-    eval_sizes, lighting_offset, log_once, sample_seed, train_steps, val_shard
+from .common import (
+    AUTOAUGMENT_FILL,
+    autoaugment_interpolation,
+    check_enough,
+    check_start_step,
+    epoch_indices,
+    eval_sizes,
+    lighting_offset,
+    log_once,
+    sample_seed,
+    train_steps,
+    val_shard,
+)
 from .imagenet import Split, load_rgb
 
 

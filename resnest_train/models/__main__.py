@@ -2,7 +2,6 @@
 import argparse
 import json
 import sys
-from typing import Dict, List, Optional
 
 import torch
 
@@ -10,7 +9,7 @@ from .info import model_info
 from .resnest import ModelError, create_model, get_model_spec, list_models
 
 
-def model_rows(names: List[str], img_size: Optional[int] = None) -> List[Dict]:
+def model_rows(names: list[str], img_size: int | None = None) -> list[dict]:
     """One dict per model: spec, params and GMACs at img_size (None: its default crop).
 
     Models are built on the meta device: nothing is allocated or computed."""
@@ -29,7 +28,7 @@ def model_rows(names: List[str], img_size: Optional[int] = None) -> List[Dict]:
     return rows
 
 
-def format_table(rows: List[Dict], img_size: Optional[int] = None) -> str:
+def format_table(rows: list[dict], img_size: int | None = None) -> str:
     at = f"at {img_size}px" if img_size else "at each model's default crop"
     head = ["model", "layers", "radix", "card.", "width", "params (M)", f"GMACs ({at})", "crop"]
     body = [[r["name"], "-".join(map(str, r["layers"])), str(r["radix"]), str(r["cardinality"]),
@@ -40,7 +39,7 @@ def format_table(rows: List[Dict], img_size: Optional[int] = None) -> str:
     return "\n".join(lines)
 
 
-def main(argv: Optional[List[str]] = None) -> int:
+def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m resnest_train.models",
                                      description="Parameters and multiply-adds of the model zoo.")
     parser.add_argument("--model", help=f"one of: {', '.join(list_models())} (default: all)")

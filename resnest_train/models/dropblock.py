@@ -16,7 +16,8 @@ The mask is drawn per sample and per channel: Gluon draws one (1, C, H, W) mask 
 the whole per-GPU batch; a per-sample mask is the DropBlock paper's, with the same
 expected drop rate.
 """
-from typing import Any, Mapping, Optional
+from collections.abc import Mapping
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -66,7 +67,7 @@ class DropBlock(nn.Module):
         return f"prob={float(self.drop_prob):.4f}, block_size={self.block_size}"
 
 
-def parse_dropblock(cfg: Optional[Any]) -> Optional[dict]:
+def parse_dropblock(cfg: Any | None) -> dict | None:
     """Validate a `dropblock=` override; return {stages, sites, block_size, prob} or None.
 
     Accepts a mapping or a dataclass with the keys stages (1..4), sites (of bn1, splat,

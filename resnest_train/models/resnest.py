@@ -3,7 +3,8 @@
 Module names follow the official release (github.com/zhanghang1989/ResNeSt), which timm's
 `resnest*` models share, so published weights load with strict=True.
 """
-from typing import Any, Dict, List, Optional, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import torch
 from torch import nn
@@ -52,12 +53,12 @@ BUILD_KEYS = ("num_classes", "in_chans", "zero_init_last", "dropblock")
 OVERRIDE_KEYS = ARCH_KEYS + BUILD_KEYS
 
 
-def list_models() -> List[str]:
+def list_models() -> list[str]:
     """Names `create_model` accepts, in table order."""
     return list(_ROWS)
 
 
-def get_model_spec(name: str) -> Dict[str, Any]:
+def get_model_spec(name: str) -> dict[str, Any]:
     """The variant's row: every key of ARCH_KEYS plus `default_crop` (a fresh dict)."""
     if name not in _ROWS:
         raise ModelError(f"unknown model {name!r}; available: {', '.join(_ROWS)}")
@@ -68,7 +69,7 @@ def get_model_spec(name: str) -> Dict[str, Any]:
 # Network
 # ---------------------------------------------------------------------------------------
 
-def _dropblock_at(site: str, stage: int, dropblock: Optional[dict]) -> nn.Module:
+def _dropblock_at(site: str, stage: int, dropblock: dict | None) -> nn.Module:
     if dropblock is not None and stage in dropblock["stages"] and site in dropblock["sites"]:
         return DropBlock(dropblock["prob"], dropblock["block_size"])
     return nn.Identity()
@@ -86,14 +87,14 @@ class Bottleneck(nn.Module):
         in_chs: int,
         planes: int,
         stride: int = 1,
-        downsample: Optional[nn.Module] = None,
+        downsample: nn.Module | None = None,
         radix: int = 2,
         cardinality: int = 1,
         bottleneck_width: int = 64,
         avd: bool = True,
         avd_first: bool = False,
         stage: int = 1,
-        dropblock: Optional[dict] = None,
+        dropblock: dict | None = None,
     ):
         super().__init__()
         width = int(planes * bottleneck_width / 64) * cardinality
@@ -164,7 +165,7 @@ class ResNeSt(nn.Module):
         num_classes: int = 1000,
         in_chans: int = 3,
         zero_init_last: bool = True,
-        dropblock: Optional[dict] = None,
+        dropblock: dict | None = None,
     ):
         super().__init__()
         self.num_classes = num_classes
@@ -246,7 +247,7 @@ _BOOL_KEYS = ("deep_stem", "avg_down", "avd", "avd_first", "zero_init_last")
 _POSITIVE_INT_KEYS = ("cardinality", "bottleneck_width", "stem_width", "num_classes", "in_chans")
 
 
-def _check(args: Dict[str, Any]) -> None:
+def _check(args: dict[str, Any]) -> None:
     for k in _BOOL_KEYS:
         if not isinstance(args[k], bool):
             raise ModelError(f"{k} must be true or false, got {args[k]!r}")
