@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from resnest_train.data import build_loaders
-from resnest_train.data.imagenet import check_image
+from resnest_train.data.scan import check_image
 from resnest_train.errors import DataError, UserError
 from test_data_helpers import cfg, corrupt, make_dataset
 
@@ -99,14 +99,14 @@ def test_bad_files_are_skipped_and_counted(tmp_path, backend):
     assert len(caches) == 1
     # the second build reads the cached scan instead of checking every file again
     os.utime(root / "train" / "cat" / "cat_001.JPEG")
-    from resnest_train.data import imagenet
+    from resnest_train.data import scan
     calls = []
-    orig = imagenet.check_files
-    imagenet.check_files = lambda *a, **k: calls.append(a) or orig(*a, **k)
+    orig = scan.check_files
+    scan.check_files = lambda *a, **k: calls.append(a) or orig(*a, **k)
     try:
         assert build(root, backend, skip_bad_images=True).bad_images == 4
     finally:
-        imagenet.check_files = orig
+        scan.check_files = orig
     assert calls == []
 
 

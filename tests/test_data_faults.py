@@ -1,6 +1,6 @@
 """Real-world files that once broke a backend (issue 9): both backends must read them alike.
 
-The rule both backends follow (``resnest_train.data.imagenet.load_rgb``): the photo as a
+The rule both backends follow (``resnest_train.data.decode.load_rgb``): the photo as a
 person sees it (EXIF orientation applied), 16-bit samples scaled to 8 bits as
 ``round(v * 255 / 65535)``, float samples as [0, 1], alpha dropped, every other mode
 converted to RGB by PIL. A file DALI's decoder cannot read that way is flagged by the DALI
@@ -15,7 +15,8 @@ import torch
 from PIL import Image
 
 from resnest_train.data import build_loaders
-from resnest_train.data.imagenet import check_image, find_bad_images, load_splits
+from resnest_train.data.layout import load_splits
+from resnest_train.data.scan import check_image, find_bad_images
 from resnest_train.errors import DataError
 from test_data_helpers import cfg, make_dataset, smooth_image
 from test_data_prepare import script
@@ -81,14 +82,14 @@ def test_check_judges_by_the_backend_in_use(gif_root, capsys):
     assert "train: 13 images in 3 classes (4-5 per class), 1 unreadable" in out
     assert f"unreadable: {gif}: a GIF image (mode P), which DALI's image decoder cannot read" in out
     # skip mode of each backend finds its own backend's list: no second scan
-    from resnest_train.data import imagenet
-    orig, calls = imagenet.check_files, []
-    imagenet.check_files = lambda *a, **k: calls.append(a) or orig(*a, **k)
+    from resnest_train.data import scan
+    orig, calls = scan.check_files, []
+    scan.check_files = lambda *a, **k: calls.append(a) or orig(*a, **k)
     try:
         bad = {b: build_loaders(cfg(gif_root, backend=b, skip_bad_images=True), batch_size=2).bad_images
                for b in BACKENDS}
     finally:
-        imagenet.check_files = orig
+        scan.check_files = orig
     assert bad == {"torchvision": 0, "dali": 1} and calls == []
 
 

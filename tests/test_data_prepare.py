@@ -112,14 +112,14 @@ def test_check_reports_counts_bad_files_and_missing_classes(tmp_path):
     r = subprocess.run([sys.executable, SCRIPT, "--check", str(root), "--no-progress"], capture_output=True,
                        text=True, env=env, timeout=120)
     assert r.returncode == 1 and "2 problem(s) found" in r.stdout  # the two unreadable files
-    from resnest_train.data import build_loaders, imagenet
+    from resnest_train.data import build_loaders, scan
     from test_data_helpers import cfg
-    orig, calls = imagenet.check_files, []
-    imagenet.check_files = lambda *a, **k: calls.append(a) or orig(*a, **k)
+    orig, calls = scan.check_files, []
+    scan.check_files = lambda *a, **k: calls.append(a) or orig(*a, **k)
     try:
         loaders = build_loaders(cfg(root, skip_bad_images=True), batch_size=2)
     finally:
-        imagenet.check_files = orig
+        scan.check_files = orig
     assert loaders.bad_images == 2 and calls == []
 
 

@@ -50,7 +50,7 @@ def read_meta_mat(path):
 
 
 def prepare(args):
-    from resnest_train.data import imagenet
+    from resnest_train.data import official_val
     synsets = args.synsets
     if synsets.endswith(".mat"):
         import tempfile
@@ -59,8 +59,8 @@ def prepare(args):
         tmp.write("".join(f"{w}\n" for w in wnids))
         tmp.close()
         synsets = tmp.name
-    assignments = imagenet.val_assignments(args.val_dir, args.labels, synsets, args.id_order)
-    counts = imagenet.organize_val(args.val_dir, assignments, args.out, args.mode, args.dry_run)
+    assignments = official_val.val_assignments(args.val_dir, args.labels, synsets, args.id_order)
+    counts = official_val.organize_val(args.val_dir, assignments, args.out, args.mode, args.dry_run)
     where = args.out or args.val_dir
     verb = {"move": "moved", "symlink": "linked", "copy": "copied"}[args.mode]
     sizes = sorted(set(counts.values()))
@@ -75,9 +75,9 @@ def prepare(args):
 
 
 def check(args):
-    from resnest_train.data import imagenet, resolve_backend
+    from resnest_train.data import resolve_backend, scan
     backend = resolve_backend(args.backend)
-    report = imagenet.check_dataset(args.check, workers=args.workers, full=not args.quick,
+    report = scan.check_dataset(args.check, workers=args.workers, full=not args.quick,
                                     progress=not args.no_progress, backend=backend)
     print(f"judged by what the {backend} backend can decode")
     for name, s in report["splits"].items():

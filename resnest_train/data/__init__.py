@@ -36,7 +36,11 @@ device, cpu otherwise, whatever GPUs the machine has (see ``dali_device``).
 ``loaders.bad_images`` counts unreadable files skipped (``data.skip_bad_images: true``), judged
 by what the backend in use can decode (DALI cannot read a GIF; PIL can);
 without that option the first unreadable file stops training with a DataError naming it.
-Both backends decode a file to RGB by one rule, ``imagenet.load_rgb``.
+Both backends decode a file to RGB by one rule, ``decode.load_rgb``.
+
+Modules: ``layout`` (folders and list files -> ``Split``), ``decode`` (file -> RGB), ``scan``
+(unreadable files and their cache), ``official_val`` (sorting the official val folder),
+``common`` (the epoch plan and seeds), one per backend: ``dali``, ``torchvision_backend``, ``synthetic``.
 """
 from __future__ import annotations
 
@@ -90,7 +94,7 @@ def _skip_bad(backend, train, val):
     """Drop the files the (cached) pre-scan finds ``backend`` cannot read; one log line for all of them."""
     import numpy as np
 
-    from .imagenet import find_bad_images
+    from .scan import find_bad_images
     out, counts, lists = [], [], []
     for split in (train, val):
         bad, cache = find_bad_images(split, workers=0, backend=backend)
@@ -122,7 +126,7 @@ def build_loaders(cfg, batch_size: int, rank: int = 0, world_size: int = 1,
                                                      channels_last)
         return Loaders(train, val, n_val, classes, backend, 0, [train, val])
 
-    from .imagenet import load_splits
+    from .layout import load_splits
     classes, train_split, val_split = load_splits(cfg)
     removed = 0
     if cfg.skip_bad_images:
@@ -132,7 +136,7 @@ def build_loaders(cfg, batch_size: int, rank: int = 0, world_size: int = 1,
         dali_cfg = dataclasses.replace(cfg.dali, device=dali_device(cfg.dali.device, device))
         cfg = dataclasses.replace(cfg, dali=dali_cfg)
     else:
-        from . import torchvision as impl
+        from . import torchvision_backend as impl
     train, val = impl.build(cfg, train_split, val_split, batch_size, rank, world_size, device, seed,
                             channels_last)
     return Loaders(train, val, len(val_split), classes, backend, removed, [train, val])

@@ -38,7 +38,7 @@ Validation: this rank's contiguous shard in a file list read in order with
 image counts once.
 
 Decoding: ``fn.decoders.image*`` with ``output_type=RGB`` and EXIF orientation applied
-(DALI's default) follows the rule of ``imagenet.load_rgb``, which the torchvision backend
+(DALI's default) follows the rule of ``decode.load_rgb``, which the torchvision backend
 applies with PIL; tests/test_data_faults.py compares the two over every image mode.
 
 Unreadable files: DALI cannot skip a file at run time. A failure stops with a DataError
@@ -77,7 +77,9 @@ from .common import (
     train_steps,
     val_shard,
 )
-from .imagenet import Split, add_bad_image, check_image, dali_name_problem, load_rgb
+from .decode import load_rgb
+from .layout import Split
+from .scan import add_bad_image, check_image, dali_name_problem
 
 # isort: split
 import nvidia.dali.fn as fn  # noqa: E402

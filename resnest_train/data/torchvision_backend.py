@@ -10,7 +10,7 @@ float, lighting and mean/std normalisation happen on the target device in the ma
 process, which keeps the workers' CPU time for decoding. Stacking HWC gives channels_last
 for free when asked for.
 
-Decoding: ``imagenet.load_rgb``, the rule DALI's decoder follows (EXIF orientation, 16-bit
+Decoding: ``decode.load_rgb``, the rule DALI's decoder follows (EXIF orientation, 16-bit
 and float samples scaled, alpha dropped), so the two backends see the same pixels.
 
 Unreadable files: with ``data.skip_bad_images: false`` the first one met stops training with
@@ -40,7 +40,8 @@ from .common import (
     train_steps,
     val_shard,
 )
-from .imagenet import Split, load_rgb
+from .decode import load_rgb
+from .layout import Split
 
 
 @dataclass
@@ -49,7 +50,7 @@ class _Bad:
     reason: str
 
 
-def _hint(path: str, reason: str) -> str:
+def _unreadable_message(path: str, reason: str) -> str:
     return (f"Cannot read the image {path} ({reason}). Fix or delete the file (scripts/prepare_imagenet.py "
             f"--check ROOT lists every unreadable file), or set data.skip_bad_images: true to skip unreadable "
             f"files.")
@@ -222,7 +223,7 @@ class _Loader:
     def __iter__(self):
         for batch in self.dl:
             if isinstance(batch, _Bad):
-                raise DataError(_hint(batch.path, batch.reason))
+                raise DataError(_unreadable_message(batch.path, batch.reason))
             images, labels, offs, bad = batch
             for path in bad:
                 self.bad_images += 1
