@@ -22,7 +22,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from . import checkpoint
-from .config import Config, config_to_dict, config_to_yaml
+from .config import Config
+from .config_loader import config_to_dict, config_to_yaml
 from .data import build_loaders
 from .distributed import (
     DistInfo,
@@ -38,7 +39,7 @@ from .distributed import (
 )
 from .errors import UserError
 from .models import create_model, dropblock_prob, model_info, set_dropblock_prob
-from .monitor import Monitor, flatten
+from .monitor import Monitor, hparam_values
 from .optim import build_optimizer, lr_at, peak_lr, set_lr
 from .preflight import check_device, check_steps_per_epoch
 
@@ -605,7 +606,7 @@ def fit(state: TrainState, loaders, plan: Plan, cfg: Config, dist: DistInfo, mon
 
     final = {k: record[k] for k in ("val_top1", "val_top5", "val_loss", "train_loss") if k in record}
     final["best_val_top1"] = state.best_top1 if state.best_top1 is not None else float("nan")
-    hparams = {k: v for k, v in flatten(config_to_dict(cfg)).items() if not k.startswith("output.")}
+    hparams = {k: v for k, v in hparam_values(config_to_dict(cfg)).items() if not k.startswith("output.")}
     hparams.update(global_batch=plan.global_batch, peak_lr=plan.peak_lr, world_size=plan.world_size)
     monitor.hparams(hparams, {f"hparam/{k}": v for k, v in final.items()})
     monitor.run_state(state="finished", epoch=state.epoch, epochs=plan.epochs, best_top1=state.best_top1)

@@ -98,13 +98,13 @@ class Monitor:
             self.writer.close()
 
 
-def flatten(d: dict, prefix: str = "") -> dict:
+def hparam_values(d: dict, prefix: str = "") -> dict:
     """Nested config dict -> {'train.epochs': 270, ...} with TensorBoard-friendly values."""
     out = {}
     for k, v in d.items():
         key = f"{prefix}{k}"
         if isinstance(v, dict):
-            out.update(flatten(v, key + "."))
+            out.update(hparam_values(v, key + "."))
         elif isinstance(v, (int, float, str, bool)):
             out[key] = v
         else:

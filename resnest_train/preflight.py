@@ -27,7 +27,9 @@ from typing import Any
 import torch
 from torch.overrides import TorchFunctionMode
 
-from .config import Config, ConfigError, _coerce, _get, _hint
+from .config import Config
+from .config_loader import coerce, field_type, get_key
+from .errors import ConfigError
 from .models import create_model
 from .models.dropblock import SCHEDULES, SITES
 from .models.resnest import ARCH_KEYS
@@ -243,7 +245,7 @@ def leaf_types(cls: type = Config, prefix: str = "") -> dict[str, Any]:
     """Every settable key of the schema (dotted) and its type annotation."""
     out: dict[str, Any] = {}
     for f in dataclasses.fields(cls):
-        hint = _hint(cls, f.name)
+        hint = field_type(cls, f.name)
         if dataclasses.is_dataclass(hint):
             out.update(leaf_types(hint, prefix + f.name + "."))
         else:
@@ -254,12 +256,12 @@ def leaf_types(cls: type = Config, prefix: str = "") -> dict[str, Any]:
 def check_types(cfg: Config) -> None:
     """Each value has its annotated type (load_config guarantees it; a Config built in code may not)."""
     for key, hint in leaf_types().items():
-        _coerce(_get(cfg, key), hint, key, where="the config")
+        coerce(get_key(cfg, key), hint, key, where="the config")
 
 
 def check_choices(cfg: Config) -> None:
     for key, allowed in CHOICES.items():
-        value = _get(cfg, key)
+        value = get_key(cfg, key)
         names = ", ".join(map(repr, allowed))
         if isinstance(value, list):
             bad = [v for v in value if v not in allowed]
@@ -273,7 +275,7 @@ def check_choices(cfg: Config) -> None:
 
 def check_ranges(cfg: Config) -> None:
     for key, valid in RANGES.items():
-        value = _get(cfg, key)
+        value = get_key(cfg, key)
         if value is None or valid.holds(value):
             continue
         why = f": {valid.why}" if valid.why else ""

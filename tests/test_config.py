@@ -4,7 +4,8 @@ import sys
 
 import pytest
 
-from resnest_train.config import ConfigError, load_config
+from resnest_train.config_loader import load_config
+from resnest_train.errors import ConfigError
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CONFIGS = os.path.join(ROOT, "configs")

@@ -8,7 +8,8 @@ import pytest
 import torch
 
 from helpers import ROOT, TINY
-from resnest_train.config import TrainConfig, load_config
+from resnest_train.config import TrainConfig
+from resnest_train.config_loader import load_config
 from resnest_train.data import build_loaders, dali_device
 from resnest_train.distributed import pick_device
 from resnest_train.engine import configure_backends

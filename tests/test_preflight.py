@@ -11,8 +11,9 @@ import torch
 import yaml
 
 from helpers import ROOT, TINY, train
-from resnest_train import config as config_module
-from resnest_train.config import Config, ConfigError, load_config
+from resnest_train.config import Config
+from resnest_train.config_loader import get_key, load_config
+from resnest_train.errors import ConfigError
 from resnest_train.preflight import RANGES, check_device, check_steps_per_epoch, preflight
 from resnest_train.sweep import format_value, parse_overrides
 
@@ -114,7 +115,7 @@ def overrides(key, value, context):
 @pytest.mark.parametrize("key,value,context", list(_cases(inside=True)))
 def test_value_just_inside_the_range_is_accepted(key, value, context):
     cfg = load_config(None, overrides(key, value, context))
-    got = config_module._get(cfg, key)
+    got = get_key(cfg, key)
     assert got == value or (value is None and got is None)
 
 

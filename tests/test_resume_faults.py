@@ -11,7 +11,7 @@ import torch
 
 from helpers import ROOT, TINY, TRAIN, env, metrics, train
 from resnest_train import checkpoint
-from resnest_train.config import load_config
+from resnest_train.config_loader import load_config
 from resnest_train.engine import TrainState, build_ema, build_model, check_resume_positions, restore
 from resnest_train.errors import UserError
 from resnest_train.optim import build_optimizer

@@ -10,7 +10,7 @@ and range, the rules across keys, and that the model builds; scripts/sweep.py ru
 import argparse
 import sys
 
-from resnest_train.config import config_to_yaml, load_config
+from resnest_train.config_loader import config_to_yaml, load_config
 from resnest_train.errors import UserError
 
 
