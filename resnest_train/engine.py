@@ -13,7 +13,7 @@ import os
 import random
 import signal
 import time
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from typing import Any
 
 import numpy as np
@@ -29,7 +29,6 @@ from .distributed import (
     DistInfo,
     all_gather_object,
     all_reduce_sum,
-    any_rank,
     average_bn_stats,
     barrier,
     broadcast_object,
@@ -44,6 +43,8 @@ from .optim import build_optimizer, lr_at, peak_lr, set_lr
 from .preflight import check_device, check_steps_per_epoch
 
 PREEMPTED_EXIT_CODE = 143  # 128 + SIGTERM: what schedulers expect of a job stopped by SIGTERM
+DIVERGED_EXIT_CODE = 3  # a NaN or infinite loss stopped the run (2 is a user error, 1 a crash)
+POLL_EVERY = 8  # most optimizer steps between two "should we stop" polls (see StopRequested)
 
 
 @dataclass
@@ -68,6 +69,12 @@ def make_plan(cfg: Config, world_size: int, batches_per_epoch: int) -> Plan:
     return Plan(world_size=world_size, batch_size=cfg.train.batch_size, accum_steps=cfg.train.accum_steps,
                 global_batch=global_batch, peak_lr=peak_lr(cfg.optim.base_lr, global_batch),
                 steps_per_epoch=steps, epochs=cfg.train.epochs)
+
+
+def schedule_lr(step: int, plan: Plan, optim_cfg) -> float:
+    """The LR of optimizer step `step` (0-based) under `plan`: optim.lr_at with the config's schedule."""
+    return lr_at(step, steps_per_epoch=plan.steps_per_epoch, epochs=plan.epochs, warmup_epochs=optim_cfg.warmup_epochs,
+                 peak=plan.peak_lr, warmup_start=optim_cfg.warmup_start_lr, final=optim_cfg.final_lr)
 
 
 def step_seed(seed: int, rank: int, step: int) -> None:
@@ -181,8 +188,25 @@ def soft_target_loss(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor
 # One epoch of training, one evaluation
 # --------------------------------------------------------------------------------------
 
+@dataclass
+class Poll:
+    """What every rank learns at a poll: the same values on all of them."""
+    stop: bool  # SIGTERM/SIGINT reached at least one rank
+    diverged: bool  # a loss or weight of at least one rank is NaN or infinite
+    loss: float  # the polled step's loss, averaged over ranks (nan when none was given)
+
+
 class StopRequested:
-    """Set by SIGTERM/SIGINT; the loop checks it at step boundaries on every rank."""
+    """Whether the loop should stop: a signal on any rank, or a NaN/infinite loss on any rank.
+
+    SIGTERM/SIGINT only set a Python flag. The loop does not read its device tensors every
+    step: it calls `poll` every ``min(POLL_EVERY, output.log_every)`` steps, at log steps,
+    before every checkpoint and at the end of each epoch. A poll sums [signal flag, non-finite
+    flag, step loss] over the ranks with one all-reduce (none with one process) and reads it
+    back with one device-to-host copy: the loop's only host sync, so between polls the CPU
+    queues step k+1 while the device runs step k. A signal therefore stops the run within
+    POLL_EVERY steps.
+    """
 
     def __init__(self):
         self.flag = False
@@ -195,10 +219,50 @@ class StopRequested:
         signal.signal(signal.SIGTERM, handler)
         signal.signal(signal.SIGINT, handler)
 
+    def poll(self, device: torch.device, world_size: int, loss_sum: torch.Tensor | None = None,
+             model: nn.Module | None = None, step_loss: torch.Tensor | None = None) -> Poll:
+        """Agree with every rank on whether to stop. Collective: every rank must call it at the same step.
+
+        `loss_sum`: this rank's running sum of the epoch's losses (NaN or infinite as soon as one
+        loss was); `model`: weights and buffers checked too, so no checkpoint ever holds a NaN;
+        `step_loss`: a 0-dim tensor averaged over ranks into `Poll.loss`.
+        """
+        zero = torch.zeros((), dtype=torch.float64, device=device)
+        finite = torch.ones((), dtype=torch.bool, device=device)
+        if loss_sum is not None:
+            finite &= torch.isfinite(loss_sum)
+        if model is not None:
+            finite &= torch.isfinite(weight_sum(model))
+        flags = torch.stack([zero + float(self.flag), (~finite).double(),
+                             step_loss.double() if step_loss is not None else zero])
+        signalled, nonfinite, loss = all_reduce_sum(flags).tolist()
+        return Poll(stop=signalled > 0, diverged=nonfinite > 0,
+                    loss=loss / world_size if step_loss is not None else float("nan"))
+
+
+def weight_sum(model: nn.Module) -> torch.Tensor:
+    """The sum of every floating parameter and buffer: NaN or infinite when any of them is."""
+    tensors = [t for t in (*model.parameters(), *model.buffers()) if t.is_floating_point()]
+    return torch.stack([t.detach().sum(dtype=torch.float32) for t in tensors]).sum()
+
+
+class Diverged(Exception):
+    """A NaN or infinite loss (or weight) was seen after optimizer step `first` and by step `last`."""
+
+    def __init__(self, first: int, last: int, lr: float):
+        super().__init__(f"non-finite loss between steps {first} and {last}")
+        self.first, self.last, self.lr = first, last, lr
+
 
 def train_one_epoch(state: TrainState, loader, plan: Plan, cfg: Config, dist: DistInfo, monitor: Monitor,
                     mixup, stop: StopRequested, save_step) -> bool:
-    """Train until the epoch ends; returns False if a stop was requested (the state is then saved)."""
+    """Train until the epoch ends; returns False if a stop was requested (the state is then saved).
+
+    Raises Diverged, before any save, when a poll finds a NaN or infinite loss or weight. Only the
+    loss counts: fp16's GradScaler skips steps whose scaled gradients overflow, and those steps
+    have a finite loss, so they are not divergence; a loss that is itself NaN or infinite (the
+    forward pass overflowed, or the weights already hold NaN) is.
+    """
     net, optimizer, accum = state.net, state.optimizer, plan.accum_steps
     net.train()
     device = dist.device
@@ -210,14 +274,15 @@ def train_one_epoch(state: TrainState, loader, plan: Plan, cfg: Config, dist: Di
     data_time = 0.0
     epoch_start = time.perf_counter()
     start_step = state.step_in_epoch
+    checked_step = state.step  # every loss up to this optimizer step was finite
+    poll_every = min(POLL_EVERY, cfg.output.log_every)
     batches = iter(loader)
 
     for step_in_epoch in range(start_step, plan.steps_per_epoch):
-        lr = lr_at(state.step, steps_per_epoch=plan.steps_per_epoch, epochs=plan.epochs,
-                   warmup_epochs=cfg.optim.warmup_epochs, peak=plan.peak_lr,
-                   warmup_start=cfg.optim.warmup_start_lr, final=cfg.optim.final_lr)
+        lr = schedule_lr(state.step, plan, cfg.optim)
         set_lr(optimizer, lr)
         step_seed(cfg.train.seed, dist.rank, state.step)
+        losses = []
         for micro in range(accum):
             t0 = time.perf_counter()
             images, labels = next(batches)
@@ -241,6 +306,7 @@ def train_one_epoch(state: TrainState, loader, plan: Plan, cfg: Config, dist: Di
                     scaled.backward()
             loss_sum += loss.detach()
             loss_count += 1
+            losses.append(loss.detach())
         if state.scaler is not None:
             state.scaler.unscale_(optimizer)
         if cfg.optim.clip_grad_norm:
@@ -255,27 +321,33 @@ def train_one_epoch(state: TrainState, loader, plan: Plan, cfg: Config, dist: Di
             state.ema.update(state.model, step=state.step)
         state.step += 1
         state.step_in_epoch = step_in_epoch + 1
-
         window_n += 1
-        if state.step_in_epoch % cfg.output.log_every == 0 or state.step_in_epoch == plan.steps_per_epoch:
-            step_loss = loss.item()  # this rank's last micro-batch; a sync point, so only every log_every
+
+        mid_epoch = state.step_in_epoch < plan.steps_per_epoch
+        log = state.step_in_epoch % cfg.output.log_every == 0 or not mid_epoch
+        periodic = bool(cfg.output.save_every_steps) and state.step % cfg.output.save_every_steps == 0
+        if not (log or periodic or state.step_in_epoch % poll_every == 0):  # log: also the epoch's last step
+            continue
+        # The step's loss over the global batch: the mean of every rank's micro-batch losses.
+        poll = stop.poll(device, dist.world_size, loss_sum, state.model,
+                         torch.stack(losses).mean() if log else None)
+        if poll.diverged:
+            raise Diverged(checked_step + 1, state.step, lr)
+        checked_step = state.step
+        if log:
             elapsed = time.perf_counter() - window_start
             ips = window_n * plan.global_batch / max(elapsed, 1e-9)
-            monitor.scalars({"train/loss": step_loss, "train/lr": lr, "train/images_per_sec": ips,
+            monitor.scalars({"train/loss": poll.loss, "train/lr": lr, "train/images_per_sec": ips,
                              "train/data_time_s": data_time / window_n}, state.step)
             done = state.step_in_epoch - start_step
             eta = (time.perf_counter() - epoch_start) / done * (plan.steps_per_epoch - state.step_in_epoch)
             monitor.progress(state.epoch, plan.epochs, state.step_in_epoch, plan.steps_per_epoch,
-                             step_loss, lr, ips, eta)
+                             poll.loss, lr, ips, eta)
             window_n, window_start, data_time = 0, time.perf_counter(), 0.0
-
-        stopping = any_rank(stop.flag, device) if dist.enabled else stop.flag
-        periodic = cfg.output.save_every_steps and state.step % cfg.output.save_every_steps == 0
-        mid_epoch = state.step_in_epoch < plan.steps_per_epoch
-        if (stopping or periodic) and mid_epoch:
+        if (poll.stop or periodic) and mid_epoch:
             total, count = reduce_loss(loss_sum, loss_count, device)
             save_step(state, state.loss_sum + total, state.loss_count + count)
-        if stopping and mid_epoch:  # at the epoch's last step, fit saves and stops after the epoch
+        if poll.stop and mid_epoch:  # at the epoch's last step, fit saves and stops after the epoch
             return False
     monitor.end_bar()
     total, count = reduce_loss(loss_sum, loss_count, device)
@@ -285,9 +357,10 @@ def train_one_epoch(state: TrainState, loader, plan: Plan, cfg: Config, dist: Di
 
 
 def reduce_loss(loss_sum: torch.Tensor, count: int, device) -> tuple[float, int]:
-    t = torch.stack([loss_sum.to(torch.float64), torch.tensor(float(count), device=device, dtype=torch.float64)])
-    all_reduce_sum(t)
-    return float(t[0]), int(t[1])
+    """(sum of the losses, number of losses) over every rank; one all-reduce, one read back."""
+    t = torch.stack([loss_sum.to(torch.float64), torch.full((), float(count), device=device, dtype=torch.float64)])
+    total, n = all_reduce_sum(t).tolist()
+    return total, int(n)
 
 
 @torch.no_grad()
@@ -305,10 +378,9 @@ def evaluate(model: nn.Module, loader, device: torch.device, amp: str) -> dict:
         sums[1] += hits[:, 0].sum()
         sums[2] += hits.any(dim=1).sum()
         sums[3] += len(labels)
-    all_reduce_sum(sums)
-    n = max(sums[3].item(), 1.0)
-    return {"loss": sums[0].item() / n, "top1": 100.0 * sums[1].item() / n,
-            "top5": 100.0 * sums[2].item() / n, "images": int(sums[3].item())}
+    loss, top1, top5, images = all_reduce_sum(sums).tolist()
+    n = max(images, 1.0)
+    return {"loss": loss / n, "top1": 100.0 * top1 / n, "top5": 100.0 * top5 / n, "images": int(images)}
 
 
 # --------------------------------------------------------------------------------------
@@ -426,6 +498,84 @@ def check_resume_positions(positions: list, path: str) -> None:
                         "wait for it to settle, then run the same command again.")
 
 
+def checkpoint_plan(saved: dict, plan: Plan) -> dict:
+    """What a checkpoint was trained with: {global_batch, steps_per_epoch, loss_terms}.
+
+    ``loss_terms`` counts the losses summed into ``loss_sum`` per optimizer step (world size x
+    accumulation). Checkpoints store their plan; older ones are read back from their config,
+    their counters and, for an epoch-1 checkpoint whose global batch differs, an estimate
+    (``steps_per_epoch`` scaled by the global batch ratio, as the epoch holds the same images).
+    """
+    if saved.get("plan"):
+        old = saved["plan"]
+        return {"global_batch": old["global_batch"], "steps_per_epoch": old["steps_per_epoch"],
+                "loss_terms": old["world_size"] * old["accum_steps"]}
+    train = saved["config"]["train"]
+    epoch, step_in_epoch, step = saved["epoch"], saved["step_in_epoch"], saved["step"]
+    loss_terms = plan.world_size * plan.accum_steps
+    if step_in_epoch and saved.get("loss_count"):
+        loss_terms = saved["loss_count"] // step_in_epoch
+    world_size = max(1, loss_terms // train["accum_steps"])
+    global_batch = train["batch_size"] * train["accum_steps"] * world_size
+    if epoch:
+        steps = (step - step_in_epoch) // epoch
+    elif global_batch == plan.global_batch:
+        steps = plan.steps_per_epoch
+    else:
+        steps = max(1, plan.steps_per_epoch * plan.global_batch // global_batch)
+    return {"global_batch": global_batch, "steps_per_epoch": steps, "loss_terms": loss_terms}
+
+
+def resume_position(saved: dict, plan: Plan) -> tuple[dict, str | None]:
+    """Where a run resumed under `plan` goes on from checkpoint `saved`, and why (None: as saved).
+
+    Returns ({epoch, step_in_epoch, step, loss_sum, loss_count}, note). With the checkpoint's
+    global batch and steps per epoch the position is kept: a global batch holds the same images
+    for any world size and accumulation (see resnest_train/data/common.py), so the run repeats
+    the uninterrupted one. Otherwise the run goes on in the same epoch at the same fraction of it,
+    rounded down, and the global step becomes ``epoch * steps_per_epoch + step_in_epoch`` so the
+    LR is the schedule's value at that point of the new plan. The epoch's running loss is kept as
+    a mean, re-counted in the new plan's loss terms, so each step of the epoch weighs the same in
+    ``train_loss``.
+    """
+    old = checkpoint_plan(saved, plan)
+    epoch, step_in_epoch, step = saved["epoch"], saved["step_in_epoch"], saved["step"]
+    loss_sum, loss_count = saved["loss_sum"], saved["loss_count"]
+    same = old["global_batch"] == plan.global_batch and old["steps_per_epoch"] == plan.steps_per_epoch
+    if not same:
+        step_in_epoch = min(step_in_epoch * plan.steps_per_epoch // old["steps_per_epoch"], plan.steps_per_epoch)
+        step = epoch * plan.steps_per_epoch + step_in_epoch
+    loss_terms = plan.world_size * plan.accum_steps
+    if loss_count and (not same or old["loss_terms"] != loss_terms):
+        mean = loss_sum / loss_count
+        loss_count = step_in_epoch * loss_terms
+        loss_sum = mean * loss_count
+    position = {"epoch": epoch, "step_in_epoch": step_in_epoch, "step": step,
+                "loss_sum": loss_sum, "loss_count": loss_count}
+    old_world = (saved.get("plan") or {}).get("world_size", plan.world_size)
+    if same and old_world == plan.world_size and old["loss_terms"] == loss_terms:
+        return position, None
+    layout = (f"global batch {plan.global_batch} = {plan.batch_size} x {plan.world_size} process(es) x "
+              f"{plan.accum_steps} accumulation, {plan.steps_per_epoch} steps per epoch")
+    if same:
+        return position, (f"Resuming with {layout}: the checkpoint's global batch, so the run goes on exactly "
+                          f"where it stopped (step {step}).")
+    return position, (f"Resuming with {layout}; the checkpoint had global batch {old['global_batch']} and "
+                      f"{old['steps_per_epoch']} steps per epoch: going on at the same point of epoch {epoch + 1}, "
+                      f"step {step_in_epoch}/{plan.steps_per_epoch} (was {saved['step_in_epoch']}/"
+                      f"{old['steps_per_epoch']}), global step {step} (was {saved['step']}), with the new "
+                      "plan's schedule from there.")
+
+
+def adopt_resume_position(state: TrainState, saved: dict, plan: Plan, cfg: Config, monitor: Monitor) -> None:
+    """Move a restored `state` onto this run's plan (see resume_position) and say so in one line."""
+    position, note = resume_position(saved, plan)
+    for key, value in position.items():
+        setattr(state, key, value)
+    if note:
+        monitor.print(f"{note} LR {schedule_lr(state.step, plan, cfg.optim):.6g}.")
+
+
 def trim_metrics(output_dir: str, epochs_done: int) -> None:
     """Drop metrics.jsonl lines of epochs past the checkpoint (written just before a crash)."""
     import json
@@ -497,6 +647,7 @@ def _run(cfg: Config, dist: DistInfo, dry_run: bool) -> int:
     resume_from, saved = pick_resume(cfg, dist, monitor.print)
     if resume_from:
         saved = load_resume(state, cfg, dist, resume_from, saved)
+        adopt_resume_position(state, saved, plan, cfg, monitor)
     new_ema = cfg.train.ema and saved is not None and not saved.get("ema")
     if cfg.train.ema:
         state.ema = build_ema(model, cfg.train.ema_decay, saved.get("ema") if saved else None)
@@ -536,9 +687,12 @@ def fit(state: TrainState, loaders, plan: Plan, cfg: Config, dist: DistInfo, mon
     mixup = build_mixup(cfg, loaders.num_classes)
     out = cfg.output
 
+    def snapshot(st: TrainState) -> dict:
+        return dict(state_dict(st, cfg), plan=asdict(plan))  # the plan lets a resume on a new world map the step
+
     def save_last(st: TrainState, loss_sum: float, loss_count: int) -> None:
         if dist.is_main:
-            saved = state_dict(st, cfg)
+            saved = snapshot(st)
             saved.update(loss_sum=loss_sum, loss_count=loss_count)
             checkpoint.atomic_save(saved, checkpoint.last_path(out.dir))
         barrier()
@@ -552,7 +706,10 @@ def fit(state: TrainState, loaders, plan: Plan, cfg: Config, dist: DistInfo, mon
         loaders.train.set_epoch(epoch, start_step=state.step_in_epoch * plan.accum_steps)
         resumed_steps = state.step_in_epoch
         t0 = time.perf_counter()
-        finished = train_one_epoch(state, loaders.train, plan, cfg, dist, monitor, mixup, stop, save_last)
+        try:
+            finished = train_one_epoch(state, loaders.train, plan, cfg, dist, monitor, mixup, stop, save_last)
+        except Diverged as e:
+            return report_divergence(e, state, plan, cfg, monitor)
         if not finished:
             monitor.print(f"Stopped by {stop.signal_name or 'a signal'} at step {state.step}; "
                           f"checkpoint saved to {checkpoint.last_path(out.dir)}. Run the same command to resume.")
@@ -565,8 +722,10 @@ def fit(state: TrainState, loaders, plan: Plan, cfg: Config, dist: DistInfo, mon
         record = {"epoch": epoch + 1, "train_loss": train_loss, "lr": state.optimizer.param_groups[0]["lr"],
                   "images_per_sec": images_per_sec, "dropblock_prob": drop}
         if dist.enabled:
-            if not cfg.train.sync_bn:
+            if not cfg.train.sync_bn:  # the EMA's BN statistics too: each rank's follow its own model's
                 average_bn_stats(state.model)
+                if state.ema is not None:
+                    average_bn_stats(state.ema.module)
             checksums = state_checksums(state.model)
             record["weight_checksums"] = checksums
             if len(set(checksums)) > 1:
@@ -577,7 +736,8 @@ def fit(state: TrainState, loaders, plan: Plan, cfg: Config, dist: DistInfo, mon
                           val_images=val["images"])
             if state.ema is not None:
                 ema_val = evaluate(state.ema.module, loaders.val, dist.device, cfg.train.amp)
-                record.update(val_top1_ema=ema_val["top1"], val_top5_ema=ema_val["top5"])
+                record.update(val_loss_ema=ema_val["loss"], val_top1_ema=ema_val["top1"],
+                              val_top5_ema=ema_val["top5"])
         record["epoch_time_s"] = time.perf_counter() - t0
         is_best = "val_top1" in record and (state.best_top1 is None or record["val_top1"] > state.best_top1)
         if is_best:
@@ -590,14 +750,14 @@ def fit(state: TrainState, loaders, plan: Plan, cfg: Config, dist: DistInfo, mon
         monitor.print(f"epoch {epoch + 1}/{plan.epochs} " + " ".join(
             f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}" for k, v in numbers.items()))
         if dist.is_main:
-            saved = state_dict(state, cfg)
+            saved = snapshot(state)
             checkpoint.atomic_save(saved, checkpoint.last_path(out.dir))
             if is_best:
                 checkpoint.atomic_save(saved, os.path.join(checkpoint.checkpoint_dir(out.dir), "best.pth"))
             if out.save_every_epochs and state.epoch % out.save_every_epochs == 0:
                 checkpoint.save_periodic(saved, out.dir, state.epoch, out.keep_last)
         barrier()
-        if state.epoch < plan.epochs and (any_rank(stop.flag, dist.device) if dist.enabled else stop.flag):
+        if state.epoch < plan.epochs and stop.poll(dist.device, dist.world_size).stop:
             monitor.print(f"Stopped by {stop.signal_name or 'a signal'} after epoch {state.epoch}; "
                           f"checkpoint saved to {checkpoint.last_path(out.dir)}. Run the same command to resume.")
             monitor.run_state(state="preempted", epoch=state.epoch, epochs=plan.epochs, best_top1=state.best_top1)
@@ -615,3 +775,26 @@ def fit(state: TrainState, loaders, plan: Plan, cfg: Config, dist: DistInfo, mon
                       f"best {state.best_top1:.2f}%. Run directory: {out.dir}")
     monitor.print(f"TensorBoard: tensorboard --logdir {os.path.join(out.dir, 'tb')}")
     return 0
+
+
+def report_divergence(e: Diverged, state: TrainState, plan: Plan, cfg: Config, monitor: Monitor) -> int:
+    """Say what happened and what to try, record it in run_state.json; returns DIVERGED_EXIT_CODE."""
+    last = checkpoint.last_path(cfg.output.dir)
+    kept = (f"{last} was not overwritten and holds the last state checked finite" if os.path.exists(last)
+            else "no checkpoint had been written")
+    o = cfg.optim
+    tries = [f"a lower optim.base_lr (now {o.base_lr:g})",
+             f"a longer warm-up, optim.warmup_epochs (now {o.warmup_epochs:g})",
+             "gradient clipping, optim.clip_grad_norm=1.0" if not o.clip_grad_norm
+             else f"a lower optim.clip_grad_norm (now {o.clip_grad_norm:g})"]
+    if cfg.train.amp == "fp16":
+        tries.append("train.amp=bf16 instead of fp16 (the same range as float32)")
+    steps = f"step {e.last}" if e.first == e.last else f"one of steps {e.first} to {e.last}"
+    monitor.error(
+        f"training diverged: a loss became NaN or infinite in epoch {state.epoch + 1}, at optimizer "
+        f"{steps} (LR {e.lr:.4g}, peak LR {plan.peak_lr:.4g}); the run stopped without "
+        f"saving, and {kept}. Try {', '.join(tries[:-1])} or {tries[-1]}; then run the same command to resume "
+        "from the last checkpoint with the new setting, or set resume=none (or a new output.dir) to start afresh.")
+    monitor.run_state(state="diverged", reason=f"NaN or infinite loss at optimizer {steps}", step=e.last,
+                      lr=e.lr, epoch=state.epoch, epochs=plan.epochs, best_top1=state.best_top1)
+    return DIVERGED_EXIT_CODE

@@ -41,6 +41,13 @@ class Monitor:
                 sys.stderr.write("\r\033[K")
             print(message, flush=True)
 
+    def error(self, message: str) -> None:
+        """One paragraph on stderr, as train.py prints a user error: 'error: ...'."""
+        if self.enabled:
+            if self.bar:
+                sys.stderr.write("\r\033[K")
+            print(f"error: {message}", file=sys.stderr, flush=True)
+
     def progress(self, epoch: int, epochs: int, step: int, steps: int, loss: float, lr: float,
                  images_per_sec: float, eta_s: float) -> None:
         if not self.enabled:

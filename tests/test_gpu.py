@@ -131,7 +131,8 @@ def test_nccl_collectives_ddp_syncbn_channels_last_compile_accumulation(nccl_gro
     from resnest_train.models import create_model
     t = torch.ones(3, device="cuda")
     assert distributed.all_reduce_sum(t).tolist() == [1.0, 1.0, 1.0]
-    assert distributed.any_rank(True, torch.device("cuda")) is True
+    assert distributed.broadcast_object(("last.pth", None)) == ("last.pth", None)
+    assert distributed.all_gather_object((1, 0, 8)) == [(1, 0, 8)]
     torch.manual_seed(0)
     reference = create_model("resnest14", num_classes=10).cuda().to(memory_format=torch.channels_last)
     model = create_model("resnest14", num_classes=10).cuda().to(memory_format=torch.channels_last)
