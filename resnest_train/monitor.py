@@ -12,6 +12,8 @@ import time
 
 import torch
 
+from .progress import Progress, is_terminal
+
 
 def format_seconds(seconds: float) -> str:
     seconds = int(max(0, seconds))
@@ -26,7 +28,8 @@ class Monitor:
         self.dir = output_cfg.dir
         self.log_every = output_cfg.log_every
         mode = output_cfg.progress
-        self.bar = mode == "bar" or (mode == "auto" and sys.stderr.isatty())
+        self.bar = mode == "bar" or (mode == "auto" and is_terminal(sys.stderr))
+        self._bar: Progress | None = None  # the epoch's bar while it is on screen
         self.writer = None
         if enabled:
             os.makedirs(self.dir, exist_ok=True)
@@ -36,35 +39,46 @@ class Monitor:
 
     # console -------------------------------------------------------------------------
     def print(self, message: str) -> None:
+        """One line on stdout (rank 0), above the progress bar when one is on screen."""
         if self.enabled:
-            if self.bar:
-                sys.stderr.write("\r\033[K")
-            print(message, flush=True)
+            self._write(message, sys.stdout)
 
     def error(self, message: str) -> None:
         """One paragraph on stderr, as train.py prints a user error: 'error: ...'."""
         if self.enabled:
-            if self.bar:
-                sys.stderr.write("\r\033[K")
-            print(f"error: {message}", file=sys.stderr, flush=True)
+            self._write(f"error: {message}", sys.stderr)
+
+    def _write(self, message: str, file) -> None:
+        if self._bar is not None:
+            self._bar.write(message, file=file)
+        else:
+            print(message, file=file, flush=True)
 
     def progress(self, epoch: int, epochs: int, step: int, steps: int, loss: float, lr: float,
                  images_per_sec: float, eta_s: float) -> None:
+        """Training progress after ``step`` of ``steps`` optimizer steps of ``epoch`` (0-based).
+
+        On a bar (``output.progress: bar``, or ``auto`` on a terminal): tqdm's bar for the epoch
+        with its rate and ETA, and loss, LR and images/s after them. Otherwise a plain line
+        ``epoch 1/2 step 3/8 loss ... lr ... img/s eta M:SS`` every ``output.log_every`` steps and
+        at the epoch's end, ``eta_s`` (seconds) being the loop's estimate.
+        """
         if not self.enabled:
             return
-        text = (f"epoch {epoch + 1}/{epochs} step {step}/{steps} loss {loss:.4f} lr {lr:.4g} "
-                f"{images_per_sec:.1f} img/s eta {format_seconds(eta_s)}")
+        values = f"loss {loss:.4f} lr {lr:.4g} {images_per_sec:.1f} img/s"
         if self.bar:
-            width = 24
-            done = int(width * step / max(1, steps))
-            sys.stderr.write(f"\r\033[K[{'#' * done}{'.' * (width - done)}] {text}")
-            sys.stderr.flush()
+            if self._bar is None:  # the epoch's first report: steps before it were done earlier or by a resume
+                self._bar = Progress(steps, f"epoch {epoch + 1}/{epochs}", unit="step", bar=True, initial=step,
+                                     stream=sys.stderr)
+            self._bar.update(step - self._bar.n, postfix=values)
         elif step % self.log_every == 0 or step == steps:
-            print(text, flush=True)
+            print(f"epoch {epoch + 1}/{epochs} step {step}/{steps} {values} eta {format_seconds(eta_s)}", flush=True)
 
     def end_bar(self) -> None:
-        if self.enabled and self.bar:
-            sys.stderr.write("\n")
+        """The epoch's training is over: close its bar (a later print goes below it)."""
+        if self._bar is not None:
+            self._bar.close()
+            self._bar = None
 
     # TensorBoard ---------------------------------------------------------------------
     def scalars(self, values: dict, step: int) -> None:

@@ -19,14 +19,13 @@ import fcntl
 import json
 import multiprocessing
 import os
-import sys
 import tempfile
-import time
 from collections.abc import Sequence
 
 import numpy as np
 
 from ..errors import DataError
+from ..progress import Progress
 from .common import fingerprint, log
 from .decode import load_rgb, sniff
 from .layout import Split, list_classes, list_images, name_list
@@ -115,40 +114,6 @@ def _check_chunk(args):
     return [(f, check_image(os.path.join(base, f), full, backend)) for f in files]
 
 
-class Progress:
-    """A tiny progress bar on stderr: redrawn in place on a terminal, a line every 10 s otherwise."""
-
-    def __init__(self, total: int, desc: str, stream=None, enabled: bool = True):
-        self.total, self.desc, self.n = max(int(total), 0), desc, 0
-        self.stream = stream or sys.stderr
-        self.enabled = enabled
-        self.tty = hasattr(self.stream, "isatty") and self.stream.isatty()
-        self.start = self.last = time.monotonic()
-
-    def update(self, k: int = 1) -> None:
-        self.n += k
-        now = time.monotonic()
-        if self.enabled and (now - self.last >= (0.2 if self.tty else 10.0) or self.n >= self.total):
-            self.last = now
-            self._draw(now)
-
-    def _draw(self, now: float) -> None:
-        el = now - self.start
-        rate = self.n / el if el > 0 else 0.0
-        eta = (self.total - self.n) / rate if rate > 0 else 0.0
-        frac = self.n / self.total if self.total else 1.0
-        bar = "#" * int(frac * 30)
-        text = (f"{self.desc}: [{bar:<30}] {self.n}/{self.total} {100 * frac:5.1f}% "
-                f"{rate:,.0f}/s eta {eta:,.0f}s")
-        self.stream.write(("\r" + text) if self.tty else (text + "\n"))
-        self.stream.flush()
-
-    def close(self) -> None:
-        if self.enabled and self.tty:
-            self.stream.write("\n")
-            self.stream.flush()
-
-
 def check_files(base: str, files: Sequence[str], workers: int = 0, full: bool = False,
                 desc: str = "checking images", progress: bool = True,
                 backend: str = "torchvision") -> dict[str, str]:
@@ -156,7 +121,7 @@ def check_files(base: str, files: Sequence[str], workers: int = 0, full: bool = 
     workers = workers or min(os.cpu_count() or 1, 32)
     chunk = 64 if full else 256
     jobs = [(base, list(files[i:i + chunk]), full, backend) for i in range(0, len(files), chunk)]
-    bar = Progress(len(files), desc, enabled=progress)
+    bar = Progress(len(files), desc, unit="img", enabled=progress)
     bad: dict[str, str] = {}
     if workers <= 1 or len(files) <= 2 * chunk:
         results = map(_check_chunk, jobs)
