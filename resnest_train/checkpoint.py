@@ -1,44 +1,24 @@
 """Checkpoints: written atomically, loaded with weights_only=True, rotated.
 
-Layout under ``output.dir/checkpoints/``: ``last.pth`` (the resume point, refreshed every
-epoch and every ``output.save_every_steps`` steps), ``best.pth`` (best val top-1) and
-``epoch_NNNN.pth`` every ``output.save_every_epochs`` epochs, the newest ``output.keep_last`` kept.
+Layout under ``output.dir/checkpoints/`` (named by ``rundir.RunDir``): ``last.pth`` (the resume
+point, refreshed every epoch and every ``output.save_every_steps`` steps), ``best.pth`` (best val
+top-1) and ``epoch_NNNN.pth`` every ``output.save_every_epochs`` epochs, the newest
+``output.keep_last`` kept.
 """
 from __future__ import annotations
 
-import glob
 import os
 import re
-import tempfile
 
 import torch
 
 from .errors import UserError
+from .rundir import RunDir, atomic_write
 
 
 def atomic_save(obj: dict, path: str) -> None:
-    """Write to a temp file in the same folder, fsync, then rename over `path`.
-
-    A process killed at any moment leaves either the old file or the new one, never half of one.
-    """
-    folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".pth", dir=folder)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(obj, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
-    dir_fd = os.open(folder, os.O_RDONLY)
-    try:
-        os.fsync(dir_fd)
-    finally:
-        os.close(dir_fd)
+    """``torch.save(obj)`` to ``path`` through ``rundir.atomic_write``: the old file or the new, never half."""
+    atomic_write(path, lambda f: torch.save(obj, f))
 
 
 # What a checkpoint written by `engine.state_dict` holds besides the EMA, scaler and best top-1.
@@ -102,28 +82,20 @@ def load_training_state(path: str, map_location="cpu") -> dict:
     return saved
 
 
-def checkpoint_dir(output_dir: str) -> str:
-    return os.path.join(output_dir, "checkpoints")
-
-
-def last_path(output_dir: str) -> str:
-    return os.path.join(checkpoint_dir(output_dir), "last.pth")
-
-
 def save_periodic(state: dict, output_dir: str, epoch: int, keep_last: int) -> None:
     """Keep epoch_NNNN.pth (1-based epochs done) and delete all but the newest `keep_last`."""
-    folder = checkpoint_dir(output_dir)
-    atomic_save(state, os.path.join(folder, f"epoch_{epoch:04d}.pth"))
-    numbered = sorted(glob.glob(os.path.join(folder, "epoch_*.pth")))
+    run = RunDir(output_dir)
+    atomic_save(state, run.epoch_checkpoint(epoch))
+    numbered = run.epoch_checkpoints()
     for old in numbered[:-keep_last] if keep_last > 0 else numbered:
         os.remove(old)
 
 
 def resume_candidates(output_dir: str) -> list[str]:
     """Checkpoint files of a run: last.pth, then epoch_NNNN.pth newest first, then best.pth (existing ones)."""
-    folder = checkpoint_dir(output_dir)
-    numbered = sorted(glob.glob(os.path.join(folder, "epoch_*.pth")), reverse=True)
-    return [p for p in [last_path(output_dir), *numbered, os.path.join(folder, "best.pth")] if os.path.isfile(p)]
+    run = RunDir(output_dir)
+    candidates = [run.last_checkpoint, *reversed(run.epoch_checkpoints()), run.best_checkpoint]
+    return [p for p in candidates if os.path.isfile(p)]
 
 
 def position(saved: dict) -> tuple[int, int, int]:
@@ -150,7 +122,7 @@ def find_resume(resume: str, output_dir: str, log=print, map_location="cpu") -> 
     files = resume_candidates(output_dir)
     if not files:
         return None, None
-    last = last_path(output_dir)
+    last = RunDir(output_dir).last_checkpoint
     failures = []
     if files[0] != last:
         failures.append((last, "missing"))
@@ -172,7 +144,7 @@ def find_resume(resume: str, output_dir: str, log=print, map_location="cpu") -> 
             best_path, best = path, saved
     if best is None:
         listed = "; ".join(f"{os.path.basename(p)}: {why}" for p, why in failures)
-        raise UserError(f"Config key 'resume' is auto, but no checkpoint in {checkpoint_dir(output_dir)} loads "
+        raise UserError(f"Config key 'resume' is auto, but no checkpoint in {RunDir(output_dir).checkpoints} loads "
                         f"({listed}). Point 'resume' at a good copy of a checkpoint, or set resume=none with a "
                         "new output.dir to start afresh.")
     return best_path, best

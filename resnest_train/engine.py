@@ -41,6 +41,7 @@ from .models import create_model, dropblock_prob, model_info, set_dropblock_prob
 from .monitor import Monitor, hparam_values
 from .optim import build_optimizer, lr_at, peak_lr, set_lr
 from .preflight import check_device, check_steps_per_epoch
+from .rundir import RunDir
 
 PREEMPTED_EXIT_CODE = 143  # 128 + SIGTERM: what schedulers expect of a job stopped by SIGTERM
 DIVERGED_EXIT_CODE = 3  # a NaN or infinite loss stopped the run (2 is a user error, 1 a crash)
@@ -576,18 +577,6 @@ def adopt_resume_position(state: TrainState, saved: dict, plan: Plan, cfg: Confi
         monitor.print(f"{note} LR {schedule_lr(state.step, plan, cfg.optim):.6g}.")
 
 
-def trim_metrics(output_dir: str, epochs_done: int) -> None:
-    """Drop metrics.jsonl lines of epochs past the checkpoint (written just before a crash)."""
-    import json
-    path = os.path.join(output_dir, "metrics.jsonl")
-    if not os.path.exists(path):
-        return
-    with open(path) as f:
-        lines = [line for line in f if line.strip() and json.loads(line)["epoch"] <= epochs_done]
-    with open(path, "w") as f:
-        f.writelines(lines)
-
-
 # --------------------------------------------------------------------------------------
 # The run
 # --------------------------------------------------------------------------------------
@@ -631,8 +620,7 @@ def _run(cfg: Config, dist: DistInfo, dry_run: bool) -> int:
 
     monitor = Monitor(cfg.output, enabled=dist.is_main)
     if dist.is_main:
-        with open(os.path.join(cfg.output.dir, "config.yaml"), "w") as f:
-            f.write(config_to_yaml(cfg))
+        RunDir(cfg.output.dir).write_config(config_to_yaml(cfg))
     model.to(dist.device)
     if cfg.train.channels_last:
         model.to(memory_format=torch.channels_last)
@@ -654,7 +642,7 @@ def _run(cfg: Config, dist: DistInfo, dry_run: bool) -> int:
     saved = None  # free the checkpoint's tensors
     if resume_from:
         if dist.is_main:
-            trim_metrics(cfg.output.dir, state.epoch)
+            RunDir(cfg.output.dir).trim_metrics(state.epoch)
         if state.epoch >= plan.epochs:
             best = f"{state.best_top1:.2f}%" if state.best_top1 is not None else "n/a"
             monitor.print(f"Run in {cfg.output.dir} already finished its {plan.epochs} epochs "
@@ -694,7 +682,7 @@ def fit(state: TrainState, loaders, plan: Plan, cfg: Config, dist: DistInfo, mon
         if dist.is_main:
             saved = snapshot(st)
             saved.update(loss_sum=loss_sum, loss_count=loss_count)
-            checkpoint.atomic_save(saved, checkpoint.last_path(out.dir))
+            checkpoint.atomic_save(saved, RunDir(out.dir).last_checkpoint)
         barrier()
 
     monitor.run_state(state="running", epoch=state.epoch, epochs=plan.epochs, best_top1=state.best_top1)
@@ -712,7 +700,7 @@ def fit(state: TrainState, loaders, plan: Plan, cfg: Config, dist: DistInfo, mon
             return report_divergence(e, state, plan, cfg, monitor)
         if not finished:
             monitor.print(f"Stopped by {stop.signal_name or 'a signal'} at step {state.step}; "
-                          f"checkpoint saved to {checkpoint.last_path(out.dir)}. Run the same command to resume.")
+                          f"checkpoint saved to {RunDir(out.dir).last_checkpoint}. Run the same command to resume.")
             monitor.run_state(state="preempted", epoch=state.epoch, epochs=plan.epochs, best_top1=state.best_top1)
             return PREEMPTED_EXIT_CODE
         train_time = time.perf_counter() - t0
@@ -751,15 +739,15 @@ def fit(state: TrainState, loaders, plan: Plan, cfg: Config, dist: DistInfo, mon
             f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}" for k, v in numbers.items()))
         if dist.is_main:
             saved = snapshot(state)
-            checkpoint.atomic_save(saved, checkpoint.last_path(out.dir))
+            checkpoint.atomic_save(saved, RunDir(out.dir).last_checkpoint)
             if is_best:
-                checkpoint.atomic_save(saved, os.path.join(checkpoint.checkpoint_dir(out.dir), "best.pth"))
+                checkpoint.atomic_save(saved, RunDir(out.dir).best_checkpoint)
             if out.save_every_epochs and state.epoch % out.save_every_epochs == 0:
                 checkpoint.save_periodic(saved, out.dir, state.epoch, out.keep_last)
         barrier()
         if state.epoch < plan.epochs and stop.poll(dist.device, dist.world_size).stop:
             monitor.print(f"Stopped by {stop.signal_name or 'a signal'} after epoch {state.epoch}; "
-                          f"checkpoint saved to {checkpoint.last_path(out.dir)}. Run the same command to resume.")
+                          f"checkpoint saved to {RunDir(out.dir).last_checkpoint}. Run the same command to resume.")
             monitor.run_state(state="preempted", epoch=state.epoch, epochs=plan.epochs, best_top1=state.best_top1)
             return PREEMPTED_EXIT_CODE
         monitor.run_state(state="running", epoch=state.epoch, epochs=plan.epochs, best_top1=state.best_top1)
@@ -773,13 +761,13 @@ def fit(state: TrainState, loaders, plan: Plan, cfg: Config, dist: DistInfo, mon
     if state.best_top1 is not None:
         monitor.print(f"Finished {plan.epochs} epochs: final val top-1 {record.get('val_top1', float('nan')):.2f}%, "
                       f"best {state.best_top1:.2f}%. Run directory: {out.dir}")
-    monitor.print(f"TensorBoard: tensorboard --logdir {os.path.join(out.dir, 'tb')}")
+    monitor.print(f"TensorBoard: tensorboard --logdir {RunDir(out.dir).tensorboard}")
     return 0
 
 
 def report_divergence(e: Diverged, state: TrainState, plan: Plan, cfg: Config, monitor: Monitor) -> int:
     """Say what happened and what to try, record it in run_state.json; returns DIVERGED_EXIT_CODE."""
-    last = checkpoint.last_path(cfg.output.dir)
+    last = RunDir(cfg.output.dir).last_checkpoint
     kept = (f"{last} was not overwritten and holds the last state checked finite" if os.path.exists(last)
             else "no checkpoint had been written")
     o = cfg.optim

@@ -4,15 +4,14 @@ Only rank 0 builds a real Monitor; the other ranks get one whose methods do noth
 """
 from __future__ import annotations
 
-import json
 import math
 import os
 import sys
-import time
 
 import torch
 
 from .progress import Progress, is_terminal
+from .rundir import RunDir
 
 
 def format_seconds(seconds: float) -> str:
@@ -26,6 +25,7 @@ class Monitor:
     def __init__(self, output_cfg, enabled: bool = True):
         self.enabled = enabled
         self.dir = output_cfg.dir
+        self.run = RunDir(output_cfg.dir)
         self.log_every = output_cfg.log_every
         mode = output_cfg.progress
         self.bar = mode == "bar" or (mode == "auto" and is_terminal(sys.stderr))
@@ -35,7 +35,7 @@ class Monitor:
             os.makedirs(self.dir, exist_ok=True)
             if output_cfg.tensorboard:
                 from torch.utils.tensorboard import SummaryWriter
-                self.writer = SummaryWriter(os.path.join(self.dir, "tb"))
+                self.writer = SummaryWriter(self.run.tensorboard)
 
     # console -------------------------------------------------------------------------
     def print(self, message: str) -> None:
@@ -101,17 +101,14 @@ class Monitor:
 
     # files ---------------------------------------------------------------------------
     def epoch_metrics(self, record: dict) -> None:
+        """One epoch's record as a line of metrics.jsonl (rank 0)."""
         if self.enabled:
-            with open(os.path.join(self.dir, "metrics.jsonl"), "a") as f:
-                f.write(json.dumps(record) + "\n")
+            self.run.append_metrics(record)
 
     def run_state(self, **state) -> None:
+        """run_state.json: state (running, finished, preempted, failed, diverged), epoch, epochs, best_top1."""
         if self.enabled:
-            path = os.path.join(self.dir, "run_state.json")
-            tmp = path + ".tmp"
-            with open(tmp, "w") as f:
-                json.dump({**state, "updated": time.time()}, f)
-            os.replace(tmp, path)
+            self.run.write_run_state(**state)
 
     def close(self) -> None:
         if self.writer is not None:

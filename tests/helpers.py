@@ -1,9 +1,10 @@
 """Shared by the tests: run train.py for real, read what a run leaves behind."""
 import glob
-import json
 import os
 import subprocess
 import sys
+
+from resnest_train.rundir import RunDir
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TRAIN = os.path.join(ROOT, "train.py")
@@ -31,13 +32,22 @@ def train(*args, check=True, timeout=600):
 
 
 def metrics(run_dir):
-    with open(os.path.join(run_dir, "metrics.jsonl")) as f:
-        return [json.loads(line) for line in f]
+    """The run's metrics.jsonl records; fails if the file is missing."""
+    run = RunDir(run_dir)
+    assert os.path.isfile(run.metrics), f"{run.metrics} is missing"
+    return run.read_metrics()
 
 
 def run_state(run_dir):
-    with open(os.path.join(run_dir, "run_state.json")) as f:
-        return json.load(f)
+    """The run's run_state.json; fails if the file is missing."""
+    run = RunDir(run_dir)
+    assert os.path.isfile(run.run_state), f"{run.run_state} is missing"
+    return run.read_run_state()
+
+
+def last_checkpoint(run_dir):
+    """The path of the run's checkpoints/last.pth."""
+    return RunDir(run_dir).last_checkpoint
 
 
 def scalars(path, tag):
@@ -55,7 +65,7 @@ def scalars(path, tag):
 
 def event_files(run_dir):
     """The run's TensorBoard event files, oldest first (their names start with the creation time)."""
-    files = glob.glob(os.path.join(run_dir, "tb", "events.out.tfevents.*"))
+    files = glob.glob(os.path.join(RunDir(run_dir).tensorboard, "events.out.tfevents.*"))
     return sorted(files, key=lambda f: float(os.path.basename(f).split(".")[3]))
 
 

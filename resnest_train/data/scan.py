@@ -16,16 +16,15 @@ report of ``resnest-prepare-imagenet --check``.
 from __future__ import annotations
 
 import fcntl
-import json
 import multiprocessing
 import os
-import tempfile
 from collections.abc import Sequence
 
 import numpy as np
 
 from ..errors import DataError
 from ..progress import Progress
+from ..rundir import read_json, write_json
 from .common import fingerprint, log
 from .decode import load_rgb, sniff
 from .layout import Split, list_classes, list_images, name_list
@@ -151,22 +150,10 @@ def _cache_paths(split: Split, fp: str) -> list[str]:
 
 
 def _read_cache(path: str, fp: str) -> dict | None:
-    try:
-        with open(path) as f:
-            data = json.load(f)
-        if data.get("version") == SCAN_VERSION and data.get("fingerprint") == fp:
-            return data
-    except (OSError, ValueError):
-        pass
+    data = read_json(path)
+    if data and data.get("version") == SCAN_VERSION and data.get("fingerprint") == fp:
+        return data
     return None
-
-
-def _write_json_atomic(path: str, data: dict) -> None:
-    os.makedirs(os.path.dirname(path), exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=os.path.dirname(path), prefix=".tmp_scan_")
-    with os.fdopen(fd, "w") as f:
-        json.dump(data, f, indent=1)
-    os.replace(tmp, path)
 
 
 def split_fingerprint(split: Split, backend: str) -> str:
@@ -182,7 +169,7 @@ def save_scan(split: Split, bad: dict[str, str], full: bool, backend: str) -> st
             "checked": len(split), "full": bool(full), "bad": bad}
     for path in _cache_paths(split, fp):
         try:
-            _write_json_atomic(path, data)
+            write_json(path, data, indent=1)
             return path
         except OSError:
             continue

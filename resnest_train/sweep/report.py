@@ -7,12 +7,12 @@ from __future__ import annotations
 
 import csv
 import io
-import json
 import os
 import shlex
 import statistics
 from typing import Any
 
+from ..rundir import RunDir, atomic_write, read_json
 from .plan import Run, Sweep, format_value, launch_argv
 
 STATES = ("finished", "failed", "preempted", "running", "pending")
@@ -20,33 +20,8 @@ STOPPED_CODES = (143, 130, 129, -15, -2, -1)  # exit after SIGTERM / SIGINT / SI
 STATUS_FILE = "sweep_status.json"  # the sweep's own record: each run's last launch exit code
 
 
-def _read_json(path: str) -> dict | None:
-    try:
-        with open(path) as f:
-            data = json.load(f)
-        return data if isinstance(data, dict) else None
-    except (OSError, ValueError):
-        return None
-
-
-def read_metrics(output_dir: str) -> list[dict]:
-    rows = []
-    try:
-        with open(os.path.join(output_dir, "metrics.jsonl")) as f:
-            for line in f:
-                line = line.strip()
-                if line:
-                    try:
-                        rows.append(json.loads(line))
-                    except ValueError:
-                        pass  # a line cut short by a crash
-    except OSError:
-        pass
-    return rows
-
-
 def read_status(root: str) -> dict:
-    return (_read_json(os.path.join(root, STATUS_FILE)) or {}).get("runs", {})
+    return (read_json(os.path.join(root, STATUS_FILE)) or {}).get("runs", {})
 
 
 def run_state(run: Run, status: dict | None = None) -> str:
@@ -56,7 +31,7 @@ def run_state(run: Run, status: dict | None = None) -> str:
     with a non-zero exit of its last launch by this sweep means the run died (killed,
     or a crash before it could say so): failed. No run_state.json: pending, or failed
     when its launch failed."""
-    state = (_read_json(os.path.join(run.output_dir, "run_state.json")) or {}).get("state")
+    state = RunDir(run.output_dir).read_run_state().get("state")
     exit_code = (status or {}).get(run.name, {}).get("exit_code")
     if state in ("finished", "failed", "preempted"):
         return state
@@ -70,7 +45,7 @@ def is_done(run: Run, status: dict | None = None, epochs: int | None = None) -> 
     whose train.epochs went up launches its runs again and they train on."""
     if run_state(run, status) != "finished":
         return False
-    done = (_read_json(os.path.join(run.output_dir, "run_state.json")) or {}).get("epoch")
+    done = RunDir(run.output_dir).read_run_state().get("epoch")
     return epochs is None or not isinstance(done, int) or done >= epochs
 
 
@@ -80,8 +55,8 @@ def summary_rows(sweep: Sweep) -> list[dict]:
     status = read_status(sweep.root)
     rows = []
     for run in sweep.runs:
-        saved = _read_json(os.path.join(run.output_dir, "run_state.json")) or {}
-        metrics = read_metrics(run.output_dir)
+        saved = RunDir(run.output_dir).read_run_state()
+        metrics = RunDir(run.output_dir).read_metrics()
         top1 = [m["val_top1"] for m in metrics if isinstance(m.get("val_top1"), (int, float))]
         best = saved.get("best_top1")
         if not isinstance(best, (int, float)):
@@ -151,16 +126,9 @@ def write_summary(sweep: Sweep) -> tuple[str, str, list[dict]]:
     os.makedirs(sweep.root, exist_ok=True)
     csv_path = os.path.join(sweep.root, "summary.csv")
     md_path = os.path.join(sweep.root, "summary.md")
-    _write_atomic(csv_path, _csv_text(rows, columns))
-    _write_atomic(md_path, markdown(sweep, rows))
+    atomic_write(csv_path, _csv_text(rows, columns))
+    atomic_write(md_path, markdown(sweep, rows))
     return csv_path, md_path, rows
-
-
-def _write_atomic(path: str, text: str) -> None:
-    tmp = f"{path}.tmp{os.getpid()}"
-    with open(tmp, "w") as f:
-        f.write(text)
-    os.replace(tmp, path)
 
 
 def plan_text(sweep: Sweep, launch_sh: str | None = None, epochs: dict | None = None) -> str:

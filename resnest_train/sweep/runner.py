@@ -1,7 +1,6 @@
 """Running a sweep: one launch.sh process per unfinished run, one after another, with signals passed on."""
 from __future__ import annotations
 
-import json
 import os
 import shlex
 import signal
@@ -10,12 +9,11 @@ import sys
 import time
 from collections.abc import Callable
 
+from ..rundir import read_json, write_json
 from .plan import Sweep, launch_argv
 from .report import (
     STATUS_FILE,
     STOPPED_CODES,
-    _read_json,
-    _write_atomic,
     is_done,
     markdown,
     read_status,
@@ -25,10 +23,10 @@ from .report import (
 
 
 def _record(root: str, name: str, exit_code: int, seconds: float) -> None:
-    data = _read_json(os.path.join(root, STATUS_FILE)) or {}
+    data = read_json(os.path.join(root, STATUS_FILE)) or {}
     data.setdefault("runs", {})[name] = {"exit_code": exit_code, "seconds": round(seconds, 1),
                                          "ended": time.strftime("%Y-%m-%dT%H:%M:%S")}
-    _write_atomic(os.path.join(root, STATUS_FILE), json.dumps(data, indent=2) + "\n")
+    write_json(os.path.join(root, STATUS_FILE), data, indent=2)
 
 
 def run_sweep(sweep: Sweep, launch_sh: str | None = None, env: dict | None = None,
