@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 import torch
 
-from resnest_train.data import build_loaders
+from resnest_train.data import TrainLoader, ValLoader, build_loaders
 from resnest_train.data.common import epoch_indices, train_steps
 from test_data_helpers import cfg, make_dataset
 
@@ -41,6 +41,8 @@ def test_batches_follow_the_contract(data, backend):
     c.synthetic.train_images, c.synthetic.val_images, c.synthetic.num_classes = 15, 7, 3
     L = build_loaders(c, batch_size=4, device=torch.device("cpu"), seed=1)
     assert L.backend == backend
+    assert isinstance(L.train, TrainLoader) and isinstance(L.val, ValLoader)
+    assert not isinstance(L.val, TrainLoader)  # no epochs to set
     assert len(L.train) == 15 // 4 == 3
     batches = epoch(L.train, 0)
     assert len(batches) == 3
@@ -54,6 +56,9 @@ def test_batches_follow_the_contract(data, backend):
         assert pixels.min() > -0.01 and pixels.max() < 1.01 and pixels.std() > 0.05
     val = [(x, y) for x, y in L.val]
     assert [x.shape[0] for x, _ in val] == ([4, 3] if backend == "synthetic" else [4, 4, 1])
+    assert all(x.dtype == torch.float32 and x.shape[1:] == (3, 32, 32) and y.dtype == torch.int64
+               and y.shape == x.shape[:1] for x, y in val)
+    assert len(L.val) == len(val)
     assert L.val_images == sum(x.shape[0] for x, _ in val)
     assert L.bad_images == 0
 
@@ -87,6 +92,30 @@ def test_torchvision_workers_do_not_change_the_batches(data):
     parallel = epoch(build_loaders(c, batch_size=4, seed=3).train, 1)
     for (a, la), (b, lb) in zip(serial, parallel):
         assert torch.equal(a, b) and torch.equal(la, lb)
+
+
+def test_the_loader_protocol_names_what_is_missing():
+    class NoEpochs:
+        bad_images = 0
+
+        def __len__(self):
+            return 1
+
+        def __iter__(self):
+            return iter(())
+
+    class NoCount:
+        def __len__(self):
+            return 1
+
+        def __iter__(self):
+            return iter(())
+
+        def set_epoch(self, epoch, start_step=0):
+            pass
+
+    assert isinstance(NoEpochs(), ValLoader) and not isinstance(NoEpochs(), TrainLoader)
+    assert not isinstance(NoCount(), ValLoader) and not isinstance(NoCount(), TrainLoader)
 
 
 def test_torchvision_lighting_is_a_per_image_rgb_offset(data):

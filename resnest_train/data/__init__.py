@@ -7,6 +7,11 @@
         for images, labels in loaders.train: ...        # float32 NCHW normalised, int64, on `device`
         for images, labels in loaders.val: ...          # this rank's shard of the val set
 
+The contract in code: ``loaders.train`` is a ``TrainLoader`` and ``loaders.val`` a ``ValLoader``
+(``typing.Protocol`` classes in ``common.py``), which every backend implements
+(tests/test_data_loaders.py checks all three). Backends get the ``data`` config section and
+their rank from the caller; they read no environment variables.
+
 ``loaders.train``: ``len()`` is the number of steps per epoch, the same on every rank.
 Each epoch shuffles all training samples with one permutation drawn from ``(seed, epoch)``,
 keeps ``world_size * steps * batch_size`` of them (``steps = n // (world_size *
@@ -50,9 +55,9 @@ import importlib.util
 import torch
 
 from ..errors import DataError
-from .common import Loaders, log_once
+from .common import Loaders, TrainLoader, ValLoader, log_once
 
-__all__ = ["build_loaders", "Loaders", "dali_device", "resolve_backend"]
+__all__ = ["build_loaders", "Loaders", "TrainLoader", "ValLoader", "dali_device", "resolve_backend"]
 
 BACKENDS = ("auto", "dali", "torchvision", "synthetic")
 
@@ -90,14 +95,14 @@ def dali_device(name: str, device: torch.device) -> str:
     return name
 
 
-def _skip_bad(backend, train, val):
+def _skip_bad(backend: str, train, val, rank: int):
     """Drop the files the (cached) pre-scan finds ``backend`` cannot read; one log line for all of them."""
     import numpy as np
 
     from .scan import find_bad_images
     out, counts, lists = [], [], []
     for split in (train, val):
-        bad, cache = find_bad_images(split, workers=0, backend=backend)
+        bad, cache = find_bad_images(split, workers=0, backend=backend, rank=rank)
         if bad:
             keep = np.asarray([i for i, f in enumerate(split.files) if f not in bad], dtype=np.int64)
             split = split.subset(keep)
@@ -107,7 +112,7 @@ def _skip_bad(backend, train, val):
     if sum(counts):
         log_once(f"data.skip_bad_images: skipping {sum(counts)} unreadable image(s): {counts[0]} of "
                  f"{len(out[0]) + counts[0]} train, {counts[1]} of {len(out[1]) + counts[1]} val "
-                 f"(list: {', '.join(lists)})")
+                 f"(list: {', '.join(lists)})", rank)
     return out[0], out[1], sum(counts)
 
 
@@ -124,13 +129,13 @@ def build_loaders(cfg, batch_size: int, rank: int = 0, world_size: int = 1,
         from . import synthetic
         train, val, n_val, classes = synthetic.build(cfg, batch_size, rank, world_size, device, seed,
                                                      channels_last)
-        return Loaders(train, val, n_val, classes, backend, 0, [train, val])
+        return Loaders(train, val, n_val, classes, backend, 0)
 
     from .layout import load_splits
     classes, train_split, val_split = load_splits(cfg)
     removed = 0
     if cfg.skip_bad_images:
-        train_split, val_split, removed = _skip_bad(backend, train_split, val_split)
+        train_split, val_split, removed = _skip_bad(backend, train_split, val_split, rank)
     if backend == "dali":
         from . import dali as impl
         dali_cfg = dataclasses.replace(cfg.dali, device=dali_device(cfg.dali.device, device))
@@ -139,4 +144,4 @@ def build_loaders(cfg, batch_size: int, rank: int = 0, world_size: int = 1,
         from . import torchvision_backend as impl
     train, val = impl.build(cfg, train_split, val_split, batch_size, rank, world_size, device, seed,
                             channels_last)
-    return Loaders(train, val, len(val_split), classes, backend, removed, [train, val])
+    return Loaders(train, val, len(val_split), classes, backend, removed)

@@ -22,12 +22,12 @@ from __future__ import annotations
 
 import hashlib
 import logging
-import os
-from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field
-from typing import Any
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass
+from typing import Protocol, runtime_checkable
 
 import numpy as np
+import torch
 
 from ..errors import DataError
 
@@ -55,17 +55,50 @@ def autoaugment_interpolation(cfg) -> str:
     return name
 
 
+Batch = tuple[torch.Tensor, torch.Tensor]
+
+
+@runtime_checkable
+class ValLoader(Protocol):
+    """The loader contract every backend's ``loaders.val`` implements.
+
+    Iterating yields this rank's validation shard once, in order: ``(images, labels)`` with
+    ``images`` float32 ``[B, 3, H, W]`` (normalised by ``data.mean``/``data.std``, channels_last
+    memory when asked for, on the trainer's device) and ``labels`` int64 ``[B]`` on the same
+    device; the last batch may be smaller, nothing is padded or repeated. ``len()`` is the number
+    of batches. ``bad_images`` counts unreadable files skipped while reading (0 for most backends).
+    """
+
+    bad_images: int
+
+    def __len__(self) -> int: ...
+
+    def __iter__(self) -> Iterator[Batch]: ...
+
+
+@runtime_checkable
+class TrainLoader(ValLoader, Protocol):
+    """The loader contract every backend's ``loaders.train`` implements (see the module docstring).
+
+    ``set_epoch(epoch, start_step)`` comes before each epoch; iterating then yields exactly the
+    full batches ``start_step .. len() - 1`` of that epoch (``len()`` = steps per epoch, the same
+    on every rank), the same tensors an uninterrupted epoch gives at those steps, shaped as in
+    ``ValLoader`` with every batch full.
+    """
+
+    def set_epoch(self, epoch: int, start_step: int = 0) -> None: ...
+
+
 @dataclass
 class Loaders:
-    """What ``build_loaders`` returns; see the package docstring for the contract."""
+    """What ``build_loaders`` returns: this rank's train and val loaders and what describes them."""
 
-    train: Any
-    val: Any
-    val_images: int
+    train: TrainLoader
+    val: ValLoader
+    val_images: int  # in the whole val set, over all ranks
     classes: list[str]
-    backend: str
-    bad_images_at_start: int = 0
-    _counters: list = field(default_factory=list, repr=False)
+    backend: str  # the backend in use: dali, torchvision or synthetic
+    bad_images_at_start: int = 0  # removed by the pre-scan (data.skip_bad_images)
 
     @property
     def num_classes(self) -> int:
@@ -74,7 +107,7 @@ class Loaders:
     @property
     def bad_images(self) -> int:
         """Unreadable files skipped: found by the pre-scan plus any met while reading."""
-        return self.bad_images_at_start + sum(int(getattr(c, "bad_images", 0)) for c in self._counters)
+        return self.bad_images_at_start + self.train.bad_images + self.val.bad_images
 
 
 def train_steps(n: int, batch_size: int, world_size: int) -> int:
@@ -148,7 +181,7 @@ def fingerprint(items: Iterable[str]) -> str:
     return h.hexdigest()
 
 
-def log_once(msg: str) -> None:
-    """One line for the user (rank 0 only when running under torchrun)."""
-    if int(os.environ.get("RANK", "0")) == 0:
+def log_once(msg: str, rank: int) -> None:
+    """One line for the user, logged by rank 0 only (the caller knows its rank)."""
+    if rank == 0:
         log.warning(msg)

@@ -63,6 +63,7 @@ import warnings
 import numpy as np
 import torch
 
+from ..config import DataConfig
 from ..errors import DataError
 from .common import (
     AUTOAUGMENT_FILL,
@@ -545,8 +546,9 @@ class DaliValLoader(_Base):
         return out
 
 
-def build(cfg, train: Split, val: Split, batch_size: int, rank: int, world_size: int, device: torch.device,
-          seed: int, channels_last: bool):
+def build(cfg: DataConfig, train: Split, val: Split, batch_size: int, rank: int, world_size: int,
+          device: torch.device, seed: int, channels_last: bool) -> tuple[DaliTrainLoader, DaliValLoader]:
+    """This rank's train and val loaders over ``train`` / ``val`` (``common.TrainLoader`` / ``ValLoader``)."""
     check_enough(len(train), batch_size, world_size, train.source)
     dali_device = resolve_device(cfg.dali.device, device)
     if dali_device == "gpu" and device.type != "cuda":

@@ -189,7 +189,8 @@ def add_bad_image(split: Split, relpath: str, reason: str, backend: str) -> str:
     return save_scan(split, bad, bool(data and data.get("full")), backend)
 
 
-def find_bad_images(split: Split, workers: int = 0, backend: str = "torchvision") -> tuple[dict[str, str], str]:
+def find_bad_images(split: Split, workers: int = 0, backend: str = "torchvision",
+                    rank: int = 0) -> tuple[dict[str, str], str]:
     """({relative path: reason}, cache path) for a split, judged by what ``backend`` can read;
     scanned once, then read from the cache.
 
@@ -211,7 +212,7 @@ def find_bad_images(split: Split, workers: int = 0, backend: str = "torchvision"
                 data = _read_cache(path, fp)
                 if data:
                     return data["bad"], path
-            rank0 = int(os.environ.get("RANK", "0")) == 0
+            rank0 = rank == 0  # only rank 0 reports progress
             if rank0:
                 log.info("data.skip_bad_images: checking the %d %s images once for the %s backend (header "
                          "and end-of-file checks); the result is cached", len(split), split.name, backend)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import torch
 
+from ..config import DataConfig
 from ..errors import DataError
 from .common import check_enough, check_start_step, stream_seed, train_steps, val_shard
 
@@ -62,6 +63,7 @@ class SyntheticVal:
         self.num_classes = int(cfg.synthetic.num_classes)
         crop = int(cfg.eval_crop or cfg.train_crop)
         self.pool = _Pool(batch_size, crop, device, channels_last, stream_seed(rank, 2)).pool
+        self.bad_images = 0
 
     def __len__(self):
         return -(-(self.end - self.start) // self.batch_size)
@@ -74,7 +76,9 @@ class SyntheticVal:
             yield self.pool[b % POOL][:k], labels.to(self.device)
 
 
-def build(cfg, batch_size, rank, world_size, device, seed, channels_last):
+def build(cfg: DataConfig, batch_size: int, rank: int, world_size: int, device: torch.device, seed: int,
+          channels_last: bool) -> tuple[SyntheticTrain, SyntheticVal, int, list[str]]:
+    """(train loader, val loader, val images in all, class names) of the synthetic data set."""
     if int(cfg.synthetic.num_classes) < 1:
         raise DataError("data.synthetic.num_classes must be at least 1.")
     train = SyntheticTrain(cfg, batch_size, rank, world_size, device, seed, channels_last)

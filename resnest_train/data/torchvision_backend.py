@@ -26,6 +26,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
+from ..config import DataConfig
 from ..errors import DataError
 from .common import (
     AUTOAUGMENT_FILL,
@@ -213,8 +214,10 @@ class _Normalizer:
 
 
 class _Loader:
-    def __init__(self, dl, norm, steps_fn):
-        self.dl, self.norm, self._steps_fn = dl, norm, steps_fn
+    """The val loader (``common.ValLoader``): batches of a DataLoader, normalised on the device."""
+
+    def __init__(self, dl, norm, steps_fn, rank: int):
+        self.dl, self.norm, self._steps_fn, self.rank = dl, norm, steps_fn, rank
         self.bad_images = 0
 
     def __len__(self):
@@ -227,15 +230,15 @@ class _Loader:
             images, labels, offs, bad = batch
             for path in bad:
                 self.bad_images += 1
-                log_once(f"skipped unreadable image {path} (data.skip_bad_images: true)")
+                log_once(f"skipped unreadable image {path} (data.skip_bad_images: true)", self.rank)
             yield self.norm(images, labels, offs)
 
 
 class TrainLoader(_Loader):
-    """``len()`` = steps per epoch; ``set_epoch(epoch, start_step)`` before each epoch."""
+    """The train loader (``common.TrainLoader``): ``len()`` = steps per epoch; ``set_epoch`` first."""
 
-    def __init__(self, dl, norm, sampler: EpochBatchSampler):
-        super().__init__(dl, norm, lambda: sampler.steps)
+    def __init__(self, dl, norm, sampler: EpochBatchSampler, rank: int):
+        super().__init__(dl, norm, lambda: sampler.steps, rank)
         self.sampler = sampler
 
     def set_epoch(self, epoch: int, start_step: int = 0) -> None:
@@ -249,8 +252,9 @@ def _loader_kwargs(workers: int, device: torch.device) -> dict:
     return kw
 
 
-def build(cfg, train: Split, val: Split, batch_size: int, rank: int, world_size: int, device: torch.device,
-          seed: int, channels_last: bool):
+def build(cfg: DataConfig, train: Split, val: Split, batch_size: int, rank: int, world_size: int,
+          device: torch.device, seed: int, channels_last: bool) -> tuple[TrainLoader, _Loader]:
+    """This rank's train and val loaders over ``train`` / ``val`` (``common.TrainLoader`` / ``ValLoader``)."""
     check_enough(len(train), batch_size, world_size, train.source)
     norm = _Normalizer(cfg, device, channels_last)
     workers = max(0, int(cfg.workers))
@@ -262,4 +266,4 @@ def build(cfg, train: Split, val: Split, batch_size: int, rank: int, world_size:
                         **_loader_kwargs(min(workers, max(1, (end - start) // batch_size)) if workers else 0,
                                          device))
     n_val_batches = -(-(end - start) // batch_size)
-    return TrainLoader(train_dl, norm, sampler), _Loader(val_dl, norm, lambda: n_val_batches)
+    return TrainLoader(train_dl, norm, sampler, rank), _Loader(val_dl, norm, lambda: n_val_batches, rank)
