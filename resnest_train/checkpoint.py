@@ -21,7 +21,7 @@ def atomic_save(obj: dict, path: str) -> None:
     atomic_write(path, lambda f: torch.save(obj, f))
 
 
-# What a checkpoint written by `engine.state_dict` holds besides the EMA, scaler and best top-1.
+# What a checkpoint written by `loop.checkpoint_state` holds besides the EMA, scaler and best top-1.
 TRAINING_KEYS = ("model", "optimizer", "epoch", "step_in_epoch", "step", "loss_sum", "loss_count", "config")
 
 # CSI sequences (colour, cursor) such as torch's bold "do those steps only if you trust the source".

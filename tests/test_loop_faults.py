@@ -10,8 +10,9 @@ import pytest
 import torch
 
 from helpers import ROOT, TINY, TRAIN, env, event_files, metrics, run_state, scalars, scalars_in, train
-from resnest_train.engine import Plan, resume_position
+from resnest_train.loop import Plan
 from resnest_train.optim import lr_at, peak_lr
+from resnest_train.resume import resume_position
 
 
 def plan(world_size, batch_size, accum_steps, steps_per_epoch, epochs=2):
@@ -185,9 +186,10 @@ def test_same_global_batch_on_two_processes_repeats_the_per_step_losses(moved_to
 
 def evaluate_saved(weights, args):
     """Evaluate a saved state_dict on the whole val set in this one process."""
-    from resnest_train.config import load_config
+    from resnest_train.config_loader import load_config
     from resnest_train.data import build_loaders
-    from resnest_train.engine import build_model, evaluate
+    from resnest_train.engine import build_model
+    from resnest_train.loop import evaluate
     cfg = load_config(None, args)
     loaders = build_loaders(cfg.data, batch_size=cfg.train.batch_size, device=torch.device("cpu"),
                             seed=cfg.train.seed)
@@ -263,12 +265,14 @@ def _count_syncs(rank, store, result_dir):
     import torch.distributed as tdist
     from timm.utils import ModelEmaV3
 
-    from resnest_train.config import load_config
+    from resnest_train.config_loader import load_config
     from resnest_train.data import build_loaders
     from resnest_train.distributed import DistInfo
-    from resnest_train.engine import StopRequested, TrainState, build_mixup, build_model, make_plan, train_one_epoch
+    from resnest_train.engine import build_model
+    from resnest_train.loop import StopRequested, make_plan, train_one_epoch
     from resnest_train.monitor import Monitor
     from resnest_train.optim import build_optimizer
+    from resnest_train.trainer import Trainer
 
     torch.set_num_threads(1)
     tdist.init_process_group("gloo", init_method=f"file://{store}", rank=rank, world_size=2)
@@ -279,9 +283,10 @@ def _count_syncs(rank, store, result_dir):
     plan = make_plan(cfg, 2, len(loaders.train))
     torch.manual_seed(0)
     model = build_model(cfg, loaders.num_classes)
-    state = TrainState(model=model, net=torch.nn.parallel.DistributedDataParallel(model),
-                       optimizer=build_optimizer(model, cfg.optim, lr=0.0), scaler=None,
-                       ema=ModelEmaV3(model, decay=0.9))
+    trainer = Trainer(model, build_optimizer(model, cfg.optim, lr=0.0), cfg.train, cfg.optim.clip_grad_norm, cpu,
+                      loaders.num_classes, distributed=True)
+    trainer.net = torch.nn.parallel.DistributedDataParallel(model)
+    trainer.ema = ModelEmaV3(model, decay=0.9)
     loaders.train.set_epoch(0)
     calls = collections.Counter()
 
@@ -296,8 +301,8 @@ def _count_syncs(rank, store, result_dir):
     for owner, name, fn in originals:
         setattr(owner, name, counted(name, fn))
     try:
-        train_one_epoch(state, loaders.train, plan, cfg, DistInfo(rank, rank, 2, cpu), Monitor(cfg.output, False),
-                        build_mixup(cfg, loaders.num_classes), StopRequested(), save_step=None)
+        train_one_epoch(trainer, loaders.train, plan, cfg, DistInfo(rank, rank, 2, cpu), Monitor(cfg.output, False),
+                        StopRequested())
     finally:
         for owner, name, fn in originals:
             setattr(owner, name, fn)
@@ -310,7 +315,7 @@ def _count_syncs(rank, store, result_dir):
 @pytest.mark.dist
 def test_two_process_epoch_syncs_the_host_only_at_polls(tmp_path):
     torch.multiprocessing.spawn(_count_syncs, args=(str(tmp_path / "store"), str(tmp_path)), nprocs=2)
-    from resnest_train.engine import POLL_EVERY
+    from resnest_train.loop import POLL_EVERY
     for rank in (0, 1):
         with open(tmp_path / f"rank{rank}.json") as f:
             counted = json.load(f)
