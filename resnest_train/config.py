@@ -12,6 +12,11 @@ from dataclasses import dataclass, field
 
 @dataclass
 class DropBlockConfig:
+    """``model.dropblock``: where DropBlock sits (stages, sites) and its block size and final probability.
+
+    The paper's recipe: layer3 and layer4, block 3, after bn1, the split-attention output and bn3,
+    ramped linearly to 0.1 (configs/base/recipe.yaml).
+    """
     stages: list[int] = field(default_factory=lambda: [3, 4])  # 1..4 = layer1..layer4
     sites: list[str] = field(default_factory=lambda: ["bn1", "splat", "bn3"])
     block_size: int = 3
@@ -21,6 +26,7 @@ class DropBlockConfig:
 
 @dataclass
 class ModelConfig:
+    """``model``: the named variant (``models.list_models``), its architecture overrides, the init."""
     name: str = "resnest50"
     # Architecture overrides; None keeps the named variant's value.
     radix: int | None = None
@@ -40,6 +46,7 @@ class ModelConfig:
 
 @dataclass
 class DaliConfig:
+    """``data.dali``: where DALI decodes and augments (cpu, gpu, auto = the trainer's device) and its threads."""
     device: str = "auto"  # auto | cpu | gpu
     threads: int = 4  # DALI CPU threads per process (on the CPU: that many 1-thread train pipelines)
     prefetch: int = 2
@@ -48,6 +55,7 @@ class DaliConfig:
 
 @dataclass
 class SyntheticConfig:
+    """``data.synthetic``: the size of the random data set of ``data.backend: synthetic``."""
     train_images: int = 12800
     val_images: int = 1280
     num_classes: int = 1000
@@ -55,6 +63,7 @@ class SyntheticConfig:
 
 @dataclass
 class DataConfig:
+    """``data``: the dataset, the backend, and the train/eval transforms (crop sizes in pixels)."""
     root: str = ""  # ImageNet layout: root/train/<class>/*, root/val/<class>/*
     backend: str = "auto"  # auto (dali when installed, else torchvision) | dali | torchvision | synthetic
     train_list: str = ""  # optional file list "relative/path label" (DALI file_list style)
@@ -79,6 +88,10 @@ class DataConfig:
 
 @dataclass
 class OptimConfig:
+    """``optim``: SGD with Nesterov momentum, weight decay and the warm-up + cosine LR schedule.
+
+    LRs are per 256 images (``base_lr``): the peak LR is ``base_lr x global_batch / 256`` (Goyal et al.).
+    """
     base_lr: float = 0.1  # per 256 images: peak LR = base_lr * global_batch / 256
     momentum: float = 0.9
     nesterov: bool = True
@@ -92,6 +105,7 @@ class OptimConfig:
 
 @dataclass
 class TrainConfig:
+    """``train``: epochs, batch, accumulation, the loss (label smoothing, mixup), precision and options."""
     epochs: int = 270
     batch_size: int = 128  # per process
     accum_steps: int = 1  # gradient accumulation; counts in the global batch
@@ -120,6 +134,7 @@ class TrainConfig:
 
 @dataclass
 class DistConfig:
+    """``dist``: the torch.distributed backend and DDP's settings."""
     backend: str = "auto"  # auto (nccl on GPU, gloo on CPU) | nccl | gloo
     timeout_min: int = 30
     find_unused_parameters: bool = False
@@ -128,6 +143,7 @@ class DistConfig:
 
 @dataclass
 class OutputConfig:
+    """``output``: the run directory (``rundir.RunDir``), logging, checkpoints and the progress display."""
     dir: str = "runs/default"
     log_every: int = 50  # steps between console lines / TensorBoard scalars
     save_every_epochs: int = 10  # keep a numbered checkpoint every N epochs
@@ -140,6 +156,7 @@ class OutputConfig:
 
 @dataclass
 class Config:
+    """The whole config: one section per part of the code, plus the device and what to resume from."""
     model: ModelConfig = field(default_factory=ModelConfig)
     data: DataConfig = field(default_factory=DataConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)

@@ -37,14 +37,20 @@ def load_config(path: str | None = None, overrides: typing.Sequence[str] = ()) -
 
 
 def config_to_dict(cfg: Config) -> dict:
+    """``cfg`` as nested plain dicts (what checkpoints store under ``config``)."""
     return dataclasses.asdict(cfg)
 
 
 def config_to_yaml(cfg: Config) -> str:
+    """``cfg`` as YAML text, sections in schema order (``config.yaml`` of a run, ``--print-config``)."""
     return yaml.safe_dump(config_to_dict(cfg), sort_keys=False, default_flow_style=None)
 
 
 def config_from_dict(data: dict, where: str = "a checkpoint") -> Config:
+    """A ``Config`` from nested dicts (a checkpoint's ``config``), type-checked and pre-flight checked.
+
+    Raises ConfigError naming ``where`` and the key.
+    """
     return _preflight(_build(Config, data, where=where, prefix=""))
 
 

@@ -16,6 +16,7 @@ from .errors import UserError
 
 @dataclass(frozen=True)
 class DistInfo:
+    """Where this process stands in the job: its rank, local rank (GPU index), the world size, its device."""
     rank: int
     local_rank: int
     world_size: int
@@ -23,14 +24,20 @@ class DistInfo:
 
     @property
     def is_main(self) -> bool:
+        """Rank 0: the process that writes files and prints."""
         return self.rank == 0
 
     @property
     def enabled(self) -> bool:
+        """More than one process (DDP and collectives are in use)."""
         return self.world_size > 1
 
 
 def pick_device(preference: str, local_rank: int) -> torch.device:
+    """The device of config key ``device`` (auto: this local rank's GPU when CUDA is there, else the CPU).
+
+    Raises UserError for ``cuda`` without a visible GPU.
+    """
     if preference == "cpu" or (preference == "auto" and not torch.cuda.is_available()):
         return torch.device("cpu")
     if not torch.cuda.is_available():
@@ -90,11 +97,13 @@ def all_gather_object(obj) -> list:
 
 
 def barrier() -> None:
+    """Wait for every rank (nothing with one process)."""
     if dist.is_initialized():
         dist.barrier()
 
 
 def cleanup() -> None:
+    """Leave the process group, if one was made."""
     if dist.is_initialized():
         dist.destroy_process_group()
 

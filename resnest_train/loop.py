@@ -47,6 +47,7 @@ class Plan:
 
     @property
     def total_steps(self) -> int:
+        """Optimizer steps of the whole run."""
         return self.steps_per_epoch * self.epochs
 
 

@@ -15,6 +15,7 @@ from .rundir import RunDir
 
 
 def format_seconds(seconds: float) -> str:
+    """``seconds`` as ``M:SS``, or ``H:MM:SS`` from an hour on."""
     seconds = int(max(0, seconds))
     h, rem = divmod(seconds, 3600)
     m, s = divmod(rem, 60)
@@ -22,6 +23,10 @@ def format_seconds(seconds: float) -> str:
 
 
 class Monitor:
+    """What a run reports on rank 0: progress on the console, TensorBoard, metrics.jsonl, run_state.json.
+
+    With ``enabled=False`` (the other ranks) every method does nothing.
+    """
     def __init__(self, output_cfg, enabled: bool = True):
         self.enabled = enabled
         self.dir = output_cfg.dir
@@ -82,11 +87,13 @@ class Monitor:
 
     # TensorBoard ---------------------------------------------------------------------
     def scalars(self, values: dict, step: int) -> None:
+        """TensorBoard scalars ``{tag: value}`` at global ``step``."""
         if self.writer is not None:
             for name, value in values.items():
                 self.writer.add_scalar(name, value, step)
 
     def images(self, name: str, batch: torch.Tensor, mean, std, step: int = 0, count: int = 32) -> None:
+        """A grid of the first ``count`` images of ``batch`` (``[B, 3, H, W]``, un-normalised with ``mean``/``std``)."""
         if self.writer is None:
             return
         import torchvision
@@ -96,6 +103,7 @@ class Monitor:
         self.writer.add_image(name, grid, step)
 
     def hparams(self, hparams: dict, metrics: dict) -> None:
+        """The run's hyperparameters and final metrics in TensorBoard's HParams tab."""
         if self.writer is not None:
             self.writer.add_hparams(hparams, metrics, run_name=".")
 
@@ -111,6 +119,7 @@ class Monitor:
             self.run.write_run_state(**state)
 
     def close(self) -> None:
+        """Flush and close the TensorBoard writer."""
         if self.writer is not None:
             self.writer.flush()
             self.writer.close()

@@ -47,10 +47,12 @@ def param_groups(model: nn.Module, weight_decay: float, no_decay_norm_bias: bool
 
 
 def build_optimizer(model: nn.Module, optim_cfg, lr: float) -> torch.optim.Optimizer:
+    """SGD with ``optim.momentum`` (Nesterov by default) over ``param_groups`` at learning rate ``lr``."""
     groups = param_groups(model, optim_cfg.weight_decay, optim_cfg.no_decay_norm_bias)
     return torch.optim.SGD(groups, lr=lr, momentum=optim_cfg.momentum, nesterov=optim_cfg.nesterov)
 
 
 def set_lr(optimizer: torch.optim.Optimizer, lr: float) -> None:
+    """Set the learning rate of every parameter group (the loop sets each step's, ``lr_at``)."""
     for group in optimizer.param_groups:
         group["lr"] = lr

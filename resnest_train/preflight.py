@@ -260,6 +260,7 @@ def check_types(cfg: Config) -> None:
 
 
 def check_choices(cfg: Config) -> None:
+    """Every key with a fixed set of values holds one of them; ConfigError naming the key otherwise."""
     for key, allowed in CHOICES.items():
         value = get_key(cfg, key)
         names = ", ".join(map(repr, allowed))
@@ -274,6 +275,7 @@ def check_choices(cfg: Config) -> None:
 
 
 def check_ranges(cfg: Config) -> None:
+    """Every numeric key lies in its range of ``RANGES``; ConfigError naming the key and the reason otherwise."""
     for key, valid in RANGES.items():
         value = get_key(cfg, key)
         if value is None or valid.holds(value):

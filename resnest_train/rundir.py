@@ -84,30 +84,37 @@ class RunDir:
     # paths ---------------------------------------------------------------------------
     @property
     def config(self) -> str:
+        """``config.yaml``: the resolved config."""
         return os.path.join(self.root, CONFIG)
 
     @property
     def metrics(self) -> str:
+        """``metrics.jsonl``: one JSON line per epoch."""
         return os.path.join(self.root, METRICS)
 
     @property
     def run_state(self) -> str:
+        """``run_state.json``: the run's state for sweeps and schedulers."""
         return os.path.join(self.root, RUN_STATE)
 
     @property
     def tensorboard(self) -> str:
+        """``tb/``: the TensorBoard event files."""
         return os.path.join(self.root, TENSORBOARD)
 
     @property
     def checkpoints(self) -> str:
+        """``checkpoints/``."""
         return os.path.join(self.root, CHECKPOINTS)
 
     @property
     def last_checkpoint(self) -> str:
+        """``checkpoints/last.pth``: the resume point."""
         return os.path.join(self.checkpoints, "last.pth")
 
     @property
     def best_checkpoint(self) -> str:
+        """``checkpoints/best.pth``: the best val top-1 so far."""
         return os.path.join(self.checkpoints, "best.pth")
 
     def epoch_checkpoint(self, epoch: int) -> str:

@@ -82,15 +82,18 @@ class RunningLoss:
         self.reset()
 
     def reset(self, total_sum: float = 0.0, total_count: int = 0) -> None:
+        """Start over at (``total_sum``, ``total_count``), the totals over every rank."""
         self.total_sum, self.total_count = float(total_sum), int(total_count)
         self.local_sum = torch.zeros((), device=self.device, dtype=torch.float64)  # this rank's, since the last sync
         self.local_count = 0
 
     def add(self, loss: torch.Tensor) -> None:
+        """Add one micro-batch's loss (0-dim tensor on the device)."""
         self.local_sum += loss.detach()
         self.local_count += 1
 
     def sync(self) -> None:
+        """Fold every rank's part into the totals: one all-reduce. Collective."""
         t = torch.stack([self.local_sum, torch.full((), float(self.local_count), device=self.device,
                                                     dtype=torch.float64)])
         total, n = all_reduce_sum(t).tolist()

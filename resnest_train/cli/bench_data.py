@@ -113,6 +113,7 @@ class _Reference:
 
 
 def build(root, backend, args, autoaugment):
+    """The loaders of one backend for the benchmark (``data.backend`` name, or ``torchvision-reference``)."""
     import torch
     if backend == "torchvision-reference":
         return _Reference(root, args, autoaugment)
@@ -172,6 +173,7 @@ def measure_all(root, backends, args, autoaugment):
 
 
 def add_arguments(p):
+    """Add this benchmark's options to ``p`` (an argparse parser)."""
     p.add_argument("--root", help="dataset in ImageNet layout (default: generate JPEGs into a temp folder)")
     p.add_argument("--images", type=int, default=2560, help="train files to generate without --root")
     p.add_argument("--unique", type=int, default=640, help="of which distinct images (the rest are hard links)")
@@ -188,6 +190,7 @@ def add_arguments(p):
 
 
 def run(args):
+    """Measure every backend with AutoAugment off and/or on; returns the result dict printed as JSON."""
     import logging
     import warnings
     warnings.simplefilter("ignore", DeprecationWarning)
@@ -238,6 +241,7 @@ def run(args):
 
 
 def main(argv=None):
+    """Run the command line ``argv`` (default ``sys.argv[1:]``): print the results as JSON; returns 0."""
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_arguments(p)
     p.add_argument("--json", help="also write the results here")

@@ -44,6 +44,7 @@ MODEL_ROWS = [
 
 
 def build_model(source: str, name: str) -> torch.nn.Module:
+    """A 1000-class model named ``name``: ours (``source="ours"``, ``create_model``) or timm's."""
     if source == "ours":
         return create_model(name, num_classes=1000)
     import timm
@@ -86,6 +87,7 @@ def time_training(model, batch: int, img_size: int, amp: str, channels_last: boo
 
 
 def model_rows(args) -> list[dict]:
+    """Training images/s of each model row (precision x layout x mode), median of ``--repeats``."""
     rows = []
     for label, source, name, amp, cl, compiled, sync in MODEL_ROWS:
         torch.manual_seed(0)
@@ -192,6 +194,7 @@ def save_row(args) -> list[dict]:
 
 
 def markdown(rows: list[dict]) -> str:
+    """The rows as the markdown table of docs/benchmarks.md, one section per kind of row."""
     lines = ["| model | source | amp | layout | mode | per-step sync | images/s | peak GiB |",
              "|---|---|---|---|---|---|---|---|"]
     for r in rows:
@@ -212,6 +215,7 @@ def markdown(rows: list[dict]) -> str:
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
+    """Add this benchmark's options to ``p`` (an argparse parser)."""
     p.add_argument("--batch", type=int, default=128, help="per-GPU batch (the recipe's)")
     p.add_argument("--img-size", type=int, default=224)
     p.add_argument("--steps", type=int, default=20, help="timed steps per repeat")
@@ -226,6 +230,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def main(argv=None) -> int:
+    """Run the command line ``argv`` (default ``sys.argv[1:]``); 2 without a CUDA GPU, else 0."""
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_arguments(p)
     args = p.parse_args(argv)

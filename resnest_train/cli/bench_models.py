@@ -32,6 +32,7 @@ TIMM_NAMES = {
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """Add this benchmark's options to ``parser`` (an argparse parser)."""
     parser.add_argument("--model", default="resnest50", choices=sorted(TIMM_NAMES),
                         help="our model name; compared with timm's equivalent")
     parser.add_argument("--batch", type=int, default=8)
@@ -83,6 +84,7 @@ def _time(step: Callable[[], None], steps: int, warmup: int, device: torch.devic
 
 
 def run(args: argparse.Namespace) -> dict:
+    """Time ours against timm's model on the same weights and input; returns images/s per mode (medians)."""
     import timm
 
     if args.threads:
@@ -126,6 +128,7 @@ def run(args: argparse.Namespace) -> dict:
 
 
 def format_result(result: dict) -> str:
+    """The result of ``run`` as a few lines of text: images/s of ours and timm's and their ratio."""
     lines = [f"{result['model']} vs timm {result['timm_model']} | device {result['device']} | "
              f"threads {result['threads']} | batch {result['batch']} | {result['img_size']}px | "
              f"channels_last {result['channels_last']} | {result['timer']} time | "

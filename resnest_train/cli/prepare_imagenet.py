@@ -50,6 +50,7 @@ def read_meta_mat(path):
 
 
 def prepare(args):
+    """Sort the flat val folder into class folders (``--val-dir``, ``--labels``); returns 0."""
     from resnest_train.data import official_val
     synsets = args.synsets
     if synsets.endswith(".mat"):
@@ -75,6 +76,7 @@ def prepare(args):
 
 
 def check(args):
+    """Check a dataset (``--check ROOT``) and print the report; returns 1 when problems were found, else 0."""
     from resnest_train.data import resolve_backend, scan
     backend = resolve_backend(args.backend)
     report = scan.check_dataset(args.check, workers=args.workers, full=not args.quick,
@@ -97,6 +99,7 @@ def check(args):
 
 
 def main(argv=None):
+    """Run the command line ``argv`` (default ``sys.argv[1:]``); returns the exit status (2 for a user error)."""
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--val-dir", help="the flat official val/ folder")
     p.add_argument("--labels", help="LOC_val_solution.csv or ILSVRC2012_validation_ground_truth.txt")

@@ -63,6 +63,7 @@ BACKENDS = ("auto", "dali", "torchvision", "synthetic")
 
 
 def dali_available() -> bool:
+    """Whether ``nvidia.dali`` imports here (a broken install counts as absent)."""
     if importlib.util.find_spec("nvidia") is None or importlib.util.find_spec("nvidia.dali") is None:
         return False
     try:
@@ -73,6 +74,10 @@ def dali_available() -> bool:
 
 
 def resolve_backend(name: str) -> str:
+    """``data.backend`` resolved: auto -> dali when installed, else torchvision.
+
+    Raises DataError for an unknown name or for dali when DALI is not installed.
+    """
     if name not in BACKENDS:
         raise DataError(f"data.backend={name!r} is not one of {', '.join(BACKENDS)}.")
     if name == "auto":

@@ -86,7 +86,8 @@ class TrainLoader(ValLoader, Protocol):
     ``ValLoader`` with every batch full.
     """
 
-    def set_epoch(self, epoch: int, start_step: int = 0) -> None: ...
+    def set_epoch(self, epoch: int, start_step: int = 0) -> None:
+        """Stand at optimizer-step batch ``start_step`` (0 ... ``len()``) of ``epoch`` (0-based)."""
 
 
 @dataclass
@@ -102,6 +103,7 @@ class Loaders:
 
     @property
     def num_classes(self) -> int:
+        """The number of classes (the classifier's outputs)."""
         return len(self.classes)
 
     @property
@@ -111,10 +113,12 @@ class Loaders:
 
 
 def train_steps(n: int, batch_size: int, world_size: int) -> int:
+    """Full batches per rank per epoch: ``n // (batch_size * world_size)`` (the remainder is dropped)."""
     return n // (batch_size * world_size)
 
 
 def check_enough(n: int, batch_size: int, world_size: int, what: str) -> int:
+    """``train_steps``, or DataError naming ``what`` when not one global batch fits in ``n`` images."""
     steps = train_steps(n, batch_size, world_size)
     if steps < 1:
         raise DataError(
@@ -174,6 +178,7 @@ def eval_sizes(train_crop: int, eval_crop: int | None, eval_ratio: float) -> tup
 
 
 def fingerprint(items: Iterable[str]) -> str:
+    """A SHA-1 hex digest of ``items`` (names that are not UTF-8 included as their bytes)."""
     h = hashlib.sha1()
     for item in items:
         h.update(item.encode("utf-8", "surrogateescape"))

@@ -177,6 +177,9 @@ def torchvision_imagenet_policy(device: str = "cpu"):
 @pipeline_def(enable_conditionals=True)
 def train_pipeline(file_list, file_root, device, crop, area, ratio, hflip, autoaugment, aa_interp, jitter,
                    lighting, mean, std, layout, hw_decoder_load):
+    """The DALI training graph: read, decode the random crop's region, resize, flip, AutoAugment,
+    colour jitter and lighting, normalise; outputs float images (``layout``) and the labels.
+    """
     jpegs, labels = fn.readers.file(file_list=file_list, file_root=file_root, random_shuffle=False,
                                     name="Reader")
     decoder_args = {"hw_decoder_load": hw_decoder_load} if device == "gpu" else {}
@@ -209,6 +212,9 @@ def train_pipeline(file_list, file_root, device, crop, area, ratio, hflip, autoa
 
 @pipeline_def
 def val_pipeline(file_list, file_root, device, short, crop, mean, std, layout, hw_decoder_load):
+    """The DALI evaluation graph: read in order, decode, resize the short side to ``short``, centre
+    crop ``crop``, normalise; as torchvision's ``Resize`` + ``CenterCrop`` (tests/test_data_loaders.py).
+    """
     jpegs, labels = fn.readers.file(file_list=file_list, file_root=file_root, random_shuffle=False,
                                     pad_last_batch=True, name="Reader")
     decoder_args = {"hw_decoder_load": hw_decoder_load} if device == "gpu" else {}
@@ -441,6 +447,9 @@ class DaliTrainLoader(_Base):
         return self.steps
 
     def set_epoch(self, epoch: int, start_step: int = 0) -> None:
+        """Stand at batch ``start_step`` of ``epoch``: the epoch's pipelines are rebuilt from its seed and
+        the batches before ``start_step`` are run and dropped (DALI cannot seek).
+        """
         self.epoch, self.start_step = int(epoch), check_start_step(start_step, self.steps)
 
     def build_pipelines(self, epoch: int):
@@ -500,6 +509,7 @@ class DaliTrainLoader(_Base):
 
 
 class DaliValLoader(_Base):
+    """This rank's validation shard through DALI (``common.ValLoader``): in order, the last batch partial."""
     def __init__(self, cfg, split, batch_size, rank, world_size, device, dali_device, channels_last, tmpdir):
         super().__init__(cfg, split, batch_size, device, dali_device, channels_last, tmpdir)
         self.start, self.end = val_shard(len(split), rank, world_size)

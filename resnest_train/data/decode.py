@@ -13,6 +13,7 @@ import numpy as np
 
 
 def sniff(head: bytes) -> str | None:
+    """The image format named by a file's first bytes (jpeg, png, bmp, webp, tiff, pnm, gif), or None."""
     if head[:3] == b"\xff\xd8\xff":
         return "jpeg"
     if head[:8] == b"\x89PNG\r\n\x1a\n":

@@ -43,6 +43,7 @@ DESIGNED = [
 
 
 def class_table(n: int) -> list[tuple[str, str, str]]:
+    """The first ``n`` (shape, texture, colour) classes of the demo set: the designed ones first, in a fixed order."""
     table = list(DESIGNED)
     for colour in COLOURS:
         for shape in SHAPES:
@@ -55,6 +56,7 @@ def class_table(n: int) -> list[tuple[str, str, str]]:
 
 
 def class_name(i: int, spec) -> str:
+    """The folder name of class ``i`` with ``spec`` = (shape, texture, colour): ``07_red_disc_stripes``."""
     shape, texture, colour = spec
     return f"{i:02d}_{colour}_{shape}_{texture}"
 
@@ -171,6 +173,7 @@ def _params(classes, train_per_class, val_per_class, size, seed):
 
 
 def is_complete(out_dir: str, params: dict) -> bool:
+    """Whether ``out_dir`` already holds the demo set made with ``params`` (its marker file says so)."""
     try:
         with open(os.path.join(out_dir, MARKER)) as f:
             return json.load(f).get("params") == params
@@ -221,6 +224,7 @@ def make_demo_dataset(out_dir: str, classes: int = 10, train_per_class: int = 20
 
 
 def main(argv=None) -> int:
+    """Run the command line ``argv`` (default ``sys.argv[1:]``): make the demo set; returns 0."""
     p = argparse.ArgumentParser(prog="python -m resnest_train.data.demo", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--out", default="data/demo", help="output folder (default: data/demo)")

@@ -37,9 +37,11 @@ class Split:
         return len(self.files)
 
     def path(self, i: int) -> str:
+        """The path of file ``i``."""
         return os.path.join(self.base, self.files[i])
 
     def subset(self, keep: np.ndarray) -> Split:
+        """The split with only the files at the indices ``keep`` (int64)."""
         return Split(self.name, self.base, [self.files[i] for i in keep], self.labels[keep], self.source)
 
 
@@ -54,25 +56,33 @@ def open_text(path: str):
 
 
 def is_image_name(name: str) -> bool:
+    """Whether ``name`` is an image file name this layout reads (not hidden, a known extension)."""
     return not name.startswith(".") and name.lower().endswith(IMG_EXTENSIONS)
 
 
 def list_classes(split_dir: str) -> list[str]:
+    """The class folders of a split folder, sorted (hidden folders ignored)."""
     with os.scandir(split_dir) as it:
         return sorted(e.name for e in it if e.is_dir() and not e.name.startswith("."))
 
 
 def list_images(folder: str) -> list[str]:
+    """The image files directly in ``folder``, sorted."""
     with os.scandir(folder) as it:
         return sorted(e.name for e in it if is_image_name(e.name) and e.is_file())
 
 
 def name_list(items: Sequence[str], limit: int = 8) -> str:
+    """The first ``limit`` of ``items`` joined with commas, and how many more there are."""
     shown = ", ".join(items[:limit])
     return shown + (f" and {len(items) - limit} more" if len(items) > limit else "")
 
 
 def scan_split(split_dir: str, name: str, classes: list[str]) -> Split:
+    """The ``Split`` of a folder with one sub-folder per class in ``classes`` (labels = their indices).
+
+    Raises DataError when a class folder holds no images.
+    """
     files, labels, empty = [], [], []
     for label, cls in enumerate(classes):
         images = list_images(os.path.join(split_dir, cls))

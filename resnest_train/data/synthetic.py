@@ -30,6 +30,7 @@ class _Pool:
 
 
 class SyntheticTrain:
+    """Random training batches (``common.TrainLoader``): a pure function of (seed, epoch, rank, step)."""
     def __init__(self, cfg, batch_size, rank, world_size, device, seed, channels_last):
         n = int(cfg.synthetic.train_images)
         check_enough(n, batch_size, world_size, "data.synthetic.train_images")
@@ -44,6 +45,7 @@ class SyntheticTrain:
         return self.steps
 
     def set_epoch(self, epoch: int, start_step: int = 0) -> None:
+        """Stand at batch ``start_step`` of ``epoch`` (0-based)."""
         self.epoch, self.start_step = int(epoch), check_start_step(start_step, self.steps)
 
     def __iter__(self):
@@ -56,6 +58,7 @@ class SyntheticTrain:
 
 
 class SyntheticVal:
+    """This rank's shard of the random validation set (``common.ValLoader``)."""
     def __init__(self, cfg, batch_size, rank, world_size, device, channels_last):
         n = int(cfg.synthetic.val_images)
         self.start, self.end = val_shard(n, rank, world_size)

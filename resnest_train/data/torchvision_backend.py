@@ -58,6 +58,9 @@ def _unreadable_message(path: str, reason: str) -> str:
 
 
 def train_transform(cfg):
+    """The PIL training transforms: RandomResizedCrop, flip, AutoAugment (torchvision's ImageNet policy),
+    colour jitter; the result stays uint8 HWC (normalised later, on the device).
+    """
     import torchvision.transforms as T
     ops = [T.RandomResizedCrop(cfg.train_crop, scale=tuple(cfg.rrc_scale), ratio=tuple(cfg.rrc_ratio),
                                interpolation=T.InterpolationMode.BILINEAR, antialias=True)]
@@ -102,6 +105,7 @@ class EvalResizeCrop:
 
 
 def eval_transform(cfg):
+    """The PIL evaluation transform: resize the short side to ``eval_crop / eval_ratio``, centre crop."""
     short, crop = eval_sizes(cfg.train_crop, cfg.eval_crop, cfg.eval_ratio)
     return EvalResizeCrop(short, crop)
 
@@ -111,6 +115,7 @@ def _to_hwc(img) -> torch.Tensor:
 
 
 class TrainSet(Dataset):
+    """The training images of a split, each transformed with a seed from (seed, epoch, index)."""
     def __init__(self, split: Split, cfg, seed: int, skip_bad: bool):
         self.split, self.seed, self.skip_bad = split, int(seed), skip_bad
         self.transform = train_transform(cfg)
@@ -151,6 +156,7 @@ class TrainSet(Dataset):
 
 
 class EvalSet(Dataset):
+    """This rank's shard ``[start, end)`` of the validation images, transformed for evaluation."""
     def __init__(self, split: Split, cfg, start: int, end: int):
         self.split, self.start, self.end = split, start, end
         self.transform = eval_transform(cfg)
@@ -169,6 +175,9 @@ class EvalSet(Dataset):
 
 
 def collate(batch):
+    """Stack samples into (uint8 images ``[B, H, W, 3]``, int64 labels, lighting offsets, skipped paths),
+    or pass on the first unreadable file (``_Bad``).
+    """
     bad = [b for b in batch if isinstance(b, _Bad)]
     if bad:
         return bad[0]
@@ -242,6 +251,7 @@ class TrainLoader(_Loader):
         self.sampler = sampler
 
     def set_epoch(self, epoch: int, start_step: int = 0) -> None:
+        """Stand at batch ``start_step`` of ``epoch`` (0-based): the sampler skips the batches before it."""
         self.sampler.epoch, self.sampler.start_step = int(epoch), check_start_step(start_step, self.sampler.steps)
 
 

@@ -29,6 +29,7 @@ def model_rows(names: list[str], img_size: int | None = None) -> list[dict]:
 
 
 def format_table(rows: list[dict], img_size: int | None = None) -> str:
+    """The rows as the markdown table of README's model section (params in M, GMACs)."""
     at = f"at {img_size}px" if img_size else "at each model's default crop"
     head = ["model", "layers", "radix", "card.", "width", "params (M)", f"GMACs ({at})", "crop"]
     body = [[r["name"], "-".join(map(str, r["layers"])), str(r["radix"]), str(r["cardinality"]),
@@ -40,6 +41,7 @@ def format_table(rows: list[dict], img_size: int | None = None) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Run the command line ``argv`` (default ``sys.argv[1:]``); returns 0, or 2 for an unknown model."""
     parser = argparse.ArgumentParser(prog="python -m resnest_train.models",
                                      description="Parameters and multiply-adds of the model zoo.")
     parser.add_argument("--model", help=f"one of: {', '.join(list_models())} (default: all)")

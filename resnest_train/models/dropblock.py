@@ -39,6 +39,7 @@ class DropBlock(nn.Module):
         self.active = prob > 0
 
     def set_prob(self, prob: float) -> None:
+        """Set the drop probability (the loop ramps it per epoch, ``dropblock_prob``)."""
         self.drop_prob.fill_(float(prob))
         self.active = prob > 0
 
@@ -64,6 +65,7 @@ class DropBlock(nn.Module):
         return keep * (keep.sum().clamp(min=1.0).reciprocal() * keep.numel())
 
     def extra_repr(self) -> str:
+        """``drop_prob`` and ``block_size`` for ``print(model)``."""
         return f"prob={float(self.drop_prob):.4f}, block_size={self.block_size}"
 
 

@@ -226,6 +226,7 @@ class ResNeSt(nn.Module):
                     nn.init.zeros_(m.bn3.weight)
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        """The stem and the four stages: images ``[B, 3, H, W]`` -> features ``[B, 2048, H/32, W/32]``."""
         x = self.maxpool(self.act1(self.bn1(self.conv1(x))))
         x = self.layer1(x)
         x = self.layer2(x)
@@ -233,6 +234,7 @@ class ResNeSt(nn.Module):
         return self.layer4(x)
 
     def forward_head(self, x: torch.Tensor) -> torch.Tensor:
+        """Global average pool, dropout (``final_drop``) and the classifier: features -> logits ``[B, classes]``."""
         return self.fc(self.drop(torch.flatten(self.global_pool(x), 1)))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

@@ -30,6 +30,7 @@ class SweepError(UserError):
 
 @dataclass(frozen=True)
 class Run:
+    """One run of a sweep: its name, output folder, overrides (dotted key -> value) and the values that vary."""
     name: str
     output_dir: str
     overrides: dict  # dotted key -> value, as passed to train.py (output.dir last)
@@ -38,6 +39,7 @@ class Run:
 
 @dataclass
 class Sweep:
+    """A planned sweep: its name, file, base config, root folder, launch.sh options and runs."""
     name: str
     file: str
     config: str  # the base config path, as a command line would write it
@@ -222,6 +224,7 @@ def override_args(run: Run) -> list[str]:
 
 
 def launch_flags(launch: dict) -> list[str]:
+    """The sweep's ``launch:`` mapping as launch.sh flags (``nproc: 8`` -> ``--nproc 8``)."""
     return [arg for k, v in launch.items() for arg in (f"--{k.replace('_', '-')}", str(v))]
 
 

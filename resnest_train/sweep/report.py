@@ -21,6 +21,7 @@ STATUS_FILE = "sweep_status.json"  # the sweep's own record: each run's last lau
 
 
 def read_status(root: str) -> dict:
+    """``sweep_status.json`` of the sweep root: {run name: {exit_code, seconds, ended}}."""
     return (read_json(os.path.join(root, STATUS_FILE)) or {}).get("runs", {})
 
 
@@ -97,6 +98,7 @@ def _fmt(value: Any, digits: int) -> str:
 
 
 def markdown(sweep: Sweep, rows: list[dict]) -> str:
+    """summary.md: the sweep's runs with their varying values, state, epochs, best top-1 (%), loss, images/s."""
     counts = {s: sum(r["state"] == s for r in rows) for s in STATES}
     head = ["run", *sweep.varying_keys, "state", "epochs", "best val top-1 (%)", "final train loss", "images/s"]
     lines = [
