@@ -9,6 +9,10 @@ from __future__ import annotations
 
 import os
 import re
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
 
 import torch
 
@@ -19,6 +23,84 @@ from .rundir import RunDir, atomic_write
 def atomic_save(obj: dict, path: str) -> None:
     """``torch.save(obj)`` to ``path`` through ``rundir.atomic_write``: the old file or the new, never half."""
     atomic_write(path, lambda f: torch.save(obj, f))
+
+
+def host_copy(obj):
+    """`obj` with every tensor copied to the CPU: a new tensor even for one already there, so the
+    training step that goes on cannot change what a background writer is saving. Containers are
+    rebuilt (dict, list, tuple); other values are shared, being immutable or not touched by training."""
+    if isinstance(obj, torch.Tensor):
+        return obj.detach().to("cpu", copy=True)
+    if isinstance(obj, dict):
+        return {k: host_copy(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return type(obj)(host_copy(v) for v in obj)
+    return obj
+
+
+@dataclass
+class SaveReport:
+    """A finished background save: its files, their total size in bytes, and the seconds it took."""
+    paths: list
+    bytes: int
+    seconds: float
+    step: int
+
+
+class AsyncSaver:
+    """Writes checkpoints in one background thread, one save at a time, each file atomically.
+
+    `save(obj, writes, step)` copies `obj` to host memory first (`host_copy`), in the caller's
+    thread, then returns while a thread runs `writes(obj)`, a function that writes the files
+    (with `atomic_save`, `save_periodic`) and returns their paths. A second `save` first waits
+    for the previous one, and so does `wait`: call it before exiting, so the newest checkpoint
+    is complete on disk. A write that fails raises UserError in the caller's thread at the
+    next `save`, `wait` or `done` (the file it was replacing is intact: atomic_save).
+    """
+
+    def __init__(self):
+        self._thread: threading.Thread | None = None
+        self._result = None  # a SaveReport, or the exception the writer raised
+        self._reports: list = []
+
+    def save(self, obj: dict, writes: Callable[[dict], list], step: int) -> None:
+        self.wait()
+        copy = host_copy(obj)
+        self._thread = threading.Thread(target=self._write, args=(copy, writes, step), name="checkpoint-writer",
+                                        daemon=False)
+        self._thread.start()
+
+    def _write(self, obj, writes, step):
+        t0 = time.perf_counter()
+        try:
+            paths = writes(obj)
+            size = sum(os.path.getsize(p) for p in paths if os.path.exists(p))  # keep_last=0 removes its file
+            self._result = SaveReport(paths=paths, bytes=size, seconds=time.perf_counter() - t0, step=step)
+        except BaseException as e:  # noqa: BLE001 - handed to the main thread by wait()
+            self._result = e
+
+    def wait(self) -> None:
+        """Block until the save in flight (if any) is on disk; raise UserError if it failed."""
+        if self._thread is not None:
+            self._thread.join()
+            self._thread = None
+            self._collect()
+
+    def done(self) -> list:
+        """The reports of saves finished since the last call, without blocking (UserError if one failed)."""
+        if self._thread is not None and not self._thread.is_alive():
+            self.wait()
+        reports, self._reports = self._reports, []
+        return reports
+
+    def _collect(self):
+        result, self._result = self._result, None
+        if isinstance(result, BaseException):
+            raise UserError(f"Writing a checkpoint failed ({exception_text(result)}); training stopped, and "
+                            "the checkpoint files it was replacing are intact. Free disk space or fix the "
+                            "permissions of output.dir/checkpoints, then run the same command to resume.") from result
+        if result is not None:
+            self._reports.append(result)
 
 
 # What a checkpoint written by `loop.checkpoint_state` holds besides the EMA, scaler and best top-1.
@@ -82,13 +164,15 @@ def load_training_state(path: str, map_location="cpu") -> dict:
     return saved
 
 
-def save_periodic(state: dict, output_dir: str, epoch: int, keep_last: int) -> None:
-    """Keep epoch_NNNN.pth (1-based epochs done) and delete all but the newest `keep_last`."""
+def save_periodic(state: dict, output_dir: str, epoch: int, keep_last: int) -> str:
+    """Keep epoch_NNNN.pth (1-based epochs done) and delete all but the newest `keep_last`; returns its path."""
     run = RunDir(output_dir)
-    atomic_save(state, run.epoch_checkpoint(epoch))
+    path = run.epoch_checkpoint(epoch)
+    atomic_save(state, path)
     numbered = run.epoch_checkpoints()
     for old in numbered[:-keep_last] if keep_last > 0 else numbered:
         os.remove(old)
+    return path
 
 
 def resume_candidates(output_dir: str) -> list[str]:

@@ -21,7 +21,8 @@ from . import checkpoint
 from .config import Config
 from .config_loader import config_to_dict
 from .data import Loaders, TrainLoader, ValLoader
-from .distributed import DistInfo, all_reduce_sum, average_bn_stats, barrier, state_checksums
+from .distributed import DistInfo, all_reduce_sum, average_bn_stats, state_checksums
+from .errors import UserError
 from .models import dropblock_prob, set_dropblock_prob
 from .monitor import Monitor, hparam_values
 from .optim import lr_at, peak_lr, set_lr
@@ -149,23 +150,53 @@ def checkpoint_state(trainer: Trainer, cfg: Config, plan: Plan) -> dict:
     return dict(trainer.state_dict(), config=config_to_dict(cfg), plan=asdict(plan))
 
 
-def save_last(trainer: Trainer, cfg: Config, plan: Plan, dist: DistInfo) -> None:
-    """Mid-epoch: the running loss synced over the ranks, then rank 0 writes last.pth. Collective."""
+def save_last(trainer: Trainer, cfg: Config, plan: Plan, dist: DistInfo, saver: checkpoint.AsyncSaver,
+              monitor: Monitor) -> None:
+    """Mid-epoch: the running loss synced over the ranks (collective), then rank 0 hands last.pth to
+    the background writer; the other ranks go on without waiting for it."""
     trainer.running_loss.sync()
     if dist.is_main:
-        checkpoint.atomic_save(checkpoint_state(trainer, cfg, plan), RunDir(cfg.output.dir).last_checkpoint)
-    barrier()
+        saver.save(checkpoint_state(trainer, cfg, plan), lambda obj: _write_last(obj, cfg.output.dir), trainer.step)
+        report_saves(saver, monitor)
 
 
-def save_epoch(trainer: Trainer, cfg: Config, plan: Plan, is_best: bool) -> None:
-    """After an epoch (rank 0): last.pth, best.pth when the val top-1 is the best, epoch_NNNN.pth periodically."""
-    out, run = cfg.output, RunDir(cfg.output.dir)
-    saved = checkpoint_state(trainer, cfg, plan)
-    checkpoint.atomic_save(saved, run.last_checkpoint)
+def save_epoch(trainer: Trainer, cfg: Config, plan: Plan, is_best: bool, saver: checkpoint.AsyncSaver) -> None:
+    """After an epoch (rank 0): last.pth, best.pth when the val top-1 is the best, epoch_NNNN.pth
+    every ``output.save_every_epochs``, written by the background writer."""
+    out = cfg.output
+    periodic = bool(out.save_every_epochs) and trainer.epoch % out.save_every_epochs == 0
+    saver.save(checkpoint_state(trainer, cfg, plan),
+               lambda obj, e=trainer.epoch: _write_epoch_end(obj, out, e, is_best, periodic), trainer.step)
+
+
+def _write_last(saved: dict, output_dir: str) -> list:
+    path = RunDir(output_dir).last_checkpoint
+    checkpoint.atomic_save(saved, path)
+    return [path]
+
+
+def _write_epoch_end(saved: dict, out, epoch: int, is_best: bool, periodic: bool) -> list:
+    """last.pth, best.pth when `is_best`, epoch_NNNN.pth when `periodic`; returns the paths written."""
+    paths = _write_last(saved, out.dir)
     if is_best:
-        checkpoint.atomic_save(saved, run.best_checkpoint)
-    if out.save_every_epochs and trainer.epoch % out.save_every_epochs == 0:
-        checkpoint.save_periodic(saved, out.dir, trainer.epoch, out.keep_last)
+        paths.append(RunDir(out.dir).best_checkpoint)
+        checkpoint.atomic_save(saved, paths[-1])
+    if periodic:
+        paths.append(checkpoint.save_periodic(saved, out.dir, epoch, out.keep_last))
+    return paths
+
+
+def report_saves(saver: checkpoint.AsyncSaver, monitor: Monitor) -> checkpoint.SaveReport | None:
+    """Print and log (TensorBoard checkpoint/save_s, checkpoint/size_mb) each finished background
+    save; returns the newest one (None when none finished since the last call)."""
+    report = None
+    for report in saver.done():
+        names = ", ".join(os.path.basename(p) for p in report.paths)
+        monitor.print(f"checkpoint {names} written at step {report.step}: {report.bytes / 1e6:.1f} MB in "
+                      f"{report.seconds:.2f} s")
+        monitor.scalars({"checkpoint/save_s": report.seconds, "checkpoint/size_mb": report.bytes / 1e6},
+                        report.step)
+    return report
 
 
 # --------------------------------------------------------------------------------------
@@ -173,8 +204,9 @@ def save_epoch(trainer: Trainer, cfg: Config, plan: Plan, is_best: bool) -> None
 # --------------------------------------------------------------------------------------
 
 def train_one_epoch(trainer: Trainer, loader: TrainLoader, plan: Plan, cfg: Config, dist: DistInfo,
-                    monitor: Monitor, stop: StopRequested) -> bool:
-    """Train until the epoch ends; returns False if a stop was requested (last.pth is then saved).
+                    monitor: Monitor, stop: StopRequested, saver: checkpoint.AsyncSaver) -> bool:
+    """Train until the epoch ends; returns False if a stop was requested (last.pth is then handed to
+    ``saver``, the background writer).
 
     ``loader`` stands at ``trainer.step_in_epoch`` (``set_epoch`` was called). Polls (see
     StopRequested) log, save every ``output.save_every_steps`` steps, and stop. Raises Diverged,
@@ -229,7 +261,7 @@ def train_one_epoch(trainer: Trainer, loader: TrainLoader, plan: Plan, cfg: Conf
                              poll.loss, lr, ips, eta)
             window_n, window_start, data_time = 0, time.perf_counter(), 0.0
         if (poll.stop or periodic) and mid_epoch:
-            save_last(trainer, cfg, plan, dist)
+            save_last(trainer, cfg, plan, dist, saver, monitor)
         if poll.stop and mid_epoch:  # at the epoch's last step, fit saves and stops after the epoch
             return False
     monitor.end_bar()
@@ -238,27 +270,36 @@ def train_one_epoch(trainer: Trainer, loader: TrainLoader, plan: Plan, cfg: Conf
 
 
 @torch.no_grad()
-def evaluate(model: nn.Module, loader: ValLoader, device: torch.device, amp: str) -> dict:
+def evaluate(models: nn.Module | list[nn.Module], loader: ValLoader, device: torch.device, amp: str):
     """Loss and top-1/top-5 over this rank's shard, summed over ranks: each image counted once.
 
-    Returns {"loss": mean cross-entropy, "top1", "top5": accuracy in percent, "images": count}
-    over the whole val set (the shards of every rank). Collective under torchrun.
+    `models`: one module, or a list of them (the model and its EMA) evaluated on the same
+    batches in one pass over `loader`, so the validation set is decoded once. Returns one dict
+    {"loss": mean cross-entropy, "top1", "top5": accuracy in percent, "images": count} over the
+    whole val set (the shards of every rank), or a list of them in the order of `models`.
+    Collective under torchrun.
     """
-    model.eval()
-    sums = torch.zeros(4, device=device, dtype=torch.float64)  # loss, top1, top5, images
+    several = isinstance(models, (list, tuple))
+    models = list(models) if several else [models]
+    for model in models:
+        model.eval()
+    sums = torch.zeros(len(models), 4, device=device, dtype=torch.float64)  # loss, top1, top5, images
     for images, labels in loader:
-        with autocast(amp, device):
-            logits = model(images)
-        logits = logits.float()
-        sums[0] += F.cross_entropy(logits, labels, reduction="sum")
-        top5 = logits.topk(min(5, logits.shape[1]), dim=1).indices
-        hits = top5.eq(labels[:, None])
-        sums[1] += hits[:, 0].sum()
-        sums[2] += hits.any(dim=1).sum()
-        sums[3] += len(labels)
-    loss, top1, top5, images = all_reduce_sum(sums).tolist()
-    n = max(images, 1.0)
-    return {"loss": loss / n, "top1": 100.0 * top1 / n, "top5": 100.0 * top5 / n, "images": int(images)}
+        for model, row in zip(models, sums):
+            with autocast(amp, device):
+                logits = model(images)
+            logits = logits.float()
+            row[0] += F.cross_entropy(logits, labels, reduction="sum")
+            top5 = logits.topk(min(5, logits.shape[1]), dim=1).indices
+            hits = top5.eq(labels[:, None])
+            row[1] += hits[:, 0].sum()
+            row[2] += hits.any(dim=1).sum()
+            row[3] += len(labels)
+    results = []
+    for loss, top1, top5, images in all_reduce_sum(sums).tolist():
+        n = max(images, 1.0)
+        results.append({"loss": loss / n, "top1": 100.0 * top1 / n, "top5": 100.0 * top5 / n, "images": int(images)})
+    return results if several else results[0]
 
 
 # --------------------------------------------------------------------------------------
@@ -272,17 +313,39 @@ def fit(trainer: Trainer, loaders: Loaders, plan: Plan, cfg: Config, dist: DistI
     0 when finished, PREEMPTED_EXIT_CODE (143) after a stop signal (last.pth saved),
     DIVERGED_EXIT_CODE (3) after a NaN or infinite loss (nothing saved after the last good
     checkpoint). Every epoch appends to metrics.jsonl, writes TensorBoard scalars and saves.
+    Checkpoints are written by rank 0 in the background (``checkpoint.AsyncSaver``); every return
+    waits until the newest one is on disk.
     """
+    saver = checkpoint.AsyncSaver()  # rank 0 writes in the background; the other ranks never wait for it
+    try:
+        return _epochs(trainer, loaders, plan, cfg, dist, monitor, stop, saver)
+    except BaseException:
+        try:
+            saver.wait()
+        except UserError:  # the writer's failure is secondary to the one being raised
+            pass
+        raise
+    finally:
+        saver.wait()  # the newest checkpoint is complete on disk before the run returns
+        report_saves(saver, monitor)
+
+
+def _epochs(trainer: Trainer, loaders: Loaders, plan: Plan, cfg: Config, dist: DistInfo, monitor: Monitor,
+            stop: StopRequested, saver: checkpoint.AsyncSaver) -> int:
+    """fit's epoch loop; every checkpoint goes through ``saver`` (rank 0 only)."""
     out = cfg.output
     run = RunDir(out.dir)
 
     def finish(state: str, code: int, message: str) -> int:
+        saver.wait()  # last.pth is complete before the message names it
+        report_saves(saver, monitor)
         monitor.print(message)
         monitor.run_state(state=state, epoch=trainer.epoch, epochs=plan.epochs, best_top1=trainer.best_top1)
         return code
 
     monitor.run_state(state="running", epoch=trainer.epoch, epochs=plan.epochs, best_top1=trainer.best_top1)
     record = {}
+    newest_save = None
     while trainer.epoch < plan.epochs:
         epoch = trainer.epoch
         drop = dropblock_prob(epoch, plan.epochs, cfg.model.dropblock.prob, cfg.model.dropblock.schedule)
@@ -291,8 +354,9 @@ def fit(trainer: Trainer, loaders: Loaders, plan: Plan, cfg: Config, dist: DistI
         resumed_steps = trainer.step_in_epoch
         t0 = time.perf_counter()
         try:
-            finished = train_one_epoch(trainer, loaders.train, plan, cfg, dist, monitor, stop)
+            finished = train_one_epoch(trainer, loaders.train, plan, cfg, dist, monitor, stop, saver)
         except Diverged as e:
+            saver.wait()  # last.pth, checked finite, is complete before the report names it
             return report_divergence(e, trainer, plan, cfg, monitor)
         if not finished:
             return finish("preempted", PREEMPTED_EXIT_CODE,
@@ -314,13 +378,16 @@ def fit(trainer: Trainer, loaders: Loaders, plan: Plan, cfg: Config, dist: DistI
             if len(set(checksums)) > 1:
                 monitor.print(f"warning: model replicas differ across ranks after epoch {epoch + 1}: {checksums}")
         if (epoch + 1) % cfg.train.eval_every == 0 or epoch + 1 == plan.epochs:
-            val = evaluate(trainer.model, loaders.val, dist.device, cfg.train.amp)
+            models = [trainer.model] + ([trainer.ema.module] if trainer.ema is not None else [])
+            val, *ema_val = evaluate(models, loaders.val, dist.device, cfg.train.amp)  # one pass over val
             record.update(val_loss=val["loss"], val_top1=val["top1"], val_top5=val["top5"],
                           val_images=val["images"])
-            if trainer.ema is not None:
-                ema_val = evaluate(trainer.ema.module, loaders.val, dist.device, cfg.train.amp)
-                record.update(val_loss_ema=ema_val["loss"], val_top1_ema=ema_val["top1"],
-                              val_top5_ema=ema_val["top5"])
+            if ema_val:
+                record.update(val_loss_ema=ema_val[0]["loss"], val_top1_ema=ema_val[0]["top1"],
+                              val_top5_ema=ema_val[0]["top5"])
+        newest_save = report_saves(saver, monitor) or newest_save
+        if newest_save is not None:  # the newest finished write: usually the previous epoch's, in the background
+            record.update(checkpoint_save_s=newest_save.seconds, checkpoint_mb=newest_save.bytes / 1e6)
         record["epoch_time_s"] = time.perf_counter() - t0
         is_best = "val_top1" in record and (trainer.best_top1 is None or record["val_top1"] > trainer.best_top1)
         if is_best:
@@ -333,8 +400,7 @@ def fit(trainer: Trainer, loaders: Loaders, plan: Plan, cfg: Config, dist: DistI
         monitor.print(f"epoch {epoch + 1}/{plan.epochs} " + " ".join(
             f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}" for k, v in numbers.items()))
         if dist.is_main:
-            save_epoch(trainer, cfg, plan, is_best)
-        barrier()
+            save_epoch(trainer, cfg, plan, is_best, saver)
         if trainer.epoch < plan.epochs and stop.poll(dist.device, dist.world_size).stop:
             return finish("preempted", PREEMPTED_EXIT_CODE,
                           f"Stopped by {stop.signal_name or 'a signal'} after epoch {trainer.epoch}; checkpoint "
@@ -346,6 +412,8 @@ def fit(trainer: Trainer, loaders: Loaders, plan: Plan, cfg: Config, dist: DistI
     hparams = {k: v for k, v in hparam_values(config_to_dict(cfg)).items() if not k.startswith("output.")}
     hparams.update(global_batch=plan.global_batch, peak_lr=plan.peak_lr, world_size=plan.world_size)
     monitor.hparams(hparams, {f"hparam/{k}": v for k, v in final.items()})
+    saver.wait()  # the last checkpoint is on disk before the run says it finished
+    report_saves(saver, monitor)
     monitor.run_state(state="finished", epoch=trainer.epoch, epochs=plan.epochs, best_top1=trainer.best_top1)
     if trainer.best_top1 is not None:
         monitor.print(f"Finished {plan.epochs} epochs: final val top-1 {record.get('val_top1', float('nan')):.2f}%, "

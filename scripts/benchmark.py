@@ -1,5 +1,5 @@
 #!/usr/bin/env python
-"""`resnest-benchmark`: the benchmarks: models, data, gpu.
+"""`resnest-benchmark`: the benchmarks: models, data, gpu, overhead.
 The code and its --help: resnest_train/cli/benchmark.py.
 
 This file only lets a checkout run it as `python scripts/benchmark.py`; the package must be

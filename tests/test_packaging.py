@@ -49,6 +49,7 @@ def test_scripts_are_thin_wrappers_of_package_modules():
     targets = {f: wrapper_target(os.path.join(ROOT, "scripts", f)) for f in files}
     assert targets == {"bench_data.py": "resnest_train.cli.bench_data", "bench_gpu.py": "resnest_train.cli.bench_gpu",
                        "bench_models.py": "resnest_train.cli.bench_models",
+                       "bench_overhead.py": "resnest_train.cli.bench_overhead",
                        "benchmark.py": "resnest_train.cli.benchmark", "make_demo_data.py": "resnest_train.data.demo",
                        "prepare_imagenet.py": "resnest_train.cli.prepare_imagenet",
                        "sweep.py": "resnest_train.cli.sweep"}

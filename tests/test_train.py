@@ -106,8 +106,9 @@ def test_sigterm_saves_and_resume_repeats_the_uninterrupted_run(tiny_run, tmp_pa
     loss, lr = scalars_in(after_resume, "train/loss"), scalars_in(after_resume, "train/lr")
     assert sorted(loss) == list(range(stopped["step"] + 1, 17))
     assert loss == {s: full_loss[s] for s in loss} and lr == {s: full_lr[s] for s in lr}
-    assert metrics(out) == [dict(r, images_per_sec=m["images_per_sec"], epoch_time_s=m["epoch_time_s"])
-                            for r, m in zip(metrics(full), metrics(out))]
+    timing = ("images_per_sec", "epoch_time_s", "checkpoint_save_s", "checkpoint_mb")  # of this process's run
+    assert [{k: v for k, v in r.items() if k not in timing} for r in metrics(out)] == \
+        [{k: v for k, v in r.items() if k not in timing} for r in metrics(full)]
     a = torch.load(os.path.join(full, "checkpoints", "last.pth"), weights_only=True)["model"]
     b = torch.load(os.path.join(out, "checkpoints", "last.pth"), weights_only=True)["model"]
     assert all(torch.equal(a[k], b[k]) for k in a)

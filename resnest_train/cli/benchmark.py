@@ -3,13 +3,14 @@
     python scripts/benchmark.py models [--batch 8 ...]     model fwd+bwd images/s, ours vs timm
     python scripts/benchmark.py data [--root DIR ...]      loader images/s, DALI vs torchvision
     python scripts/benchmark.py gpu [--batch 128 ...]      the GPU table (needs CUDA; scripts/gpu_check.sh)
+    python scripts/benchmark.py overhead [--steps 20 ...]  train.py's images/s vs a bare loop of the same work
 
 Each section is a module of its own (resnest_train/cli/bench_<section>.py); `SECTION --help` lists its options.
 """
 import importlib
 import sys
 
-SECTIONS = ("models", "data", "gpu")
+SECTIONS = ("models", "data", "gpu", "overhead")
 
 
 def load_section(name: str):

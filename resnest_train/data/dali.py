@@ -10,7 +10,16 @@ Train pipeline: ``fn.readers.file`` over this rank's file list for the epoch ->
 ``fn.decoders.image_random_crop`` (region-of-interest decoding at ``rrc_scale`` /
 ``rrc_ratio``) -> ``fn.resize`` to ``train_crop`` (bilinear, antialiased) -> AutoAugment ->
 colour jitter (``fn.color_twist``) -> ``fn.crop_mirror_normalize`` (random mirror, mean/std;
-the PCA lighting offset is folded into a per-sample mean). The AutoAugment policy is
+the PCA lighting offset is folded into a per-sample mean). A CPU pipeline feeding a CUDA
+trainer (``ship_uint8``) stops before the normalisation: it ships uint8 crops (a quarter of
+the bytes) plus, with lighting, each sample's mean, copied to the GPU from pinned memory,
+where torch applies the same ``(x - mean) / std`` (as the torchvision backend normalises on
+the device). Every step before it already rounds to uint8, so without lighting both ways
+give the same batches up to float32 rounding (tests/test_gpu_path2.py: within 1e-5). With
+lighting the graph's operators are listed in another order (the per-sample mean is an
+output rather than an input of the last operator), and DALI seeds operators in that order:
+the mirror and lighting draws then differ from the float pipeline's, with the same
+distribution, and stay a function of the seed. The AutoAugment policy is
 torchvision's ``AutoAugmentPolicy.IMAGENET`` table (25 sub-policies, 10 magnitude bins,
 the same magnitude ranges) built with ``nvidia.dali.auto_aug``; DALI's own ``image_net``
 policy is a different table (the TF "v0" one), so it is not used.
@@ -176,9 +185,11 @@ def torchvision_imagenet_policy(device: str = "cpu"):
 
 @pipeline_def(enable_conditionals=True)
 def train_pipeline(file_list, file_root, device, crop, area, ratio, hflip, autoaugment, aa_interp, jitter,
-                   lighting, mean, std, layout, hw_decoder_load):
+                   lighting, mean, std, layout, hw_decoder_load, uint8=False):
     """The DALI training graph: read, decode the random crop's region, resize, flip, AutoAugment,
-    colour jitter and lighting, normalise; outputs float images (``layout``) and the labels.
+    colour jitter and lighting, normalise; outputs float images (``layout``) and the labels. With
+    ``uint8`` it crops and mirrors only: uint8 images, the labels, and with lighting the per-sample
+    mean, normalised on the device (``_Normalize``).
     """
     jpegs, labels = fn.readers.file(file_list=file_list, file_root=file_root, random_shuffle=False,
                                     name="Reader")
@@ -205,13 +216,16 @@ def train_pipeline(file_list, file_root, device, crop, area, ratio, hflip, autoa
                   + a[2] * types.Constant(PCA_EIGVEC[:, 2]))
         mean255 = mean255 - offset * 255.0
     mirror = fn.random.coin_flip(probability=0.5) if hflip else 0
+    if uint8:  # crop and mirror only, plus the per-sample mean when lighting moves it: `_Normalize`
+        images = fn.crop_mirror_normalize(images, dtype=types.UINT8, output_layout="HWC", mirror=mirror)
+        return (images, labels, mean255) if lighting > 0 else (images, labels)
     images = fn.crop_mirror_normalize(images, dtype=types.FLOAT, output_layout=layout, mirror=mirror,
                                       mean=mean255, std=[s * 255.0 for s in std])
     return images, _labels_on(labels, device)
 
 
 @pipeline_def
-def val_pipeline(file_list, file_root, device, short, crop, mean, std, layout, hw_decoder_load):
+def val_pipeline(file_list, file_root, device, short, crop, mean, std, layout, hw_decoder_load, uint8=False):
     """The DALI evaluation graph: read in order, decode, resize the short side to ``short``, centre
     crop ``crop``, normalise; as torchvision's ``Resize`` + ``CenterCrop`` (tests/test_data_loaders.py).
     """
@@ -221,6 +235,10 @@ def val_pipeline(file_list, file_root, device, short, crop, mean, std, layout, h
     images = fn.decoders.image(jpegs, device="mixed" if device == "gpu" else "cpu", output_type=types.RGB,
                                **decoder_args)
     images = fn.resize(images, resize_shorter=short, interp_type=types.INTERP_LINEAR, antialias=True)
+    if uint8:
+        images = fn.crop_mirror_normalize(images, crop=(crop, crop), crop_pos_x=0.5, crop_pos_y=0.5,
+                                          dtype=types.UINT8, output_layout="HWC")
+        return images, labels
     images = fn.crop_mirror_normalize(images, crop=(crop, crop), crop_pos_x=0.5, crop_pos_y=0.5,
                                       dtype=types.FLOAT, output_layout=layout,
                                       mean=[m * 255.0 for m in mean], std=[s * 255.0 for s in std])
@@ -308,17 +326,52 @@ def _dali_reason(err: Exception) -> str:
     return reason[0][:300] if reason else "DALI error"
 
 
+def ship_uint8(dali_device: str, device: torch.device) -> bool:
+    """Whether pipelines ship uint8 crops and torch normalises them on ``device``: a CPU
+    pipeline feeding a CUDA trainer (a quarter of float32's bytes through the host-to-device
+    copy, as the torchvision backend ships them). Every other pairing normalises in DALI."""
+    return dali_device == "cpu" and torch.device(device).type == "cuda"
+
+
+def _pinned(src: torch.Tensor) -> torch.Tensor:
+    """A copy of the host tensor ``src`` in page-locked memory, so its copy to the GPU is asynchronous."""
+    return torch.empty(src.shape, dtype=src.dtype, pin_memory=True).copy_(src)
+
+
+class _Normalize:
+    """uint8 NHWC crops to the float batch on ``device``: ``(x - mean255) / (255 * std)``, the
+    formula of the pipeline's ``crop_mirror_normalize``, with ``mean255`` the pipeline's
+    per-sample mean (lighting folded in) or, without lighting, ``255 * mean``."""
+
+    def __init__(self, mean, std, device: torch.device, channels_last: bool):
+        self.device, self.channels_last = device, channels_last
+        self.mean255 = (torch.tensor(mean, dtype=torch.float32) * 255.0).view(1, 3, 1, 1).to(device)
+        self.inv_std255 = (1.0 / (torch.tensor(std, dtype=torch.float32) * 255.0)).view(1, 3, 1, 1).to(device)
+
+    def __call__(self, images: torch.Tensor, mean255: torch.Tensor | None = None) -> torch.Tensor:
+        nb = self.device.type == "cuda"
+        x = images.to(self.device, non_blocking=nb).permute(0, 3, 1, 2)  # NCHW view of NHWC memory
+        if not self.channels_last:
+            x = x.contiguous()
+        mean = self.mean255 if mean255 is None else mean255.to(self.device, non_blocking=nb).view(-1, 3, 1, 1)
+        return (x.float() - mean).mul_(self.inv_std255)
+
+
 class _Runner:
     """Runs one DALI pipeline and turns its outputs into torch tensors on the target device.
 
     Pipelines run on DALI's dynamic executor, whose outputs stay valid for as long as
     something references them, so batches are handed to torch without a copy (DLPack), as
-    DALI's own PyTorch iterator does. Only a CPU pipeline feeding a CUDA trainer copies, into
-    pinned memory, so the host-to-device copy can overlap the previous step.
+    DALI's own PyTorch iterator does. Only a CPU pipeline feeding a CUDA trainer copies, every
+    output (images, labels, lighting offsets) into pinned memory, so the host-to-device copies
+    are asynchronous and overlap the previous step. With ``normalize`` (a ``_Normalize``) the
+    pipeline ships uint8 NHWC crops and, when lighting is on, each sample's mean; ``normalize``
+    turns them into the float batch on the device.
     """
 
-    def __init__(self, pipe, dali_device: str, device: torch.device, channels_last: bool):
+    def __init__(self, pipe, dali_device: str, device: torch.device, channels_last: bool, normalize=None):
         self.pipe, self.dali_device, self.device, self.channels_last = pipe, dali_device, device, channels_last
+        self.normalize = normalize
         pipe.build()
 
     def run(self):
@@ -330,22 +383,23 @@ class _Runner:
         return self.pipe.run()
 
     def to_torch(self, outputs, keep: int | None = None):
-        images, labels = outputs
-        images = images.as_tensor()
-        if self.dali_device == "cpu" and self.device.type == "cuda":
-            from nvidia.dali.plugin.pytorch import feed_ndarray
-            x = torch.empty(images.shape(), dtype=torch.float32, pin_memory=True)
-            feed_ndarray(images, x)
-        else:
-            with torch.device(self.device):
-                x = torch.from_dlpack(images)
-        y = torch.from_dlpack(labels.as_tensor()).reshape(-1).long()
+        """(images, labels) on the target device: float NCHW (channels_last memory if asked), int64 labels."""
+        host_to_cuda = self.dali_device == "cpu" and self.device.type == "cuda"
+        tensors = []
+        for out in outputs:
+            with torch.device(self.device if self.dali_device == "gpu" else "cpu"):
+                t = torch.from_dlpack(out.as_tensor())
+            tensors.append(_pinned(t) if host_to_cuda else t)
         if keep is not None:
-            x, y = x[:keep], y[:keep]
-        if self.channels_last:
-            x = x.permute(0, 3, 1, 2)  # NHWC memory = channels_last NCHW
+            tensors = [t[:keep] for t in tensors]
+        images, labels = tensors[0], tensors[1].reshape(-1)
         nb = self.device.type == "cuda"
-        return x.to(self.device, non_blocking=nb), y.to(self.device, non_blocking=nb)
+        labels = labels.to(self.device, non_blocking=nb).long()
+        if self.normalize is not None:
+            return self.normalize(images, tensors[2] if len(tensors) > 2 else None), labels
+        if self.channels_last:
+            images = images.permute(0, 3, 1, 2)  # NHWC memory = channels_last NCHW
+        return images.to(self.device, non_blocking=nb), labels
 
 
 LIST_ROOT = "/"  # the readers' file_root: the lists hold absolute paths
@@ -371,13 +425,21 @@ def _write_list(path: str, split: Split, indices) -> None:
 
 
 class _Base:
+    """What both loaders share. ``uint8``: ship uint8 crops and normalise in torch on ``device``
+    (None: the rule of ``ship_uint8``; the tests set it to check that path without a GPU)."""
+
     def __init__(self, cfg, split: Split, batch_size: int, device: torch.device, dali_device: str,
-                 channels_last: bool, tmpdir: str):
+                 channels_last: bool, tmpdir: str, uint8: bool | None = None):
         self.cfg, self.split, self.batch_size = cfg, split, batch_size
         self.device, self.dali_device, self.channels_last = device, dali_device, channels_last
         self.tmpdir = tmpdir
         self.layout = "HWC" if channels_last else "CHW"
+        self.uint8 = ship_uint8(dali_device, device) if uint8 is None else bool(uint8)
         self.bad_images = 0
+
+    def _make_runner(self, pipe) -> _Runner:
+        normalize = _Normalize(self.cfg.mean, self.cfg.std, self.device, self.channels_last) if self.uint8 else None
+        return _Runner(pipe, self.dali_device, self.device, self.channels_last, normalize)
 
     def _pipe_kwargs(self, seed: int, threads: int) -> dict:
         dev = self.dali_device
@@ -432,8 +494,8 @@ class DaliTrainLoader(_Base):
     """
 
     def __init__(self, cfg, split, batch_size, rank, world_size, device, dali_device, seed, channels_last,
-                 tmpdir):
-        super().__init__(cfg, split, batch_size, device, dali_device, channels_last, tmpdir)
+                 tmpdir, uint8=None):
+        super().__init__(cfg, split, batch_size, device, dali_device, channels_last, tmpdir, uint8)
         self.rank, self.world_size, self.seed = rank, world_size, int(seed)
         self.steps = train_steps(len(split), batch_size, world_size)
         threads = max(1, int(cfg.dali.threads))
@@ -473,7 +535,7 @@ class DaliTrainLoader(_Base):
                 autoaugment=bool(c.autoaugment), aa_interp=self.aa_interp,
                 jitter=float(c.color_jitter), lighting=float(c.lighting),
                 mean=list(c.mean), std=list(c.std), layout=self.layout, hw_decoder_load=float(c.dali.hw_decoder_load),
-                **self._pipe_kwargs(0, self.threads_per_pipeline))
+                uint8=self.uint8, **self._pipe_kwargs(0, self.threads_per_pipeline))
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore", DeprecationWarning)
                 self._serialized = template.serialize()
@@ -488,7 +550,7 @@ class DaliTrainLoader(_Base):
                                         **self._pipe_kwargs(seed, self.threads_per_pipeline))
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore", DeprecationWarning)
-                runners.append(_Runner(pipe, self.dali_device, self.device, self.channels_last))
+                runners.append(self._make_runner(pipe))
             orders.append(mine)
         return runners, orders
 
@@ -510,8 +572,9 @@ class DaliTrainLoader(_Base):
 
 class DaliValLoader(_Base):
     """This rank's validation shard through DALI (``common.ValLoader``): in order, the last batch partial."""
-    def __init__(self, cfg, split, batch_size, rank, world_size, device, dali_device, channels_last, tmpdir):
-        super().__init__(cfg, split, batch_size, device, dali_device, channels_last, tmpdir)
+    def __init__(self, cfg, split, batch_size, rank, world_size, device, dali_device, channels_last, tmpdir,
+                 uint8=None):
+        super().__init__(cfg, split, batch_size, device, dali_device, channels_last, tmpdir, uint8)
         self.start, self.end = val_shard(len(split), rank, world_size)
         self.n = self.end - self.start
         self.batches = -(-self.n // batch_size)
@@ -529,9 +592,9 @@ class DaliValLoader(_Base):
         c = self.cfg
         pipe = val_pipeline(file_list=list_path, file_root=LIST_ROOT, device=self.dali_device, short=short,
                             crop=crop, mean=list(c.mean), std=list(c.std), layout=self.layout,
-                            hw_decoder_load=float(c.dali.hw_decoder_load),
+                            hw_decoder_load=float(c.dali.hw_decoder_load), uint8=self.uint8,
                             **self._pipe_kwargs(0, max(1, int(c.dali.threads))))
-        self._runner = _Runner(pipe, self.dali_device, self.device, self.channels_last)
+        self._runner = self._make_runner(pipe)
 
     def __iter__(self):
         if self.n == 0:
@@ -557,8 +620,10 @@ class DaliValLoader(_Base):
 
 
 def build(cfg: DataConfig, train: Split, val: Split, batch_size: int, rank: int, world_size: int,
-          device: torch.device, seed: int, channels_last: bool) -> tuple[DaliTrainLoader, DaliValLoader]:
-    """This rank's train and val loaders over ``train`` / ``val`` (``common.TrainLoader`` / ``ValLoader``)."""
+          device: torch.device, seed: int, channels_last: bool,
+          uint8: bool | None = None) -> tuple[DaliTrainLoader, DaliValLoader]:
+    """This rank's train and val loaders over ``train`` / ``val`` (``common.TrainLoader`` / ``ValLoader``);
+    ``uint8`` as in ``_Base`` (None: the rule of ``ship_uint8``)."""
     check_enough(len(train), batch_size, world_size, train.source)
     dali_device = resolve_device(cfg.dali.device, device)
     if dali_device == "gpu" and device.type != "cuda":
@@ -567,6 +632,7 @@ def build(cfg: DataConfig, train: Split, val: Split, batch_size: int, rank: int,
     tmpdir = tempfile.mkdtemp(prefix="resnest_dali_")
     atexit.register(shutil.rmtree, tmpdir, True)
     train_loader = DaliTrainLoader(cfg, train, batch_size, rank, world_size, device, dali_device, seed,
-                                   channels_last, tmpdir)
-    val_loader = DaliValLoader(cfg, val, batch_size, rank, world_size, device, dali_device, channels_last, tmpdir)
+                                   channels_last, tmpdir, uint8)
+    val_loader = DaliValLoader(cfg, val, batch_size, rank, world_size, device, dali_device, channels_last, tmpdir,
+                               uint8)
     return train_loader, val_loader

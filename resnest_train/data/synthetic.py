@@ -4,7 +4,9 @@
 Images are generated on the target device from ``(seed, epoch, rank, step)``; a batch is a
 pure function of those, so ``set_epoch(e, start_step=k)`` resumes bit-identically. To keep
 data time near zero, a small pool of batches is generated once and each step picks one by
-a hash of (epoch, step); the labels are regenerated per step.
+a hash of (epoch, step); the labels are drawn per step on the target device from a
+generator on that device (no host-to-device copy per step; on the CPU the same labels as a
+CPU generator, on a GPU the device's own stream of the same seed).
 """
 from __future__ import annotations
 
@@ -29,6 +31,12 @@ class _Pool:
         return x.contiguous(memory_format=torch.channels_last) if channels_last else x
 
 
+def device_labels(num_classes: int, n: int, seed: int, device: torch.device) -> torch.Tensor:
+    """``n`` labels in ``[0, num_classes)`` drawn on ``device`` from a generator of that device seeded with ``seed``."""
+    g = torch.Generator(device=device).manual_seed(seed)
+    return torch.randint(0, num_classes, (n,), generator=g, device=device)
+
+
 class SyntheticTrain:
     """Random training batches (``common.TrainLoader``): a pure function of (seed, epoch, rank, step)."""
     def __init__(self, cfg, batch_size, rank, world_size, device, seed, channels_last):
@@ -51,10 +59,9 @@ class SyntheticTrain:
     def __iter__(self):
         for step in range(self.start_step, self.steps):
             s = stream_seed(self.seed, self.epoch, self.rank, step)
-            g = torch.Generator(device="cpu").manual_seed(s)
-            labels = torch.randint(0, self.num_classes, (self.batch_size,), generator=g)
+            labels = device_labels(self.num_classes, self.batch_size, s, self.device)
             # A copy: the trainer's mixup works in place and must not alter the pool.
-            yield self.pool[s % POOL].clone(), labels.to(self.device)
+            yield self.pool[s % POOL].clone(), labels
 
 
 class SyntheticVal:
@@ -74,9 +81,7 @@ class SyntheticVal:
     def __iter__(self):
         for b, lo in enumerate(range(self.start, self.end, self.batch_size)):
             k = min(self.batch_size, self.end - lo)
-            g = torch.Generator(device="cpu").manual_seed(lo)
-            labels = torch.randint(0, self.num_classes, (k,), generator=g)
-            yield self.pool[b % POOL][:k], labels.to(self.device)
+            yield self.pool[b % POOL][:k], device_labels(self.num_classes, k, lo, self.device)
 
 
 def build(cfg: DataConfig, batch_size: int, rank: int, world_size: int, device: torch.device, seed: int,
