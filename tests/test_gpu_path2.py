@@ -87,9 +87,8 @@ def _batches(loader, epoch=0):
 
 
 def _uint8_build(c, channels_last):
-    from resnest_train.data.layout import load_splits
-
     from resnest_train.data import dali
+    from resnest_train.data.layout import load_splits
     _, tr, va = load_splits(c)
     return dali.build(c, tr, va, 4, 0, 1, torch.device("cpu"), 0, channels_last, uint8=True)
 

@@ -265,6 +265,7 @@ def _count_syncs(rank, store, result_dir):
     import torch.distributed as tdist
     from timm.utils import ModelEmaV3
 
+    from resnest_train.checkpoint import AsyncSaver
     from resnest_train.config_loader import load_config
     from resnest_train.data import build_loaders
     from resnest_train.distributed import DistInfo
@@ -302,7 +303,7 @@ def _count_syncs(rank, store, result_dir):
         setattr(owner, name, counted(name, fn))
     try:
         train_one_epoch(trainer, loaders.train, plan, cfg, DistInfo(rank, rank, 2, cpu), Monitor(cfg.output, False),
-                        StopRequested())
+                        StopRequested(), AsyncSaver())
     finally:
         for owner, name, fn in originals:
             setattr(owner, name, fn)

@@ -10,7 +10,7 @@ before anything starts, so --dry-run refuses what train.py would. Each run goes 
 launch.sh (so it may use every GPU, or several nodes); a finished run is skipped and an unfinished
 one resumes from its checkpoint, so running the same command again continues the sweep.
 A failed run does not stop the others; the exit status is then 1. The sweep file format
-is described in resnest_train/sweep.py.
+is described in resnest_train/sweep/__init__.py.
 """
 import argparse
 import shlex
