@@ -7,6 +7,7 @@
 The command line and its --help: resnest_train/cli/train.py. Run from the checkout, this file
 imports the package next to it.
 """
+
 import sys
 
 from resnest_train.cli.train import main

@@ -5,6 +5,7 @@ point, refreshed every epoch and every ``output.save_every_steps`` steps), ``bes
 top-1) and ``epoch_NNNN.pth`` every ``output.save_every_epochs`` epochs, the newest
 ``output.keep_last`` kept.
 """
+
 from __future__ import annotations
 
 import os
@@ -41,6 +42,7 @@ def host_copy(obj):
 @dataclass
 class SaveReport:
     """A finished background save: its files, their total size in bytes, and the seconds it took."""
+
     paths: list
     bytes: int
     seconds: float
@@ -66,8 +68,9 @@ class AsyncSaver:
     def save(self, obj: dict, writes: Callable[[dict], list], step: int) -> None:
         self.wait()
         copy = host_copy(obj)
-        self._thread = threading.Thread(target=self._write, args=(copy, writes, step), name="checkpoint-writer",
-                                        daemon=False)
+        self._thread = threading.Thread(
+            target=self._write, args=(copy, writes, step), name="checkpoint-writer", daemon=False
+        )
         self._thread.start()
 
     def _write(self, obj, writes, step):
@@ -96,9 +99,11 @@ class AsyncSaver:
     def _collect(self):
         result, self._result = self._result, None
         if isinstance(result, BaseException):
-            raise UserError(f"Writing a checkpoint failed ({exception_text(result)}); training stopped, and "
-                            "the checkpoint files it was replacing are intact. Free disk space or fix the "
-                            "permissions of output.dir/checkpoints, then run the same command to resume.") from result
+            raise UserError(
+                f"Writing a checkpoint failed ({exception_text(result)}); training stopped, and "
+                "the checkpoint files it was replacing are intact. Free disk space or fix the "
+                "permissions of output.dir/checkpoints, then run the same command to resume."
+            ) from result
         if result is not None:
             self._reports.append(result)
 
@@ -126,23 +131,34 @@ def exception_text(e: BaseException) -> str:
 
 
 def load(path: str, map_location="cpu", key: str = "resume"):
-    """`torch.load(path, weights_only=True)`; `key` is the config key that named the file.
+    """`torch.load(path, weights_only=True)` (a `.safetensors` file: `safetensors.torch.load_file`);
+    `key` is the config key that named the file.
 
     Raises UserError naming `key` and the file when it is missing, damaged, or holds Python
     objects other than tensors and plain containers (weights_only runs no code from the file).
     """
-    fix = {"resume": "point 'resume' at another file, or set resume=none to start afresh in a new output.dir",
-           "model.weights": "point 'model.weights' at a file of tensors only: a state_dict or a resnest-train "
-                            "checkpoint (a foreign checkpoint holding other objects can be loaded once in a "
-                            "trusted session and its state_dict saved alone with torch.save)"}[key]
+    fix = {
+        "resume": "point 'resume' at another file, or set resume=none to start afresh in a new output.dir",
+        "model.weights": "point 'model.weights' at a file of tensors only: a state_dict or a resnest-train "
+        "checkpoint (a foreign checkpoint holding other objects can be loaded once in a "
+        "trusted session and its state_dict saved alone with torch.save)",
+    }[key]
     try:
+        if str(path).endswith(".safetensors"):  # weights from scripts/export.py or another library
+            from safetensors.torch import load_file
+
+            return load_file(path, device=str(torch.device(map_location)))
         return torch.load(path, map_location=map_location, weights_only=True)
     except FileNotFoundError:
-        raise UserError(f"Config key '{key}' points to {path}, which does not exist. "
-                        f"Check the path{', or use resume=auto or none' if key == 'resume' else ''}.") from None
+        raise UserError(
+            f"Config key '{key}' points to {path}, which does not exist. "
+            f"Check the path{', or use resume=auto or none' if key == 'resume' else ''}."
+        ) from None
     except Exception as e:  # a file that is not a checkpoint, or one from an untrusted source
-        raise UserError(f"Config key '{key}': {path} cannot be loaded ({exception_text(e)}). It is damaged, or "
-                        f"not a checkpoint that loads with torch.load(weights_only=True): {fix}.") from None
+        raise UserError(
+            f"Config key '{key}': {path} cannot be loaded ({exception_text(e)}). It is damaged, or "
+            f"not a checkpoint that loads with torch.load(weights_only=True): {fix}."
+        ) from None
 
 
 def training_state_problem(saved) -> str:
@@ -158,9 +174,11 @@ def load_training_state(path: str, map_location="cpu") -> dict:
     saved = load(path, map_location, key="resume")
     problem = training_state_problem(saved)
     if problem:
-        raise UserError(f"Config key 'resume': {path} cannot be resumed from ({problem}). To start from bare "
-                        "weights use model.weights=<file> with resume=none; to resume, point 'resume' at a file "
-                        "from output.dir/checkpoints.")
+        raise UserError(
+            f"Config key 'resume': {path} cannot be resumed from ({problem}). To start from bare "
+            "weights use model.weights=<file> with resume=none; to resume, point 'resume' at a file "
+            "from output.dir/checkpoints."
+        )
     return saved
 
 
@@ -200,8 +218,10 @@ def find_resume(resume: str, output_dir: str, log=print, map_location="cpu") -> 
         return None, None
     if resume != "auto":
         if not os.path.isfile(resume):
-            raise UserError(f"Config key 'resume' points to {resume}, which does not exist. "
-                            "Use resume=auto to continue the run in output.dir, or give an existing .pth file.")
+            raise UserError(
+                f"Config key 'resume' points to {resume}, which does not exist. "
+                "Use resume=auto to continue the run in output.dir, or give an existing .pth file."
+            )
         return resume, load_training_state(resume, map_location)
     files = resume_candidates(output_dir)
     if not files:
@@ -228,9 +248,11 @@ def find_resume(resume: str, output_dir: str, log=print, map_location="cpu") -> 
             best_path, best = path, saved
     if best is None:
         listed = "; ".join(f"{os.path.basename(p)}: {why}" for p, why in failures)
-        raise UserError(f"Config key 'resume' is auto, but no checkpoint in {RunDir(output_dir).checkpoints} loads "
-                        f"({listed}). Point 'resume' at a good copy of a checkpoint, or set resume=none with a "
-                        "new output.dir to start afresh.")
+        raise UserError(
+            f"Config key 'resume' is auto, but no checkpoint in {RunDir(output_dir).checkpoints} loads "
+            f"({listed}). Point 'resume' at a good copy of a checkpoint, or set resume=none with a "
+            "new output.dir to start afresh."
+        )
     return best_path, best
 
 
@@ -249,7 +271,7 @@ def strip_wrapper_prefixes(state: dict) -> dict:
         prefix = next((p for p in WRAPPER_PREFIXES if all(k.startswith(p) for k in state)), None)
         if prefix is None:
             break
-        state = {k[len(prefix):]: v for k, v in state.items()}
+        state = {k[len(prefix) :]: v for k, v in state.items()}
     return state
 
 
@@ -263,17 +285,26 @@ def weights_state_dict(loaded, path: str, use_ema: bool = False) -> dict:
     """
     if isinstance(loaded, dict) and isinstance(loaded.get("model"), dict):  # a resnest-train checkpoint
         if use_ema and not loaded.get("ema"):
-            raise UserError(f"Config key 'model.weights_ema' is true, but {path} holds no EMA weights (it was "
-                            "trained with train.ema=false). Set model.weights_ema=false to start from its model "
-                            "weights.")
+            raise UserError(
+                f"Config key 'model.weights_ema' is true, but {path} holds no EMA weights (it was "
+                "trained with train.ema=false). Set model.weights_ema=false to start from its model "
+                "weights."
+            )
         loaded = loaded["ema"] if use_ema else loaded["model"]
     elif use_ema:
-        raise UserError(f"Config key 'model.weights_ema' is true, but {path} is not a resnest-train checkpoint "
-                        "(those hold 'model' and 'ema' weights). Set model.weights_ema=false to load it as it is.")
-    if not (isinstance(loaded, dict) and loaded
-            and all(isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in loaded.items())):
-        raise UserError(f"Config key 'model.weights': {path} holds no state_dict (a dict of names to tensors, or "
-                        "a resnest-train checkpoint). Point model.weights at such a file.")
+        raise UserError(
+            f"Config key 'model.weights_ema' is true, but {path} is not a resnest-train checkpoint "
+            "(those hold 'model' and 'ema' weights). Set model.weights_ema=false to load it as it is."
+        )
+    if not (
+        isinstance(loaded, dict)
+        and loaded
+        and all(isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in loaded.items())
+    ):
+        raise UserError(
+            f"Config key 'model.weights': {path} holds no state_dict (a dict of names to tensors, or "
+            "a resnest-train checkpoint). Point model.weights at such a file."
+        )
     return strip_wrapper_prefixes(loaded)
 
 
@@ -286,11 +317,17 @@ def state_dict_mismatch(state: dict, expected: dict, show: int = 5) -> str:
     groups = {
         "missing keys": [k for k in expected if k not in state],
         "unexpected keys": [k for k in state if k not in expected],
-        "different shapes": [f"{k}: checkpoint {tuple(state[k].shape)} vs model {tuple(expected[k].shape)}"
-                             for k in expected if k in state and state[k].shape != expected[k].shape],
+        "different shapes": [
+            f"{k}: checkpoint {tuple(state[k].shape)} vs model {tuple(expected[k].shape)}"
+            for k in expected
+            if k in state and state[k].shape != expected[k].shape
+        ],
     }
-    return "; ".join(f"{len(items)} {name}: {', '.join(items[:show])}{', ...' if len(items) > show else ''}"
-                     for name, items in groups.items() if items)
+    return "; ".join(
+        f"{len(items)} {name}: {', '.join(items[:show])}{', ...' if len(items) > show else ''}"
+        for name, items in groups.items()
+        if items
+    )
 
 
 def model_differences(saved: dict, current: dict, prefix: str = "model") -> list[str]:

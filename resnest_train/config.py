@@ -5,6 +5,7 @@
 overrides into a ``Config`` is ``config_loader.load_config``; the ranges and rules every value
 must meet are ``preflight.RANGES`` and ``preflight.preflight``.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass, field
@@ -17,6 +18,7 @@ class DropBlockConfig:
     The paper's recipe: layer3 and layer4, block 3, after bn1, the split-attention output and bn3,
     ramped linearly to 0.1 (configs/base/recipe.yaml).
     """
+
     stages: list[int] = field(default_factory=lambda: [3, 4])  # 1..4 = layer1..layer4
     sites: list[str] = field(default_factory=lambda: ["bn1", "splat", "bn3"])
     block_size: int = 3
@@ -27,6 +29,7 @@ class DropBlockConfig:
 @dataclass
 class ModelConfig:
     """``model``: the named variant (``models.list_models``), its architecture overrides, the init."""
+
     name: str = "resnest50"
     # Architecture overrides; None keeps the named variant's value.
     radix: int | None = None
@@ -47,6 +50,7 @@ class ModelConfig:
 @dataclass
 class DaliConfig:
     """``data.dali``: where DALI decodes and augments (cpu, gpu, auto = the trainer's device) and its threads."""
+
     device: str = "auto"  # auto | cpu | gpu
     threads: int = 4  # DALI CPU threads per process (on the CPU: that many 1-thread train pipelines)
     prefetch: int = 2
@@ -56,6 +60,7 @@ class DaliConfig:
 @dataclass
 class SyntheticConfig:
     """``data.synthetic``: the size of the random data set of ``data.backend: synthetic``."""
+
     train_images: int = 12800
     val_images: int = 1280
     num_classes: int = 1000
@@ -64,6 +69,7 @@ class SyntheticConfig:
 @dataclass
 class DataConfig:
     """``data``: the dataset, the backend, and the train/eval transforms (crop sizes in pixels)."""
+
     root: str = ""  # ImageNet layout: root/train/<class>/*, root/val/<class>/*
     backend: str = "auto"  # auto (dali when installed, else torchvision) | dali | torchvision | synthetic
     train_list: str = ""  # optional file list "relative/path label" (DALI file_list style)
@@ -92,6 +98,7 @@ class OptimConfig:
 
     LRs are per 256 images (``base_lr``): the peak LR is ``base_lr x global_batch / 256`` (Goyal et al.).
     """
+
     base_lr: float = 0.1  # per 256 images: peak LR = base_lr * global_batch / 256
     momentum: float = 0.9
     nesterov: bool = True
@@ -106,6 +113,7 @@ class OptimConfig:
 @dataclass
 class TrainConfig:
     """``train``: epochs, batch, accumulation, the loss (label smoothing, mixup), precision and options."""
+
     epochs: int = 270
     batch_size: int = 128  # per process
     accum_steps: int = 1  # gradient accumulation; counts in the global batch
@@ -133,8 +141,19 @@ class TrainConfig:
 
 
 @dataclass
+class FinetuneConfig:
+    # Transfer learning from model.weights (resnest_train/finetune.py). Stages count the stem
+    # as stage 0, layer1..layer4 as 1..4 and the classifier as 5.
+    freeze_stages: int = 0  # freeze stages 0..N-1 (weights and BN statistics): 0 none, 1 the stem, 5 all but fc
+    freeze_bn: bool = False  # every BatchNorm keeps its pretrained statistics and affine: for small batches
+    body_lr_mult: float = 1.0  # LR multiplier of every layer but the classifier (the new head)
+    layer_decay: float = 1.0  # layer-wise LR decay: stage s also gets layer_decay ** (5 - s)
+
+
+@dataclass
 class DistConfig:
     """``dist``: the torch.distributed backend and DDP's settings."""
+
     backend: str = "auto"  # auto (nccl on GPU, gloo on CPU) | nccl | gloo
     timeout_min: int = 30
     find_unused_parameters: bool = False
@@ -144,6 +163,7 @@ class DistConfig:
 @dataclass
 class OutputConfig:
     """``output``: the run directory (``rundir.RunDir``), logging, checkpoints and the progress display."""
+
     dir: str = "runs/default"
     log_every: int = 50  # steps between console lines / TensorBoard scalars
     save_every_epochs: int = 10  # keep a numbered checkpoint every N epochs
@@ -157,10 +177,12 @@ class OutputConfig:
 @dataclass
 class Config:
     """The whole config: one section per part of the code, plus the device and what to resume from."""
+
     model: ModelConfig = field(default_factory=ModelConfig)
     data: DataConfig = field(default_factory=DataConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
+    finetune: FinetuneConfig = field(default_factory=FinetuneConfig)
     dist: DistConfig = field(default_factory=DistConfig)
     output: OutputConfig = field(default_factory=OutputConfig)
     device: str = "auto"  # auto | cpu | cuda

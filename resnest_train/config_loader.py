@@ -6,8 +6,10 @@ value parsed as YAML. Every mistake a user can make here raises ``ConfigError`` 
 one paragraph naming the file or argument, the key, and the fix. The schema (every key and
 its default) is ``config.py``.
 """
+
 from __future__ import annotations
 
+import copy
 import dataclasses
 import difflib
 import os
@@ -28,12 +30,16 @@ def load_config(path: str | None = None, overrides: typing.Sequence[str] = ()) -
     merged: dict = {}
     if path:
         merged = _load_yaml_tree(os.path.abspath(path), chain=())
+    _apply_overrides(merged, overrides)
+    cfg = _build(Config, merged, where=path or "the command line", prefix="")
+    return _preflight(cfg)
+
+
+def _apply_overrides(merged: dict, overrides: typing.Sequence[str]) -> None:
     for item in overrides:
         key, value = _parse_override(item)
         _build(Config, _nest(key, value), where=f"command-line override '{item}'", prefix="")
         _deep_merge(merged, _nest(key, value))
-    cfg = _build(Config, merged, where=path or "the command line", prefix="")
-    return _preflight(cfg)
 
 
 def config_to_dict(cfg: Config) -> dict:
@@ -46,16 +52,21 @@ def config_to_yaml(cfg: Config) -> str:
     return yaml.safe_dump(config_to_dict(cfg), sort_keys=False, default_flow_style=None)
 
 
-def config_from_dict(data: dict, where: str = "a checkpoint") -> Config:
-    """A ``Config`` from nested dicts (a checkpoint's ``config``), type-checked and pre-flight checked.
+def config_from_dict(data: dict, where: str = "a checkpoint", overrides: typing.Sequence[str] = ()) -> Config:
+    """A ``Config`` from nested dicts (a checkpoint's ``config``) with command-line ``overrides``
+    on top, type-checked and pre-flight checked as ``load_config`` does.
 
-    Raises ConfigError naming ``where`` and the key.
+    Raises ConfigError naming ``where`` (or the override) and the key.
     """
-    return _preflight(_build(Config, data, where=where, prefix=""))
+    merged = copy.deepcopy(data)
+    _build(Config, merged, where=where, prefix="")  # a mistake in the saved config names its source
+    _apply_overrides(merged, overrides)
+    return _preflight(_build(Config, merged, where=where, prefix=""))
 
 
 def _preflight(cfg: Config) -> Config:
     from .preflight import preflight  # it imports this module (coerce, field_type)
+
     return preflight(cfg)
 
 
@@ -77,8 +88,9 @@ def _load_yaml_tree(path: str, chain: tuple) -> dict:
     elif isinstance(bases, str):
         bases = [bases]
     elif not (isinstance(bases, list) and all(isinstance(b, str) for b in bases)):
-        raise ConfigError(f"In {path}: 'base' must be a path or a list of paths (relative to this file), "
-                          f"got {bases!r}.")
+        raise ConfigError(
+            f"In {path}: 'base' must be a path or a list of paths (relative to this file), got {bases!r}."
+        )
     _build(Config, data, where=path, prefix="")  # type errors name the file that made them
     merged: dict = {}
     for base in bases:
@@ -91,19 +103,25 @@ def _load_yaml_tree(path: str, chain: tuple) -> dict:
 def _read_yaml(path: str, chain: tuple) -> dict:
     referrer = f" (the 'base' of {chain[-1]})" if chain else ""
     if not os.path.isfile(path):
-        raise ConfigError(f"Config file {path}{referrer} does not exist. Check the path "
-                          "(a 'base:' path is relative to the file that names it).")
+        raise ConfigError(
+            f"Config file {path}{referrer} does not exist. Check the path "
+            "(a 'base:' path is relative to the file that names it)."
+        )
     try:
         with open(path) as f:
             data = yaml.safe_load(f)
     except yaml.YAMLError as e:
-        raise ConfigError(f"Config file {path}{referrer} is not valid YAML{describe_yaml_error(e)}. "
-                          "Fix the syntax there (indentation, a missing ':' or an unclosed bracket).") from None
+        raise ConfigError(
+            f"Config file {path}{referrer} is not valid YAML{describe_yaml_error(e)}. "
+            "Fix the syntax there (indentation, a missing ':' or an unclosed bracket)."
+        ) from None
     if data is None:
         return {}
     if not isinstance(data, dict):
-        raise ConfigError(f"Config file {path}{referrer} must hold a mapping of sections "
-                          f"(model:, data:, train: ...), not a {type(data).__name__}.")
+        raise ConfigError(
+            f"Config file {path}{referrer} must hold a mapping of sections "
+            f"(model:, data:, train: ...), not a {type(data).__name__}."
+        )
     return data
 
 
@@ -116,8 +134,10 @@ def describe_yaml_error(e: yaml.YAMLError) -> str:
 
 def _parse_override(item: str) -> tuple[str, Any]:
     if "=" not in item or item.startswith("="):
-        raise ConfigError(f"Command-line argument '{item}' is not an override: write section.key=value, "
-                          "e.g. train.epochs=2 or data.root=/data/imagenet.")
+        raise ConfigError(
+            f"Command-line argument '{item}' is not an override: write section.key=value, "
+            "e.g. train.epochs=2 or data.root=/data/imagenet."
+        )
     key, text = item.split("=", 1)
     try:
         value = yaml.safe_load(text) if text != "" else ""
@@ -164,17 +184,20 @@ def _check_keys(data: dict, cls: type, where: str, prefix: str = "") -> None:
         full = prefix + str(key)
         if key not in names:
             candidates = _all_keys(Config)
-            close = difflib.get_close_matches(full, candidates, n=1, cutoff=0.5) or \
-                difflib.get_close_matches(str(key), [c.rsplit(".", 1)[-1] for c in candidates], n=1)
+            close = difflib.get_close_matches(full, candidates, n=1, cutoff=0.5) or difflib.get_close_matches(
+                str(key), [c.rsplit(".", 1)[-1] for c in candidates], n=1
+            )
             hint = ""
             if close:
                 match = close[0]
                 if "." not in match and match not in candidates:
                     match = next(c for c in candidates if c.endswith("." + match) or c == match)
                 hint = f" Did you mean '{match}'?"
-            raise ConfigError(f"Unknown config key '{full}' in {where}.{hint} "
-                              "The valid keys are the fields of resnest_train/config.py "
-                              "(python train.py --print-config lists them with their values).")
+            raise ConfigError(
+                f"Unknown config key '{full}' in {where}.{hint} "
+                "The valid keys are the fields of resnest_train/config.py "
+                "(python train.py --print-config lists them with their values)."
+            )
         sub = field_type(cls, key)
         if dataclasses.is_dataclass(sub) and isinstance(value, dict):
             _check_keys(value, sub, where, full + ".")
@@ -182,8 +205,9 @@ def _check_keys(data: dict, cls: type, where: str, prefix: str = "") -> None:
 
 def _build(cls: type, data: dict, where: str, prefix: str) -> Any:
     if not isinstance(data, dict):
-        raise ConfigError(f"Config key '{prefix.rstrip('.') or '<top>'}' in {where} must be a mapping "
-                          f"of keys, got {data!r}.")
+        raise ConfigError(
+            f"Config key '{prefix.rstrip('.') or '<top>'}' in {where} must be a mapping of keys, got {data!r}."
+        )
     _check_keys(data, cls, where, prefix)
     kwargs = {}
     for f in dataclasses.fields(cls):
@@ -215,9 +239,12 @@ def coerce(value: Any, hint: Any, key: str, where: str) -> Any:
 
     Raises ConfigError naming ``key``, ``where`` it came from and the type it must have.
     """
+
     def fail() -> typing.NoReturn:
-        raise ConfigError(f"Config key '{key}' in {where} must be {_type_name(hint)}, got {value!r} "
-                          f"({type(value).__name__}). Fix the value there.")
+        raise ConfigError(
+            f"Config key '{key}' in {where} must be {_type_name(hint)}, got {value!r} "
+            f"({type(value).__name__}). Fix the value there."
+        )
 
     origin = typing.get_origin(hint)
     if origin in (Union, types.UnionType):

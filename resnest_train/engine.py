@@ -5,6 +5,7 @@ numerics (``configure_backends``), the loaders, the plan, the model (``build_mod
 ``model.weights``), the ``Trainer`` (optimizer, grad scaler, EMA), the resume (``resume``) and
 the monitor; then ``loop.fit`` trains. ``describe`` is what ``--dry-run`` prints.
 """
+
 from __future__ import annotations
 
 import os
@@ -12,7 +13,7 @@ import os
 import torch
 from torch import nn
 
-from . import checkpoint
+from . import checkpoint, finetune
 from .config import Config
 from .config_loader import config_to_yaml
 from .data import Loaders, build_loaders
@@ -32,16 +33,29 @@ def build_model(cfg: Config, num_classes: int) -> nn.Module:
     """The model of ``cfg.model`` with a ``num_classes``-way classifier, DropBlock at prob 0 (the loop sets it),
     loaded from ``model.weights`` when given (``load_weights``). Raises UserError for weights that do not fit."""
     m = cfg.model
-    arch = {k: getattr(m, k) for k in ("radix", "cardinality", "bottleneck_width", "stem_width", "deep_stem",
-                                       "avg_down", "avd", "avd_first", "final_drop")
-            if getattr(m, k) is not None}
+    arch = {
+        k: getattr(m, k)
+        for k in (
+            "radix",
+            "cardinality",
+            "bottleneck_width",
+            "stem_width",
+            "deep_stem",
+            "avg_down",
+            "avd",
+            "avd_first",
+            "final_drop",
+        )
+        if getattr(m, k) is not None
+    }
     db = m.dropblock
     dropblock = {"stages": db.stages, "sites": db.sites, "block_size": db.block_size, "prob": 0.0}
-    model = create_model(m.name, num_classes=num_classes, zero_init_last=m.zero_init_last,
-                         dropblock=dropblock, **arch)  # preflight.check_model built it already
+    model = create_model(
+        m.name, num_classes=num_classes, zero_init_last=m.zero_init_last, dropblock=dropblock, **arch
+    )  # preflight.check_model built it already
     if m.weights:
         load_weights(model, m.weights, use_ema=m.weights_ema, name=m.name)
-    return model
+    return finetune.apply(model, cfg.finetune)  # frozen stages / BatchNorm, after the weights are in
 
 
 def load_weights(model: nn.Module, path: str, use_ema: bool = False, name: str = "") -> None:
@@ -61,10 +75,12 @@ def load_weights(model: nn.Module, path: str, use_ema: bool = False, name: str =
     mismatch = checkpoint.state_dict_mismatch(state, own)
     if mismatch:
         which = "EMA weights" if use_ema else "weights"
-        raise UserError(f"Config key 'model.weights': the {which} in {path} do not fit model "
-                        f"'{name or type(model).__name__}' ({mismatch}). Set model.name and the architecture "
-                        "overrides (model.radix, model.deep_stem, ...) to those of the run that saved the file, "
-                        "or point model.weights at weights of this architecture.")
+        raise UserError(
+            f"Config key 'model.weights': the {which} in {path} do not fit model "
+            f"'{name or type(model).__name__}' ({mismatch}). Set model.name and the architecture "
+            "overrides (model.radix, model.deep_stem, ...) to those of the run that saved the file, "
+            "or point model.weights at weights of this architecture."
+        )
     model.load_state_dict(state, strict=True)
 
 
@@ -95,17 +111,19 @@ def describe(cfg: Config, plan: Plan, info: dict, loaders: Loaders) -> str:
 
     ``info`` is ``models.model_info``'s {"params", "gmacs"} at the train crop.
     """
-    return "\n".join([
-        f"model            {cfg.model.name} ({info['params'] / 1e6:.2f}M params, "
-        f"{info['gmacs']:.2f} GMACs at {cfg.data.train_crop}px)",
-        f"data             {loaders.backend}: {loaders.num_classes} classes, {loaders.val_images} val images",
-        f"world size       {plan.world_size}",
-        f"global batch     {plan.global_batch} = {plan.batch_size} per process x {plan.world_size} x "
-        f"{plan.accum_steps} accumulation",
-        f"peak LR          {plan.peak_lr:.6g} = {cfg.optim.base_lr} x {plan.global_batch} / 256",
-        f"steps per epoch  {plan.steps_per_epoch}",
-        f"total steps      {plan.total_steps} ({plan.epochs} epochs)",
-    ])
+    return "\n".join(
+        [
+            f"model            {cfg.model.name} ({info['params'] / 1e6:.2f}M params, "
+            f"{info['gmacs']:.2f} GMACs at {cfg.data.train_crop}px)",
+            f"data             {loaders.backend}: {loaders.num_classes} classes, {loaders.val_images} val images",
+            f"world size       {plan.world_size}",
+            f"global batch     {plan.global_batch} = {plan.batch_size} per process x {plan.world_size} x "
+            f"{plan.accum_steps} accumulation",
+            f"peak LR          {plan.peak_lr:.6g} = {cfg.optim.base_lr} x {plan.global_batch} / 256",
+            f"steps per epoch  {plan.steps_per_epoch}",
+            f"total steps      {plan.total_steps} ({plan.epochs} epochs)",
+        ]
+    )
 
 
 def run(cfg: Config, dry_run: bool = False) -> int:
@@ -121,9 +139,15 @@ def _run(cfg: Config, dist: DistInfo, dry_run: bool) -> int:
     check_device(cfg, dist.device, dist.world_size)
     configure_backends(cfg.train, dist.device)
     torch.manual_seed(cfg.train.seed)  # the same initial weights on every rank
-    loaders = build_loaders(cfg.data, batch_size=cfg.train.batch_size, rank=dist.rank,
-                            world_size=dist.world_size, device=dist.device, seed=cfg.train.seed,
-                            channels_last=cfg.train.channels_last)
+    loaders = build_loaders(
+        cfg.data,
+        batch_size=cfg.train.batch_size,
+        rank=dist.rank,
+        world_size=dist.world_size,
+        device=dist.device,
+        seed=cfg.train.seed,
+        channels_last=cfg.train.channels_last,
+    )
     plan = make_plan(cfg, dist.world_size, len(loaders.train))
     model = build_model(cfg, loaders.num_classes)
     if dry_run:
@@ -139,8 +163,15 @@ def _run(cfg: Config, dist: DistInfo, dry_run: bool) -> int:
         model.to(memory_format=torch.channels_last)
     if cfg.train.sync_bn and dist.enabled:
         model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
-    trainer = Trainer(model, build_optimizer(model, cfg.optim, lr=0.0), cfg.train, cfg.optim.clip_grad_norm,
-                      dist.device, loaders.num_classes, distributed=dist.enabled)
+    trainer = Trainer(
+        model,
+        build_optimizer(model, cfg.optim, lr=0.0, lr_mult=finetune.lr_mult_fn(cfg.finetune)),
+        cfg.train,
+        cfg.optim.clip_grad_norm,
+        dist.device,
+        loaders.num_classes,
+        distributed=dist.enabled,
+    )
 
     # Every rank restores the checkpoint rank 0 picked into the bare model, before DDP's one-time
     # broadcast and torch.compile, and the ranks check they stand at the same step.
@@ -157,12 +188,16 @@ def _run(cfg: Config, dist: DistInfo, dry_run: bool) -> int:
             RunDir(cfg.output.dir).trim_metrics(trainer.epoch)
         if trainer.epoch >= plan.epochs:
             best = f"{trainer.best_top1:.2f}%" if trainer.best_top1 is not None else "n/a"
-            monitor.print(f"Run in {cfg.output.dir} already finished its {plan.epochs} epochs "
-                          f"(best val top-1 {best}); nothing to do. Use a new output.dir to train again.")
+            monitor.print(
+                f"Run in {cfg.output.dir} already finished its {plan.epochs} epochs "
+                f"(best val top-1 {best}); nothing to do. Use a new output.dir to train again."
+            )
             monitor.run_state(state="finished", epoch=trainer.epoch, epochs=plan.epochs, best_top1=trainer.best_top1)
             return 0
-        monitor.print(f"Resuming from {resume_from}: epoch {trainer.epoch + 1}, step {trainer.step}"
-                      + (" (the checkpoint holds no EMA: train.ema starts from its weights)" if new_ema else ""))
+        monitor.print(
+            f"Resuming from {resume_from}: epoch {trainer.epoch + 1}, step {trainer.step}"
+            + (" (the checkpoint holds no EMA: train.ema starts from its weights)" if new_ema else "")
+        )
     trainer.wrap(dist, cfg.dist)
 
     monitor.print(describe(cfg, plan, model_info(model, cfg.data.train_crop), loaders))

@@ -6,6 +6,7 @@ every optimizer step from (seed, rank, step), and the data order and augmentatio
 function of (seed, epoch, sample): so the step counter is the whole RNG state, and a run
 resumed from any checkpoint repeats the uninterrupted run.
 """
+
 from __future__ import annotations
 
 import os
@@ -38,6 +39,7 @@ POLL_EVERY = 8  # most optimizer steps between two "should we stop" polls (see S
 @dataclass
 class Plan:
     """Numbers derived from the config and the world: what --dry-run prints."""
+
     world_size: int
     batch_size: int  # per process
     accum_steps: int
@@ -59,24 +61,39 @@ def make_plan(cfg: Config, world_size: int, batches_per_epoch: int) -> Plan:
     """
     global_batch = cfg.train.batch_size * world_size * cfg.train.accum_steps
     steps = check_steps_per_epoch(cfg, world_size, batches_per_epoch)
-    return Plan(world_size=world_size, batch_size=cfg.train.batch_size, accum_steps=cfg.train.accum_steps,
-                global_batch=global_batch, peak_lr=peak_lr(cfg.optim.base_lr, global_batch),
-                steps_per_epoch=steps, epochs=cfg.train.epochs)
+    return Plan(
+        world_size=world_size,
+        batch_size=cfg.train.batch_size,
+        accum_steps=cfg.train.accum_steps,
+        global_batch=global_batch,
+        peak_lr=peak_lr(cfg.optim.base_lr, global_batch),
+        steps_per_epoch=steps,
+        epochs=cfg.train.epochs,
+    )
 
 
 def schedule_lr(step: int, plan: Plan, optim_cfg) -> float:
     """The LR of optimizer step `step` (0-based) under `plan`: optim.lr_at with the config's schedule."""
-    return lr_at(step, steps_per_epoch=plan.steps_per_epoch, epochs=plan.epochs, warmup_epochs=optim_cfg.warmup_epochs,
-                 peak=plan.peak_lr, warmup_start=optim_cfg.warmup_start_lr, final=optim_cfg.final_lr)
+    return lr_at(
+        step,
+        steps_per_epoch=plan.steps_per_epoch,
+        epochs=plan.epochs,
+        warmup_epochs=optim_cfg.warmup_epochs,
+        peak=plan.peak_lr,
+        warmup_start=optim_cfg.warmup_start_lr,
+        final=optim_cfg.final_lr,
+    )
 
 
 # --------------------------------------------------------------------------------------
 # Should we stop: one poll for a signal and for divergence
 # --------------------------------------------------------------------------------------
 
+
 @dataclass
 class Poll:
     """What every rank learns at a poll: the same values on all of them."""
+
     stop: bool  # SIGTERM/SIGINT reached at least one rank
     diverged: bool  # a loss or weight of at least one rank is NaN or infinite
     loss: float  # the polled step's loss, averaged over ranks (nan when none was given)
@@ -100,14 +117,22 @@ class StopRequested:
 
     def install(self) -> None:
         """Catch SIGTERM and SIGINT: they set the flag (and its name) instead of ending the process."""
+
         def handler(signum, frame):
             self.flag = True
             self.signal_name = signal.Signals(signum).name
+
         signal.signal(signal.SIGTERM, handler)
         signal.signal(signal.SIGINT, handler)
 
-    def poll(self, device: torch.device, world_size: int, loss_sum: torch.Tensor | None = None,
-             model: nn.Module | None = None, step_loss: torch.Tensor | None = None) -> Poll:
+    def poll(
+        self,
+        device: torch.device,
+        world_size: int,
+        loss_sum: torch.Tensor | None = None,
+        model: nn.Module | None = None,
+        step_loss: torch.Tensor | None = None,
+    ) -> Poll:
         """Agree with every rank on whether to stop. Collective: every rank must call it at the same step.
 
         `loss_sum`: this rank's running sum of the epoch's losses (NaN or infinite as soon as one
@@ -120,11 +145,15 @@ class StopRequested:
             finite &= torch.isfinite(loss_sum)
         if model is not None:
             finite &= torch.isfinite(weight_sum(model))
-        flags = torch.stack([zero + float(self.flag), (~finite).double(),
-                             step_loss.double() if step_loss is not None else zero])
+        flags = torch.stack(
+            [zero + float(self.flag), (~finite).double(), step_loss.double() if step_loss is not None else zero]
+        )
         signalled, nonfinite, loss = all_reduce_sum(flags).tolist()
-        return Poll(stop=signalled > 0, diverged=nonfinite > 0,
-                    loss=loss / world_size if step_loss is not None else float("nan"))
+        return Poll(
+            stop=signalled > 0,
+            diverged=nonfinite > 0,
+            loss=loss / world_size if step_loss is not None else float("nan"),
+        )
 
 
 def weight_sum(model: nn.Module) -> torch.Tensor:
@@ -145,13 +174,15 @@ class Diverged(Exception):
 # Saving
 # --------------------------------------------------------------------------------------
 
+
 def checkpoint_state(trainer: Trainer, cfg: Config, plan: Plan) -> dict:
     """A checkpoint: the trainer's state, the config, and the plan (a resume on a new world maps its step)."""
     return dict(trainer.state_dict(), config=config_to_dict(cfg), plan=asdict(plan))
 
 
-def save_last(trainer: Trainer, cfg: Config, plan: Plan, dist: DistInfo, saver: checkpoint.AsyncSaver,
-              monitor: Monitor) -> None:
+def save_last(
+    trainer: Trainer, cfg: Config, plan: Plan, dist: DistInfo, saver: checkpoint.AsyncSaver, monitor: Monitor
+) -> None:
     """Mid-epoch: the running loss synced over the ranks (collective), then rank 0 hands last.pth to
     the background writer; the other ranks go on without waiting for it."""
     trainer.running_loss.sync()
@@ -165,8 +196,11 @@ def save_epoch(trainer: Trainer, cfg: Config, plan: Plan, is_best: bool, saver: 
     every ``output.save_every_epochs``, written by the background writer."""
     out = cfg.output
     periodic = bool(out.save_every_epochs) and trainer.epoch % out.save_every_epochs == 0
-    saver.save(checkpoint_state(trainer, cfg, plan),
-               lambda obj, e=trainer.epoch: _write_epoch_end(obj, out, e, is_best, periodic), trainer.step)
+    saver.save(
+        checkpoint_state(trainer, cfg, plan),
+        lambda obj, e=trainer.epoch: _write_epoch_end(obj, out, e, is_best, periodic),
+        trainer.step,
+    )
 
 
 def _write_last(saved: dict, output_dir: str) -> list:
@@ -192,10 +226,10 @@ def report_saves(saver: checkpoint.AsyncSaver, monitor: Monitor) -> checkpoint.S
     report = None
     for report in saver.done():
         names = ", ".join(os.path.basename(p) for p in report.paths)
-        monitor.print(f"checkpoint {names} written at step {report.step}: {report.bytes / 1e6:.1f} MB in "
-                      f"{report.seconds:.2f} s")
-        monitor.scalars({"checkpoint/save_s": report.seconds, "checkpoint/size_mb": report.bytes / 1e6},
-                        report.step)
+        monitor.print(
+            f"checkpoint {names} written at step {report.step}: {report.bytes / 1e6:.1f} MB in {report.seconds:.2f} s"
+        )
+        monitor.scalars({"checkpoint/save_s": report.seconds, "checkpoint/size_mb": report.bytes / 1e6}, report.step)
     return report
 
 
@@ -203,8 +237,17 @@ def report_saves(saver: checkpoint.AsyncSaver, monitor: Monitor) -> checkpoint.S
 # One epoch of training, one evaluation
 # --------------------------------------------------------------------------------------
 
-def train_one_epoch(trainer: Trainer, loader: TrainLoader, plan: Plan, cfg: Config, dist: DistInfo,
-                    monitor: Monitor, stop: StopRequested, saver: checkpoint.AsyncSaver) -> bool:
+
+def train_one_epoch(
+    trainer: Trainer,
+    loader: TrainLoader,
+    plan: Plan,
+    cfg: Config,
+    dist: DistInfo,
+    monitor: Monitor,
+    stop: StopRequested,
+    saver: checkpoint.AsyncSaver,
+) -> bool:
     """Train until the epoch ends; returns False if a stop was requested (last.pth is then handed to
     ``saver``, the background writer).
 
@@ -245,20 +288,33 @@ def train_one_epoch(trainer: Trainer, loader: TrainLoader, plan: Plan, cfg: Conf
         if not (log or periodic or trainer.step_in_epoch % poll_every == 0):  # log: also the epoch's last step
             continue
         # The step's loss over the global batch: the mean of every rank's micro-batch losses.
-        poll = stop.poll(device, dist.world_size, trainer.running_loss.local_sum, trainer.model,
-                         torch.stack(losses).mean() if log else None)
+        poll = stop.poll(
+            device,
+            dist.world_size,
+            trainer.running_loss.local_sum,
+            trainer.model,
+            torch.stack(losses).mean() if log else None,
+        )
         if poll.diverged:
             raise Diverged(checked_step + 1, trainer.step, lr)
         checked_step = trainer.step
         if log:
             elapsed = time.perf_counter() - window_start
             ips = window_n * plan.global_batch / max(elapsed, 1e-9)
-            monitor.scalars({"train/loss": poll.loss, "train/lr": lr, "train/images_per_sec": ips,
-                             "train/data_time_s": data_time / window_n}, trainer.step)
+            monitor.scalars(
+                {
+                    "train/loss": poll.loss,
+                    "train/lr": lr,
+                    "train/images_per_sec": ips,
+                    "train/data_time_s": data_time / window_n,
+                },
+                trainer.step,
+            )
             done = trainer.step_in_epoch - start_step
             eta = (time.perf_counter() - epoch_start) / done * (plan.steps_per_epoch - trainer.step_in_epoch)
-            monitor.progress(trainer.epoch, plan.epochs, trainer.step_in_epoch, plan.steps_per_epoch,
-                             poll.loss, lr, ips, eta)
+            monitor.progress(
+                trainer.epoch, plan.epochs, trainer.step_in_epoch, plan.steps_per_epoch, poll.loss, lr, ips, eta
+            )
             window_n, window_start, data_time = 0, time.perf_counter(), 0.0
         if (poll.stop or periodic) and mid_epoch:
             save_last(trainer, cfg, plan, dist, saver, monitor)
@@ -306,8 +362,10 @@ def evaluate(models: nn.Module | list[nn.Module], loader: ValLoader, device: tor
 # The epochs
 # --------------------------------------------------------------------------------------
 
-def fit(trainer: Trainer, loaders: Loaders, plan: Plan, cfg: Config, dist: DistInfo, monitor: Monitor,
-        stop: StopRequested) -> int:
+
+def fit(
+    trainer: Trainer, loaders: Loaders, plan: Plan, cfg: Config, dist: DistInfo, monitor: Monitor, stop: StopRequested
+) -> int:
     """Train from where ``trainer`` stands to ``plan.epochs``; returns the process exit status.
 
     0 when finished, PREEMPTED_EXIT_CODE (143) after a stop signal (last.pth saved),
@@ -330,8 +388,16 @@ def fit(trainer: Trainer, loaders: Loaders, plan: Plan, cfg: Config, dist: DistI
         report_saves(saver, monitor)
 
 
-def _epochs(trainer: Trainer, loaders: Loaders, plan: Plan, cfg: Config, dist: DistInfo, monitor: Monitor,
-            stop: StopRequested, saver: checkpoint.AsyncSaver) -> int:
+def _epochs(
+    trainer: Trainer,
+    loaders: Loaders,
+    plan: Plan,
+    cfg: Config,
+    dist: DistInfo,
+    monitor: Monitor,
+    stop: StopRequested,
+    saver: checkpoint.AsyncSaver,
+) -> int:
     """fit's epoch loop; every checkpoint goes through ``saver`` (rank 0 only)."""
     out = cfg.output
     run = RunDir(out.dir)
@@ -359,15 +425,22 @@ def _epochs(trainer: Trainer, loaders: Loaders, plan: Plan, cfg: Config, dist: D
             saver.wait()  # last.pth, checked finite, is complete before the report names it
             return report_divergence(e, trainer, plan, cfg, monitor)
         if not finished:
-            return finish("preempted", PREEMPTED_EXIT_CODE,
-                          f"Stopped by {stop.signal_name or 'a signal'} at step {trainer.step}; checkpoint saved "
-                          f"to {run.last_checkpoint}. Run the same command to resume.")
+            return finish(
+                "preempted",
+                PREEMPTED_EXIT_CODE,
+                f"Stopped by {stop.signal_name or 'a signal'} at step {trainer.step}; checkpoint saved "
+                f"to {run.last_checkpoint}. Run the same command to resume.",
+            )
         train_time = time.perf_counter() - t0
         images_per_sec = (plan.steps_per_epoch - resumed_steps) * plan.global_batch / train_time
 
-        record = {"epoch": epoch + 1, "train_loss": trainer.running_loss.mean(),
-                  "lr": trainer.optimizer.param_groups[0]["lr"], "images_per_sec": images_per_sec,
-                  "dropblock_prob": drop}
+        record = {
+            "epoch": epoch + 1,
+            "train_loss": trainer.running_loss.mean(),
+            "lr": trainer.optimizer.param_groups[0]["lr"],
+            "images_per_sec": images_per_sec,
+            "dropblock_prob": drop,
+        }
         if dist.enabled:
             if not cfg.train.sync_bn:  # the EMA's BN statistics too: each rank's follow its own model's
                 average_bn_stats(trainer.model)
@@ -380,11 +453,11 @@ def _epochs(trainer: Trainer, loaders: Loaders, plan: Plan, cfg: Config, dist: D
         if (epoch + 1) % cfg.train.eval_every == 0 or epoch + 1 == plan.epochs:
             models = [trainer.model] + ([trainer.ema.module] if trainer.ema is not None else [])
             val, *ema_val = evaluate(models, loaders.val, dist.device, cfg.train.amp)  # one pass over val
-            record.update(val_loss=val["loss"], val_top1=val["top1"], val_top5=val["top5"],
-                          val_images=val["images"])
+            record.update(val_loss=val["loss"], val_top1=val["top1"], val_top5=val["top5"], val_images=val["images"])
             if ema_val:
-                record.update(val_loss_ema=ema_val[0]["loss"], val_top1_ema=ema_val[0]["top1"],
-                              val_top5_ema=ema_val[0]["top5"])
+                record.update(
+                    val_loss_ema=ema_val[0]["loss"], val_top1_ema=ema_val[0]["top1"], val_top5_ema=ema_val[0]["top5"]
+                )
         newest_save = report_saves(saver, monitor) or newest_save
         if newest_save is not None:  # the newest finished write: usually the previous epoch's, in the background
             record.update(checkpoint_save_s=newest_save.seconds, checkpoint_mb=newest_save.bytes / 1e6)
@@ -397,14 +470,19 @@ def _epochs(trainer: Trainer, loaders: Loaders, plan: Plan, cfg: Config, dist: D
         monitor.epoch_metrics(record)
         numbers = {k: v for k, v in record.items() if k != "epoch" and isinstance(v, (int, float))}
         monitor.scalars({f"epoch/{k}": v for k, v in numbers.items()}, epoch + 1)
-        monitor.print(f"epoch {epoch + 1}/{plan.epochs} " + " ".join(
-            f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}" for k, v in numbers.items()))
+        monitor.print(
+            f"epoch {epoch + 1}/{plan.epochs} "
+            + " ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}" for k, v in numbers.items())
+        )
         if dist.is_main:
             save_epoch(trainer, cfg, plan, is_best, saver)
         if trainer.epoch < plan.epochs and stop.poll(dist.device, dist.world_size).stop:
-            return finish("preempted", PREEMPTED_EXIT_CODE,
-                          f"Stopped by {stop.signal_name or 'a signal'} after epoch {trainer.epoch}; checkpoint "
-                          f"saved to {run.last_checkpoint}. Run the same command to resume.")
+            return finish(
+                "preempted",
+                PREEMPTED_EXIT_CODE,
+                f"Stopped by {stop.signal_name or 'a signal'} after epoch {trainer.epoch}; checkpoint "
+                f"saved to {run.last_checkpoint}. Run the same command to resume.",
+            )
         monitor.run_state(state="running", epoch=trainer.epoch, epochs=plan.epochs, best_top1=trainer.best_top1)
 
     final = {k: record[k] for k in ("val_top1", "val_top5", "val_loss", "train_loss") if k in record}
@@ -416,8 +494,10 @@ def _epochs(trainer: Trainer, loaders: Loaders, plan: Plan, cfg: Config, dist: D
     report_saves(saver, monitor)
     monitor.run_state(state="finished", epoch=trainer.epoch, epochs=plan.epochs, best_top1=trainer.best_top1)
     if trainer.best_top1 is not None:
-        monitor.print(f"Finished {plan.epochs} epochs: final val top-1 {record.get('val_top1', float('nan')):.2f}%, "
-                      f"best {trainer.best_top1:.2f}%. Run directory: {out.dir}")
+        monitor.print(
+            f"Finished {plan.epochs} epochs: final val top-1 {record.get('val_top1', float('nan')):.2f}%, "
+            f"best {trainer.best_top1:.2f}%. Run directory: {out.dir}"
+        )
     monitor.print(f"TensorBoard: tensorboard --logdir {run.tensorboard}")
     return 0
 
@@ -425,13 +505,19 @@ def _epochs(trainer: Trainer, loaders: Loaders, plan: Plan, cfg: Config, dist: D
 def report_divergence(e: Diverged, trainer: Trainer, plan: Plan, cfg: Config, monitor: Monitor) -> int:
     """Say what happened and what to try, record it in run_state.json; returns DIVERGED_EXIT_CODE."""
     last = RunDir(cfg.output.dir).last_checkpoint
-    kept = (f"{last} was not overwritten and holds the last state checked finite" if os.path.exists(last)
-            else "no checkpoint had been written")
+    kept = (
+        f"{last} was not overwritten and holds the last state checked finite"
+        if os.path.exists(last)
+        else "no checkpoint had been written"
+    )
     o = cfg.optim
-    tries = [f"a lower optim.base_lr (now {o.base_lr:g})",
-             f"a longer warm-up, optim.warmup_epochs (now {o.warmup_epochs:g})",
-             "gradient clipping, optim.clip_grad_norm=1.0" if not o.clip_grad_norm
-             else f"a lower optim.clip_grad_norm (now {o.clip_grad_norm:g})"]
+    tries = [
+        f"a lower optim.base_lr (now {o.base_lr:g})",
+        f"a longer warm-up, optim.warmup_epochs (now {o.warmup_epochs:g})",
+        "gradient clipping, optim.clip_grad_norm=1.0"
+        if not o.clip_grad_norm
+        else f"a lower optim.clip_grad_norm (now {o.clip_grad_norm:g})",
+    ]
     if cfg.train.amp == "fp16":
         tries.append("train.amp=bf16 instead of fp16 (the same range as float32)")
     steps = f"step {e.last}" if e.first == e.last else f"one of steps {e.first} to {e.last}"
@@ -439,7 +525,15 @@ def report_divergence(e: Diverged, trainer: Trainer, plan: Plan, cfg: Config, mo
         f"training diverged: a loss became NaN or infinite in epoch {trainer.epoch + 1}, at optimizer "
         f"{steps} (LR {e.lr:.4g}, peak LR {plan.peak_lr:.4g}); the run stopped without "
         f"saving, and {kept}. Try {', '.join(tries[:-1])} or {tries[-1]}; then run the same command to resume "
-        "from the last checkpoint with the new setting, or set resume=none (or a new output.dir) to start afresh.")
-    monitor.run_state(state="diverged", reason=f"NaN or infinite loss at optimizer {steps}", step=e.last,
-                      lr=e.lr, epoch=trainer.epoch, epochs=plan.epochs, best_top1=trainer.best_top1)
+        "from the last checkpoint with the new setting, or set resume=none (or a new output.dir) to start afresh."
+    )
+    monitor.run_state(
+        state="diverged",
+        reason=f"NaN or infinite loss at optimizer {steps}",
+        step=e.last,
+        lr=e.lr,
+        epoch=trainer.epoch,
+        epochs=plan.epochs,
+        best_top1=trainer.best_top1,
+    )
     return DIVERGED_EXIT_CODE

@@ -2,6 +2,7 @@
 
 Only rank 0 builds a real Monitor; the other ranks get one whose methods do nothing.
 """
+
 from __future__ import annotations
 
 import math
@@ -27,6 +28,7 @@ class Monitor:
 
     With ``enabled=False`` (the other ranks) every method does nothing.
     """
+
     def __init__(self, output_cfg, enabled: bool = True):
         self.enabled = enabled
         self.dir = output_cfg.dir
@@ -40,6 +42,7 @@ class Monitor:
             os.makedirs(self.dir, exist_ok=True)
             if output_cfg.tensorboard:
                 from torch.utils.tensorboard import SummaryWriter
+
                 self.writer = SummaryWriter(self.run.tensorboard)
 
     # console -------------------------------------------------------------------------
@@ -59,8 +62,17 @@ class Monitor:
         else:
             print(message, file=file, flush=True)
 
-    def progress(self, epoch: int, epochs: int, step: int, steps: int, loss: float, lr: float,
-                 images_per_sec: float, eta_s: float) -> None:
+    def progress(
+        self,
+        epoch: int,
+        epochs: int,
+        step: int,
+        steps: int,
+        loss: float,
+        lr: float,
+        images_per_sec: float,
+        eta_s: float,
+    ) -> None:
         """Training progress after ``step`` of ``steps`` optimizer steps of ``epoch`` (0-based).
 
         On a bar (``output.progress: bar``, or ``auto`` on a terminal): tqdm's bar for the epoch
@@ -73,8 +85,9 @@ class Monitor:
         values = f"loss {loss:.4f} lr {lr:.4g} {images_per_sec:.1f} img/s"
         if self.bar:
             if self._bar is None:  # the epoch's first report: steps before it were done earlier or by a resume
-                self._bar = Progress(steps, f"epoch {epoch + 1}/{epochs}", unit="step", bar=True, initial=step,
-                                     stream=sys.stderr)
+                self._bar = Progress(
+                    steps, f"epoch {epoch + 1}/{epochs}", unit="step", bar=True, initial=step, stream=sys.stderr
+                )
             self._bar.update(step - self._bar.n, postfix=values)
         elif step % self.log_every == 0 or step == steps:
             print(f"epoch {epoch + 1}/{epochs} step {step}/{steps} {values} eta {format_seconds(eta_s)}", flush=True)
@@ -97,6 +110,7 @@ class Monitor:
         if self.writer is None:
             return
         import torchvision
+
         x = batch[:count].detach().float().cpu()
         x = x * torch.tensor(std).view(1, -1, 1, 1) + torch.tensor(mean).view(1, -1, 1, 1)
         grid = torchvision.utils.make_grid(x.clamp(0, 1), nrow=int(math.ceil(math.sqrt(len(x)))))

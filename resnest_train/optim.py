@@ -1,7 +1,9 @@
 """Parameter groups, the optimizer and the per-iteration learning rate."""
+
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 
 import torch
 from torch import nn
@@ -14,8 +16,16 @@ def peak_lr(base_lr: float, global_batch: int) -> float:
     return base_lr * global_batch / 256
 
 
-def lr_at(step: int, *, steps_per_epoch: int, epochs: int, warmup_epochs: float, peak: float,
-          warmup_start: float = 0.0, final: float = 0.0) -> float:
+def lr_at(
+    step: int,
+    *,
+    steps_per_epoch: int,
+    epochs: int,
+    warmup_epochs: float,
+    peak: float,
+    warmup_start: float = 0.0,
+    final: float = 0.0,
+) -> float:
     """LR at optimizer step `step` (0-based): linear warm-up from `warmup_start`, then cosine to `final`."""
     total = epochs * steps_per_epoch
     warmup = round(warmup_epochs * steps_per_epoch)
@@ -25,34 +35,52 @@ def lr_at(step: int, *, steps_per_epoch: int, epochs: int, warmup_epochs: float,
     return final + 0.5 * (peak - final) * (1.0 + math.cos(math.pi * progress))
 
 
-def param_groups(model: nn.Module, weight_decay: float, no_decay_norm_bias: bool = True) -> list[dict]:
-    """Two groups: weights that decay, and every norm parameter and every bias, which do not.
+def param_groups(
+    model: nn.Module,
+    weight_decay: float,
+    no_decay_norm_bias: bool = True,
+    lr_mult: Callable[[str], float] | None = None,
+) -> list[dict]:
+    """The trainable parameters (``requires_grad``) in groups of one weight decay and one LR multiplier.
 
-    Norm layers are found by type, not by name: the official code matched names containing
-    'bn', which missed the deep stem's and the shortcuts' BatchNorms.
+    Without ``no_decay_norm_bias`` every parameter decays; with it (the default) every norm
+    parameter and every bias does not. Norm layers are found by type, not by name: the
+    official code matched names containing 'bn', which missed the deep stem's and the
+    shortcuts' BatchNorms. ``lr_mult(name)`` gives a parameter's LR multiplier (fine-tuning,
+    ``finetune.lr_mult``); each group records it as ``lr_mult`` and ``set_lr`` applies it.
+
+    Order: the multiplier-1 groups first (so ``param_groups[0]`` runs at the scheduled LR),
+    then by falling multiplier; within one multiplier the decaying group before the other.
+    Without multipliers that is ``[decay, no_decay]`` (or one group), as before they existed.
+    Empty groups are left out.
     """
-    if not no_decay_norm_bias:
-        return [{"params": [p for p in model.parameters() if p.requires_grad], "weight_decay": weight_decay}]
     no_decay_ids = set()
-    for module in model.modules():
-        for name, p in module.named_parameters(recurse=False):
-            if isinstance(module, NORM_TYPES) or name == "bias":
-                no_decay_ids.add(id(p))
-    decay, no_decay = [], []
-    for p in model.parameters():
+    if no_decay_norm_bias:
+        for module in model.modules():
+            for name, p in module.named_parameters(recurse=False):
+                if isinstance(module, NORM_TYPES) or name == "bias":
+                    no_decay_ids.add(id(p))
+    groups: dict[tuple[float, bool], list] = {}
+    for name, p in model.named_parameters():
         if p.requires_grad:
-            (no_decay if id(p) in no_decay_ids else decay).append(p)
-    return [{"params": decay, "weight_decay": weight_decay},
-            {"params": no_decay, "weight_decay": 0.0}]
+            mult = float(lr_mult(name)) if lr_mult is not None else 1.0
+            groups.setdefault((mult, id(p) not in no_decay_ids), []).append(p)
+    ordered = sorted(groups.items(), key=lambda item: (item[0][0] != 1.0, -item[0][0], not item[0][1]))
+    return [
+        {"params": params, "weight_decay": weight_decay if decays else 0.0, "lr_mult": mult}
+        for (mult, decays), params in ordered
+    ]
 
 
-def build_optimizer(model: nn.Module, optim_cfg, lr: float) -> torch.optim.Optimizer:
-    """SGD with ``optim.momentum`` (Nesterov by default) over ``param_groups`` at learning rate ``lr``."""
-    groups = param_groups(model, optim_cfg.weight_decay, optim_cfg.no_decay_norm_bias)
+def build_optimizer(
+    model: nn.Module, optim_cfg, lr: float, lr_mult: Callable[[str], float] | None = None
+) -> torch.optim.Optimizer:
+    """SGD over ``param_groups(model, ...)``; ``lr_mult`` as there."""
+    groups = param_groups(model, optim_cfg.weight_decay, optim_cfg.no_decay_norm_bias, lr_mult)
     return torch.optim.SGD(groups, lr=lr, momentum=optim_cfg.momentum, nesterov=optim_cfg.nesterov)
 
 
 def set_lr(optimizer: torch.optim.Optimizer, lr: float) -> None:
-    """Set the learning rate of every parameter group (the loop sets each step's, ``lr_at``)."""
+    """Set every group's LR to ``lr`` times its ``lr_mult`` (1 when it has none)."""
     for group in optimizer.param_groups:
-        group["lr"] = lr
+        group["lr"] = lr * group.get("lr_mult", 1.0)

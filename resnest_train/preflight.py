@@ -15,6 +15,7 @@ It needs neither the dataset nor the device. The rules that do stay apart and ru
 trainer knows them: ``check_device`` (fp16 and SyncBN need CUDA; SyncBN's batch is the
 global one) and ``check_steps_per_epoch`` (an epoch must hold an optimizer step).
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -91,8 +92,9 @@ class Range:
         if self.high is None:
             bounds = f"{'>' if self.low_open else '>='} {_num(self.low)}"
         else:
-            bounds = (f"in {'(' if self.low_open else '['}{_num(self.low)}, {_num(self.high)}"
-                      f"{')' if self.high_open else ']'}")
+            bounds = (
+                f"in {'(' if self.low_open else '['}{_num(self.low)}, {_num(self.high)}{')' if self.high_open else ']'}"
+            )
         if not is_list:
             return bounds
         count = f"{self.length} numbers" if self.length is not None else "numbers"
@@ -119,30 +121,56 @@ RANGES: dict[str, Range] = {
     "model.stem_width": POSITIVE_INT,
     "model.final_drop": Range(0, 1, high_open=True, why="dropout probability before the classifier"),
     "model.dropblock.stages": Range(1, 4, why="1..4 are layer1..layer4; the paper uses [3, 4]"),
-    "model.dropblock.block_size": Range(1, why="the side of a dropped square in feature-map pixels; "
-                                           "the paper uses 3"),
-    "model.dropblock.prob": Range(0, 1, high_open=True, why="the final drop probability (the linear "
-                                  "schedule reaches it at the last epoch); 1 would drop every activation; "
-                                  "the paper uses 0.1"),
+    "model.dropblock.block_size": Range(1, why="the side of a dropped square in feature-map pixels; the paper uses 3"),
+    "model.dropblock.prob": Range(
+        0,
+        1,
+        high_open=True,
+        why="the final drop probability (the linear "
+        "schedule reaches it at the last epoch); 1 would drop every activation; "
+        "the paper uses 0.1",
+    ),
     # data
     "data.workers": NONNEG,
     "data.train_crop": CROP,
     "data.eval_crop": CROP,
-    "data.eval_ratio": Range(0, 1, low_open=True, why="eval resizes the short side to eval_crop / eval_ratio; "
-                             "the paper uses 0.875 at 224 px"),
-    "data.rrc_scale": Range(0, 1, low_open=True, length=2, ordered=True,
-                            why="RandomResizedCrop's (min, max) share of the image area; the paper "
-                                "uses [0.08, 1.0]"),
-    "data.rrc_ratio": Range(0, low_open=True, length=2, ordered=True,
-                            why="RandomResizedCrop's (min, max) aspect ratio; the paper uses [0.75, 1.333]"),
-    "data.color_jitter": Range(0, why="brightness/contrast/saturation factors are drawn from "
-                                      "[max(0, 1 - s), 1 + s] (torchvision's ColorJitter)"),
+    "data.eval_ratio": Range(
+        0, 1, low_open=True, why="eval resizes the short side to eval_crop / eval_ratio; the paper uses 0.875 at 224 px"
+    ),
+    "data.rrc_scale": Range(
+        0,
+        1,
+        low_open=True,
+        length=2,
+        ordered=True,
+        why="RandomResizedCrop's (min, max) share of the image area; the paper uses [0.08, 1.0]",
+    ),
+    "data.rrc_ratio": Range(
+        0,
+        low_open=True,
+        length=2,
+        ordered=True,
+        why="RandomResizedCrop's (min, max) aspect ratio; the paper uses [0.75, 1.333]",
+    ),
+    "data.color_jitter": Range(
+        0,
+        why="brightness/contrast/saturation factors are drawn from [max(0, 1 - s), 1 + s] (torchvision's ColorJitter)",
+    ),
     "data.lighting": Range(0, why="the standard deviation of AlexNet's PCA lighting noise; the paper uses 0.1"),
-    "data.mean": Range(0, 1, length=3, why="the R, G, B means in [0, 1] pixel units "
-                                           "(ImageNet: [0.485, 0.456, 0.406], not 0-255 values)"),
-    "data.std": Range(0, 1, low_open=True, length=3,
-                      why="the R, G, B standard deviations pixels are divided by, in [0, 1] pixel units "
-                          "(ImageNet: [0.229, 0.224, 0.225], not 0-255 values)"),
+    "data.mean": Range(
+        0,
+        1,
+        length=3,
+        why="the R, G, B means in [0, 1] pixel units (ImageNet: [0.485, 0.456, 0.406], not 0-255 values)",
+    ),
+    "data.std": Range(
+        0,
+        1,
+        low_open=True,
+        length=3,
+        why="the R, G, B standard deviations pixels are divided by, in [0, 1] pixel units "
+        "(ImageNet: [0.229, 0.224, 0.225], not 0-255 values)",
+    ),
     "data.dali.threads": Range(1, why="DALI CPU threads per process"),
     "data.dali.prefetch": Range(1, why="DALI's prefetch queue depth in batches"),
     "data.dali.hw_decoder_load": Range(0, 1, why="the share of JPEGs sent to the hardware decoder"),
@@ -150,12 +178,12 @@ RANGES: dict[str, Range] = {
     "data.synthetic.val_images": POSITIVE_INT,
     "data.synthetic.num_classes": POSITIVE_INT,
     # optim
-    "optim.base_lr": Range(0, low_open=True, why="the LR per 256 images: peak LR = base_lr x global batch "
-                                                 "/ 256; the paper uses 0.1"),
+    "optim.base_lr": Range(
+        0, low_open=True, why="the LR per 256 images: peak LR = base_lr x global batch / 256; the paper uses 0.1"
+    ),
     "optim.momentum": Range(0, 1, high_open=True, why="SGD momentum; the paper uses 0.9"),
     "optim.weight_decay": Range(0, why="the paper uses 1e-4"),
-    "optim.warmup_epochs": Range(0, why="linear warm-up length; longer than train.epochs never reaches "
-                                        "the peak LR"),
+    "optim.warmup_epochs": Range(0, why="linear warm-up length; longer than train.epochs never reaches the peak LR"),
     "optim.warmup_start_lr": NONNEG,
     "optim.final_lr": NONNEG,
     "optim.clip_grad_norm": Range(0, low_open=True, why="the max gradient norm; null turns clipping off"),
@@ -163,16 +191,36 @@ RANGES: dict[str, Range] = {
     "train.epochs": POSITIVE_INT,
     "train.batch_size": Range(1, why="images per process"),
     "train.accum_steps": POSITIVE_INT,
-    "train.label_smoothing": Range(0, 1, high_open=True, why="1 would make every target uniform: nothing to "
-                                                             "learn; the paper uses 0.1"),
+    "train.label_smoothing": Range(
+        0, 1, high_open=True, why="1 would make every target uniform: nothing to learn; the paper uses 0.1"
+    ),
     "train.mixup_alpha": Range(0, why="mixup's Beta(alpha, alpha); 0 turns it off; the paper uses 0.2"),
     "train.cutmix_alpha": Range(0, why="CutMix's Beta(alpha, alpha); 0 turns it off"),
     "train.mixup_prob": PROBABILITY,
     "train.mixup_off_epoch": Range(0, why="the epoch mixup stops at; 0 keeps it on for the whole run"),
     "train.ema_decay": Range(0, 1, low_open=True, high_open=True, why="the EMA weight of the old average"),
-    "train.seed": Range(0, 2 ** 32, high_open=True, why="data order and augmentation use the seed's 32 bits"),
+    "train.seed": Range(0, 2**32, high_open=True, why="data order and augmentation use the seed's 32 bits"),
     "train.max_steps_per_epoch": Range(0, why="0 runs the whole epoch"),
     "train.eval_every": Range(1, why="epochs between evaluations (the last epoch always evaluates)"),
+    # finetune
+    "finetune.freeze_stages": Range(
+        0,
+        5,
+        why="stages 0..N-1 are frozen: 0 is the stem, 1..4 are layer1..layer4; 5 leaves only the classifier to train",
+    ),
+    "finetune.body_lr_mult": Range(
+        0,
+        low_open=True,
+        why="the body's LR is body_lr_mult x the scheduled LR; "
+        "to keep a stage fixed, freeze it (finetune.freeze_stages)",
+    ),
+    "finetune.layer_decay": Range(
+        0,
+        1,
+        low_open=True,
+        why="stage s (0 = stem .. 4 = layer4) learns at "
+        "layer_decay ** (5 - s) x the scheduled LR; 1 turns the decay off",
+    ),
     # dist
     "dist.timeout_min": Range(1, why="minutes a collective may wait for the other processes"),
     "dist.bucket_cap_mb": Range(1, why="DDP's gradient bucket size in MiB"),
@@ -188,6 +236,7 @@ RANGES: dict[str, Range] = {
 # Rules across keys
 # ---------------------------------------------------------------------------------------
 
+
 def batch_norm_batch(cfg: Config) -> None:
     """A per-process batch of 1 cannot train (PyTorch: 'Expected more than 1 value per channel
     when training'): the BatchNorm after split-attention's global pooling sees one value per
@@ -199,7 +248,8 @@ def batch_norm_batch(cfg: Config) -> None:
             "BatchNorm after split-attention's global pooling sees exactly one value per image (PyTorch "
             "stops with 'Expected more than 1 value per channel when training'). Set "
             "train.batch_size >= 2 (or train.sync_bn=true on several GPUs, where BatchNorm sees the global "
-            "batch).")
+            "batch)."
+        )
 
 
 def mixup_pairs(cfg: Config) -> None:
@@ -209,7 +259,8 @@ def mixup_pairs(cfg: Config) -> None:
         raise ConfigError(
             f"Config key 'train.batch_size' is {t.batch_size}; mixup/cutmix pair each batch with its reverse "
             "and need an even per-process batch. Use an even batch size or set train.mixup_alpha=0 and "
-            "train.cutmix_alpha=0.")
+            "train.cutmix_alpha=0."
+        )
 
 
 def nesterov_momentum(cfg: Config) -> None:
@@ -218,15 +269,39 @@ def nesterov_momentum(cfg: Config) -> None:
         raise ConfigError(
             "Config key 'optim.nesterov' is true but 'optim.momentum' is 0: Nesterov momentum needs a "
             "momentum (torch.optim.SGD refuses it). Set optim.momentum > 0 (the paper: 0.9) or "
-            "optim.nesterov=false.")
+            "optim.nesterov=false."
+        )
 
 
-CROSS_KEY_RULES: tuple[Callable[[Config], None], ...] = (batch_norm_batch, mixup_pairs, nesterov_momentum)
+def freezing_needs_weights(cfg: Config) -> None:
+    """Frozen layers keep the weights they start with: random ones never learn, and a frozen
+    BatchNorm at its initial statistics passes activations unnormalised, with the residual
+    branches' zero-initialised last gamma (``model.zero_init_last``) switching them off for good."""
+    f = cfg.finetune
+    if (f.freeze_stages > 0 or f.freeze_bn) and not cfg.model.weights:
+        key, value = (
+            ("finetune.freeze_stages", f.freeze_stages) if f.freeze_stages > 0 else ("finetune.freeze_bn", True)
+        )
+        raise ConfigError(
+            f"Config key '{key}' is {str(value).lower()}, but 'model.weights' is empty: frozen layers keep the weights "
+            "they start with, and random weights (or BatchNorm statistics never measured) would stay useless. "
+            f"Set model.weights to a pretrained checkpoint or state_dict, or set {key}="
+            f"{'0' if key.endswith('stages') else 'false'} to train from scratch."
+        )
+
+
+CROSS_KEY_RULES: tuple[Callable[[Config], None], ...] = (
+    batch_norm_batch,
+    mixup_pairs,
+    nesterov_momentum,
+    freezing_needs_weights,
+)
 
 
 # ---------------------------------------------------------------------------------------
 # The check
 # ---------------------------------------------------------------------------------------
+
 
 def preflight(cfg: Config) -> Config:
     """Check ``cfg`` against every rule that needs neither the dataset nor the device;
@@ -267,11 +342,12 @@ def check_choices(cfg: Config) -> None:
         if isinstance(value, list):
             bad = [v for v in value if v not in allowed]
             if bad:
-                raise ConfigError(f"Config key '{key}' is {value!r}: {', '.join(map(repr, bad))} is not one of "
-                                  f"{names}. Set each item to one of those.")
+                raise ConfigError(
+                    f"Config key '{key}' is {value!r}: {', '.join(map(repr, bad))} is not one of "
+                    f"{names}. Set each item to one of those."
+                )
         elif value not in allowed:
-            raise ConfigError(f"Config key '{key}' is {value!r}, which is not one of {names}. "
-                              "Set it to one of those.")
+            raise ConfigError(f"Config key '{key}' is {value!r}, which is not one of {names}. Set it to one of those.")
 
 
 def check_ranges(cfg: Config) -> None:
@@ -281,8 +357,10 @@ def check_ranges(cfg: Config) -> None:
         if value is None or valid.holds(value):
             continue
         why = f": {valid.why}" if valid.why else ""
-        raise ConfigError(f"Config key '{key}' is {value!r}, outside its valid range "
-                          f"{valid.describe(isinstance(value, list))}{why}. Set {key} within that range.")
+        raise ConfigError(
+            f"Config key '{key}' is {value!r}, outside its valid range "
+            f"{valid.describe(isinstance(value, list))}{why}. Set {key} within that range."
+        )
 
 
 def check_model(cfg: Config) -> None:
@@ -294,8 +372,10 @@ def check_model(cfg: Config) -> None:
     error = _build_error(m.name, arch, dropblock)
     if error:
         keys = ", ".join([f"model.name={m.name}"] + [f"model.{k}={v}" for k, v in arch])
-        raise ConfigError(f"The model of the config cannot be built ({keys}): {error}. Change those "
-                          "keys (python -m resnest_train.models lists the variants and their values).")
+        raise ConfigError(
+            f"The model of the config cannot be built ({keys}): {error}. Change those "
+            "keys (python -m resnest_train.models lists the variants and their values)."
+        )
 
 
 @functools.lru_cache(maxsize=64)
@@ -304,9 +384,12 @@ def _build_error(name: str, arch: tuple, dropblock: tuple) -> str:
     stages, sites, block_size, prob = dropblock
     try:
         with torch.device("meta"), SkipNormalInit():
-            create_model(name, zero_init_last=True,
-                         dropblock=dict(stages=list(stages), sites=list(sites), block_size=block_size, prob=prob),
-                         **dict(arch))
+            create_model(
+                name,
+                zero_init_last=True,
+                dropblock=dict(stages=list(stages), sites=list(sites), block_size=block_size, prob=prob),
+                **dict(arch),
+            )
     except (KeyError, ValueError) as e:  # models.ModelError is a ValueError
         return str(e).rstrip(".")
     return ""
@@ -328,21 +411,28 @@ class SkipNormalInit(TorchFunctionMode):
 # Rules that need the device or the dataset: the trainer calls these once it knows them
 # ---------------------------------------------------------------------------------------
 
+
 def check_device(cfg: Config, device: Any, world_size: int) -> None:
     """Options the device or the number of processes rule out: fp16 and SyncBN need CUDA,
     and SyncBN's BatchNorm needs more than one image in the global batch."""
     if cfg.train.amp == "fp16" and device.type != "cuda":
-        raise ConfigError("Config key 'train.amp' is fp16, which needs a CUDA GPU (its grad scaler and fast "
-                          "kernels are GPU-only). On the CPU use train.amp=bf16 or none.")
+        raise ConfigError(
+            "Config key 'train.amp' is fp16, which needs a CUDA GPU (its grad scaler and fast "
+            "kernels are GPU-only). On the CPU use train.amp=bf16 or none."
+        )
     if cfg.train.sync_bn and device.type != "cuda":
-        raise ConfigError("Config key 'train.sync_bn' is true, but PyTorch's SyncBatchNorm runs only on GPUs. "
-                          "Set train.sync_bn=false on the CPU (BN statistics are then per process and "
-                          "averaged across ranks before each evaluation).")
+        raise ConfigError(
+            "Config key 'train.sync_bn' is true, but PyTorch's SyncBatchNorm runs only on GPUs. "
+            "Set train.sync_bn=false on the CPU (BN statistics are then per process and "
+            "averaged across ranks before each evaluation)."
+        )
     if cfg.train.sync_bn and cfg.train.batch_size * world_size < 2:
-        raise ConfigError(f"Config key 'train.batch_size' is {cfg.train.batch_size} with train.sync_bn on a "
-                          "single process: BatchNorm in training mode needs more than one value per channel, "
-                          "so the global batch must hold at least 2 images. Set train.batch_size >= 2 or "
-                          "train on several GPUs.")
+        raise ConfigError(
+            f"Config key 'train.batch_size' is {cfg.train.batch_size} with train.sync_bn on a "
+            "single process: BatchNorm in training mode needs more than one value per channel, "
+            "so the global batch must hold at least 2 images. Set train.batch_size >= 2 or "
+            "train on several GPUs."
+        )
 
 
 def check_steps_per_epoch(cfg: Config, world_size: int, batches_per_epoch: int) -> int:
@@ -355,5 +445,6 @@ def check_steps_per_epoch(cfg: Config, world_size: int, batches_per_epoch: int) 
         raise ConfigError(
             f"An epoch would have no optimizer step: {batches_per_epoch} batches of {cfg.train.batch_size} per "
             f"process with train.accum_steps={cfg.train.accum_steps} on {world_size} process(es). "
-            "Lower train.batch_size or train.accum_steps, or use fewer processes.")
+            "Lower train.batch_size or train.accum_steps, or use fewer processes."
+        )
     return steps

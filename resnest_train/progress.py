@@ -5,6 +5,7 @@ computes the rate and the ETA; on a terminal it redraws its bar in place, elsewh
 would fill with carriage returns, so ``Progress`` then prints tqdm's text without the bar as
 one line every ``every_s`` seconds and at the end.
 """
+
 from __future__ import annotations
 
 import sys
@@ -31,16 +32,32 @@ class Progress:
     start (a resumed epoch) and do not enter the rate. ``enabled=False`` shows nothing.
     """
 
-    def __init__(self, total: int, desc: str, unit: str = "it", bar: bool | None = None, initial: int = 0,
-                 stream: TextIO | None = None, every_s: float = 10.0, enabled: bool = True):
+    def __init__(
+        self,
+        total: int,
+        desc: str,
+        unit: str = "it",
+        bar: bool | None = None,
+        initial: int = 0,
+        stream: TextIO | None = None,
+        every_s: float = 10.0,
+        enabled: bool = True,
+    ):
         self.stream = stream or sys.stderr
         self.bar = is_terminal(self.stream) if bar is None else bar
         self.enabled = enabled
         self.total, self.n, self.initial = max(int(total), 0), int(initial), int(initial)
         self.desc, self.unit, self.every_s, self.postfix = desc, unit, every_s, ""
         self.start = self.last = time.monotonic()
-        self._tqdm = tqdm(total=self.total, initial=self.initial, desc=desc, unit=unit, file=self.stream,
-                          dynamic_ncols=True, disable=not (enabled and self.bar))
+        self._tqdm = tqdm(
+            total=self.total,
+            initial=self.initial,
+            desc=desc,
+            unit=unit,
+            file=self.stream,
+            dynamic_ncols=True,
+            disable=not (enabled and self.bar),
+        )
 
     def update(self, n: int = 1, postfix: str | None = None) -> None:
         """``n`` more units done; ``postfix`` (e.g. "loss 2.31 lr 0.1") is shown after the rate."""
@@ -61,8 +78,16 @@ class Progress:
     def line(self, now: float | None = None) -> str:
         """The progress as one line of text, tqdm's fields without the bar."""
         elapsed = (time.monotonic() if now is None else now) - self.start
-        return tqdm.format_meter(self.n, self.total, elapsed, prefix=self.desc, unit=self.unit,
-                                 bar_format=LINE_FORMAT, postfix=self.postfix or None, initial=self.initial)
+        return tqdm.format_meter(
+            self.n,
+            self.total,
+            elapsed,
+            prefix=self.desc,
+            unit=self.unit,
+            bar_format=LINE_FORMAT,
+            postfix=self.postfix or None,
+            initial=self.initial,
+        )
 
     def write(self, message: str, file: TextIO | None = None) -> None:
         """Print ``message`` (to stdout by default) without breaking a bar that is on screen."""

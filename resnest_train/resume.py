@@ -5,6 +5,7 @@ rank restores the file into its ``Trainer`` before DDP and ``torch.compile`` wra
 the ranks compare positions), ``resume_position`` (the same step, or the same fraction of the
 epoch when the global batch changed).
 """
+
 from __future__ import annotations
 
 from . import checkpoint
@@ -66,10 +67,17 @@ def restore(trainer: Trainer, saved: dict, cfg: Config, path: str) -> None:
         previous.pop(key, None)
         current.pop(key, None)
     diffs = checkpoint.model_differences(previous, current)
+    # what is frozen and the LR multipliers shape the optimizer's parameter groups
+    defaults = config_to_dict(Config())["finetune"]
+    diffs += checkpoint.model_differences(
+        saved["config"].get("finetune", defaults), config_to_dict(cfg)["finetune"], prefix="finetune"
+    )
     if diffs:
-        raise UserError(f"Cannot resume from {path}: the model in the config differs from the checkpoint's "
-                        f"({'; '.join(diffs)}). Use the checkpoint's model settings, or a new output.dir "
-                        "(or resume=none) to start a different run.")
+        raise UserError(
+            f"Cannot resume from {path}: the model in the config differs from the checkpoint's "
+            f"({'; '.join(diffs)}). Use the checkpoint's model settings, or a new output.dir "
+            "(or resume=none) to start a different run."
+        )
     trainer.load_state_dict(saved)
 
 
@@ -84,14 +92,18 @@ def check_resume_positions(positions: list, path: str) -> None:
     shared = "output.dir must be on a filesystem that every node sees the same"
     if errors:
         failed = ", ".join(str(r) for r in errors)
-        raise UserError(f"Rank(s) {failed} could not resume from {path}, which rank 0 chose ({shared}; wait "
-                        f"for it to settle, then run again): {next(iter(errors.values()))}")
+        raise UserError(
+            f"Rank(s) {failed} could not resume from {path}, which rank 0 chose ({shared}; wait "
+            f"for it to settle, then run again): {next(iter(errors.values()))}"
+        )
     if len(set(positions)) > 1:
         listed = "; ".join(f"rank {r}: {p}" for r, p in enumerate(positions))
-        raise UserError(f"The ranks resumed from {path} at different points (epoch, step_in_epoch, step) = "
-                        f"{listed}: they read different contents of one file, so replicas and loop counts "
-                        f"would diverge. {shared} (a lagging network filesystem can serve a stale copy); "
-                        "wait for it to settle, then run the same command again.")
+        raise UserError(
+            f"The ranks resumed from {path} at different points (epoch, step_in_epoch, step) = "
+            f"{listed}: they read different contents of one file, so replicas and loop counts "
+            f"would diverge. {shared} (a lagging network filesystem can serve a stale copy); "
+            "wait for it to settle, then run the same command again."
+        )
 
 
 def checkpoint_plan(saved: dict, plan: Plan) -> dict:
@@ -104,8 +116,11 @@ def checkpoint_plan(saved: dict, plan: Plan) -> dict:
     """
     if saved.get("plan"):
         old = saved["plan"]
-        return {"global_batch": old["global_batch"], "steps_per_epoch": old["steps_per_epoch"],
-                "loss_terms": old["world_size"] * old["accum_steps"]}
+        return {
+            "global_batch": old["global_batch"],
+            "steps_per_epoch": old["steps_per_epoch"],
+            "loss_terms": old["world_size"] * old["accum_steps"],
+        }
     train = saved["config"]["train"]
     epoch, step_in_epoch, step = saved["epoch"], saved["step_in_epoch"], saved["step"]
     loss_terms = plan.world_size * plan.accum_steps
@@ -146,21 +161,32 @@ def resume_position(saved: dict, plan: Plan) -> tuple[dict, str | None]:
         mean = loss_sum / loss_count
         loss_count = step_in_epoch * loss_terms
         loss_sum = mean * loss_count
-    position = {"epoch": epoch, "step_in_epoch": step_in_epoch, "step": step,
-                "loss_sum": loss_sum, "loss_count": loss_count}
+    position = {
+        "epoch": epoch,
+        "step_in_epoch": step_in_epoch,
+        "step": step,
+        "loss_sum": loss_sum,
+        "loss_count": loss_count,
+    }
     old_world = (saved.get("plan") or {}).get("world_size", plan.world_size)
     if same and old_world == plan.world_size and old["loss_terms"] == loss_terms:
         return position, None
-    layout = (f"global batch {plan.global_batch} = {plan.batch_size} x {plan.world_size} process(es) x "
-              f"{plan.accum_steps} accumulation, {plan.steps_per_epoch} steps per epoch")
+    layout = (
+        f"global batch {plan.global_batch} = {plan.batch_size} x {plan.world_size} process(es) x "
+        f"{plan.accum_steps} accumulation, {plan.steps_per_epoch} steps per epoch"
+    )
     if same:
-        return position, (f"Resuming with {layout}: the checkpoint's global batch, so the run goes on exactly "
-                          f"where it stopped (step {step}).")
-    return position, (f"Resuming with {layout}; the checkpoint had global batch {old['global_batch']} and "
-                      f"{old['steps_per_epoch']} steps per epoch: going on at the same point of epoch {epoch + 1}, "
-                      f"step {step_in_epoch}/{plan.steps_per_epoch} (was {saved['step_in_epoch']}/"
-                      f"{old['steps_per_epoch']}), global step {step} (was {saved['step']}), with the new "
-                      "plan's schedule from there.")
+        return position, (
+            f"Resuming with {layout}: the checkpoint's global batch, so the run goes on exactly "
+            f"where it stopped (step {step})."
+        )
+    return position, (
+        f"Resuming with {layout}; the checkpoint had global batch {old['global_batch']} and "
+        f"{old['steps_per_epoch']} steps per epoch: going on at the same point of epoch {epoch + 1}, "
+        f"step {step_in_epoch}/{plan.steps_per_epoch} (was {saved['step_in_epoch']}/"
+        f"{old['steps_per_epoch']}), global step {step} (was {saved['step']}), with the new "
+        "plan's schedule from there."
+    )
 
 
 def adopt_resume_position(trainer: Trainer, saved: dict, plan: Plan, cfg: Config, monitor: Monitor) -> None:

@@ -13,6 +13,7 @@ Every file but metrics.jsonl is replaced whole by ``atomic_write``, the project'
 write (also used by the image-scan cache and the sweep's own files): a process killed at any
 moment leaves the old file or the new one, never half of one.
 """
+
 from __future__ import annotations
 
 import glob

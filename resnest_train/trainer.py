@@ -12,6 +12,7 @@ The loss is cross-entropy with ``train.label_smoothing`` (the paper's 0.1), or t
 cross-entropy of timm's ``Mixup`` (mixup/CutMix, whose targets carry the smoothing) until
 ``train.mixup_off_epoch``.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -47,8 +48,14 @@ def build_mixup(train: TrainConfig, num_classes: int):
     if train.mixup_alpha <= 0 and train.cutmix_alpha <= 0:
         return None
     from timm.data import Mixup
-    return Mixup(mixup_alpha=train.mixup_alpha, cutmix_alpha=train.cutmix_alpha, prob=train.mixup_prob,
-                 label_smoothing=train.label_smoothing, num_classes=num_classes)
+
+    return Mixup(
+        mixup_alpha=train.mixup_alpha,
+        cutmix_alpha=train.cutmix_alpha,
+        prob=train.mixup_prob,
+        label_smoothing=train.label_smoothing,
+        num_classes=num_classes,
+    )
 
 
 def soft_target_loss(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
@@ -63,6 +70,7 @@ def build_ema(model: nn.Module, decay: float, saved_ema: dict | None = None):
     from model.weights or restored): an EMA switched on at resume starts at the restored weights.
     """
     from timm.utils import ModelEmaV3
+
     ema = ModelEmaV3(model, decay=decay)
     if saved_ema:
         ema.load_state_dict(saved_ema)
@@ -94,8 +102,9 @@ class RunningLoss:
 
     def sync(self) -> None:
         """Fold every rank's part into the totals: one all-reduce. Collective."""
-        t = torch.stack([self.local_sum, torch.full((), float(self.local_count), device=self.device,
-                                                    dtype=torch.float64)])
+        t = torch.stack(
+            [self.local_sum, torch.full((), float(self.local_count), device=self.device, dtype=torch.float64)]
+        )
         total, n = all_reduce_sum(t).tolist()
         self.reset(self.total_sum + total, self.total_count + int(n))
 
@@ -112,8 +121,16 @@ class Trainer:
     weights are final. ``accum_steps`` micro-batches make one optimizer step.
     """
 
-    def __init__(self, model: nn.Module, optimizer: torch.optim.Optimizer, train: TrainConfig,
-                 clip_grad_norm: float | None, device: torch.device, num_classes: int, distributed: bool = False):
+    def __init__(
+        self,
+        model: nn.Module,
+        optimizer: torch.optim.Optimizer,
+        train: TrainConfig,
+        clip_grad_norm: float | None,
+        device: torch.device,
+        num_classes: int,
+        distributed: bool = False,
+    ):
         self.model = model
         self.net = model
         self.optimizer = optimizer
@@ -134,8 +151,11 @@ class Trainer:
         """
         if dist.enabled:
             self.net = nn.parallel.DistributedDataParallel(
-                self.model, device_ids=[dist.local_rank] if dist.device.type == "cuda" else None,
-                bucket_cap_mb=dist_cfg.bucket_cap_mb, find_unused_parameters=dist_cfg.find_unused_parameters)
+                self.model,
+                device_ids=[dist.local_rank] if dist.device.type == "cuda" else None,
+                bucket_cap_mb=dist_cfg.bucket_cap_mb,
+                find_unused_parameters=dist_cfg.find_unused_parameters,
+            )
         if self.train_cfg.compile:
             self.net = torch.compile(self.net)
 

@@ -5,6 +5,7 @@ The code and its --help: resnest_train/cli/benchmark.py.
 This file only lets a checkout run it as `python scripts/benchmark.py`; the package must be
 installed (`make install`, or `pip install -e .`).
 """
+
 import sys
 
 from resnest_train.cli.benchmark import main

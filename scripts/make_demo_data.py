@@ -5,6 +5,7 @@
 
 The package must be installed (`make install`, or `pip install -e .`).
 """
+
 import sys
 
 from resnest_train.data.demo import main

@@ -12,3 +12,22 @@ def demo_root(tmp_path_factory):
     root = str(tmp_path_factory.mktemp("demo"))
     make_demo_dataset(root, classes=4, train_per_class=16, val_per_class=6, size=32, seed=0)
     return root
+
+
+@pytest.fixture(scope="session")
+def shapes_root(tmp_path_factory):
+    """10 classes of 32 px PNG shapes (shape x colour): 32 train + 10 val images each."""
+    from helpers import make_shapes
+
+    return make_shapes(str(tmp_path_factory.mktemp("shapes")), 32, 10, seed=0, by_colour=True)
+
+
+@pytest.fixture(scope="session")
+def pretrained_run(tmp_path_factory, shapes_root):
+    """A finished train.py run on ``shapes_root`` (helpers.PRETRAIN: 5 epochs, 100 steps, with an
+    EMA): the trained model the evaluate, export and fine-tune tests start from."""
+    from helpers import PRETRAIN, train
+
+    out = str(tmp_path_factory.mktemp("pretrained"))
+    train(*PRETRAIN, f"data.root={shapes_root}", f"output.dir={out}")
+    return out

@@ -29,9 +29,15 @@ def test_base_inheritance_any_depth_and_lists(tmp_path):
     assert cfg.train.label_smoothing == 0.1  # schema default untouched
 
 
-@pytest.mark.parametrize("name,crop,ratio,drop,jitter", [
-    ("resnest50", 224, 0.875, None, 0.4), ("resnest101", 256, 0.889, None, 0.4),
-    ("resnest200", 320, 0.909, 0.2, 0.0), ("resnest269", 416, 0.929, 0.2, 0.0)])
+@pytest.mark.parametrize(
+    "name,crop,ratio,drop,jitter",
+    [
+        ("resnest50", 224, 0.875, None, 0.4),
+        ("resnest101", 256, 0.889, None, 0.4),
+        ("resnest200", 320, 0.909, 0.2, 0.0),
+        ("resnest269", 416, 0.929, 0.2, 0.0),
+    ],
+)
 def test_paper_configs_hold_the_recipe(name, crop, ratio, drop, jitter):
     cfg = load_config(os.path.join(CONFIGS, f"{name}.yaml"))
     assert cfg.model.name == name
@@ -48,9 +54,16 @@ def test_paper_configs_hold_the_recipe(name, crop, ratio, drop, jitter):
 def test_every_ablation_config_loads():
     folder = os.path.join(CONFIGS, "ablation")
     names = sorted(load_config(os.path.join(folder, f)).model.name for f in os.listdir(folder))
-    assert names == ["resnest50_fast_1s1x64d", "resnest50_fast_1s2x40d", "resnest50_fast_1s4x24d",
-                     "resnest50_fast_2s1x64d", "resnest50_fast_2s2x40d", "resnest50_fast_4s1x64d",
-                     "resnest50_fast_4s2x40d", "resnet50d"]
+    assert names == [
+        "resnest50_fast_1s1x64d",
+        "resnest50_fast_1s2x40d",
+        "resnest50_fast_1s4x24d",
+        "resnest50_fast_2s1x64d",
+        "resnest50_fast_2s2x40d",
+        "resnest50_fast_4s1x64d",
+        "resnest50_fast_4s2x40d",
+        "resnet50d",
+    ]
 
 
 def test_unknown_key_names_file_key_and_closest(tmp_path):
@@ -85,8 +98,9 @@ def test_bad_yaml_missing_base_and_cycles(tmp_path):
 
 
 def run_train(*args):
-    return subprocess.run([sys.executable, os.path.join(ROOT, "train.py"), *args],
-                          capture_output=True, text=True, cwd=ROOT)
+    return subprocess.run(
+        [sys.executable, os.path.join(ROOT, "train.py"), *args], capture_output=True, text=True, cwd=ROOT
+    )
 
 
 @pytest.mark.slow

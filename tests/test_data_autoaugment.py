@@ -7,6 +7,7 @@ operations must agree to within rounding (equalize: see its note); geometric one
 compared by the share of pixels that differ, since a half-pixel difference in where
 nearest sampling lands moves single pixels along edges.
 """
+
 import numpy as np
 import pytest
 
@@ -20,6 +21,7 @@ def policy_ops():
     import torchvision.transforms as T
 
     from resnest_train.data.dali import torchvision_imagenet_policy
+
     table = T.AutoAugment(T.AutoAugmentPolicy.IMAGENET).policies
     policy = torchvision_imagenet_policy("cpu")
     ops = {}
@@ -46,7 +48,7 @@ def run_dali(aug, imgs, magnitude_bin, negative):
     def pipe():
         data = fn.external_source(source=lambda: imgs, batch=True, layout="HWC", dtype=types.UINT8)
         kwargs = {}
-        params = aug.op.__code__.co_varnames[:aug.op.__code__.co_argcount]
+        params = aug.op.__code__.co_varnames[: aug.op.__code__.co_argcount]
         if "fill_value" in params:
             kwargs = dict(fill_value=128, interp_type=types.INTERP_NN)
         if aug.randomly_negate:
@@ -66,14 +68,16 @@ def run_torchvision(name, imgs, magnitude_bin, negative):
     import torchvision.transforms as T
     from PIL import Image
     from torchvision.transforms.autoaugment import _apply_op
+
     mags, signed = T.AutoAugment()._augmentation_space(10, (H, W))[name]
     magnitude = float(mags[magnitude_bin]) if mags.ndim > 0 else 0.0
     if signed and negative:
         magnitude = -magnitude
     out = []
     for img in imgs:
-        res = _apply_op(Image.fromarray(img), name, magnitude, interpolation=T.InterpolationMode.NEAREST,
-                        fill=[128, 128, 128])
+        res = _apply_op(
+            Image.fromarray(img), name, magnitude, interpolation=T.InterpolationMode.NEAREST, fill=[128, 128, 128]
+        )
         out.append(np.asarray(res))
     return out
 

@@ -7,6 +7,7 @@ converted to RGB by PIL. A file DALI's decoder cannot read that way is flagged b
 scan (``--check``, and skip mode, which skips it); one DALI cannot read at all stops a run
 without skip mode with its name.
 """
+
 import os
 
 import numpy as np
@@ -39,6 +40,7 @@ def run_epoch(loaders):
 
 
 # --- item 2: a GIF saved with a .jpg name ----------------------------------------------------
+
 
 @pytest.fixture()
 def gif_root(tmp_path):
@@ -83,11 +85,13 @@ def test_check_judges_by_the_backend_in_use(gif_root, capsys):
     assert f"unreadable: {gif}: a GIF image (mode P), which DALI's image decoder cannot read" in out
     # skip mode of each backend finds its own backend's list: no second scan
     from resnest_train.data import scan
+
     orig, calls = scan.check_files, []
     scan.check_files = lambda *a, **k: calls.append(a) or orig(*a, **k)
     try:
-        bad = {b: build_loaders(cfg(gif_root, backend=b, skip_bad_images=True), batch_size=2).bad_images
-               for b in BACKENDS}
+        bad = {
+            b: build_loaders(cfg(gif_root, backend=b, skip_bad_images=True), batch_size=2).bad_images for b in BACKENDS
+        }
     finally:
         scan.check_files = orig
     assert bad == {"torchvision": 0, "dali": 1} and calls == []
@@ -95,10 +99,11 @@ def test_check_judges_by_the_backend_in_use(gif_root, capsys):
 
 # --- item 3: EXIF orientation ------------------------------------------------------------------
 
+
 def red_blue(w=96, h=48):
     a = np.zeros((h, w, 3), np.uint8)
     a[:, : w // 2] = (255, 0, 0)
-    a[:, w // 2:] = (0, 0, 255)
+    a[:, w // 2 :] = (0, 0, 255)
     return a
 
 
@@ -109,8 +114,12 @@ def test_exif_orientation_is_applied_in_both_backends(tmp_path, fmt):
     root = make_dataset(tmp_path, classes=("a", "b"), train_per_class=2, val_per_class=1, specials=False)
     exif = Image.Exif()
     exif[0x0112] = 6
-    Image.fromarray(red_blue()).save(tmp_path / "val" / "a" / "z_exif6.img.jpg", format=fmt, exif=exif,
-                                     **({"quality": 95} if fmt in ("JPEG", "WEBP") else {}))
+    Image.fromarray(red_blue()).save(
+        tmp_path / "val" / "a" / "z_exif6.img.jpg",
+        format=fmt,
+        exif=exif,
+        **({"quality": 95} if fmt in ("JPEG", "WEBP") else {}),
+    )
     out = {b: val_tensors(root, b, train_crop=48)[0][1] for b in BACKENDS}  # val/a: a_000, z_exif6
     assert (out["dali"] - out["torchvision"]).abs().max() < 0.02
     px = (out["torchvision"] * STD[0] + MEAN[0]) * 255  # the centre 48x48 of the upright 48x96 photo
@@ -128,8 +137,17 @@ def test_exif_orientation_on_the_train_path(tmp_path):
             Image.fromarray(red_blue()).save(tmp_path / "train" / cls / f"{i}.jpg", exif=exif, quality=95)
     out = {}
     for b in BACKENDS:
-        c = cfg(root, backend=b, autoaugment=False, hflip=False, color_jitter=0.0, lighting=0.0,
-                rrc_scale=[1.0, 1.0], rrc_ratio=[0.5, 0.5], train_crop=32)
+        c = cfg(
+            root,
+            backend=b,
+            autoaugment=False,
+            hflip=False,
+            color_jitter=0.0,
+            lighting=0.0,
+            rrc_scale=[1.0, 1.0],
+            rrc_ratio=[0.5, 0.5],
+            train_crop=32,
+        )
         loaders = build_loaders(c, batch_size=4)
         loaders.train.set_epoch(0)
         out[b] = next(iter(loaders.train))[0]
@@ -141,6 +159,7 @@ def test_exif_orientation_on_the_train_path(tmp_path):
 
 
 # --- item 4: every image mode PIL produces ----------------------------------------------------
+
 
 def mode_images(size=32):
     """{file name: PIL image} for every mode PIL makes from files, in every format PIL writes it."""
@@ -181,15 +200,19 @@ def mode_images(size=32):
 
 
 # What DALI 2.4's CPU decoder cannot read the way the rule does: flagged by the DALI scan.
-DALI_CANNOT = {"GIF": "cannot read", ("1", "TIFF"): "cannot read", ("I", "TIFF"): "cannot read",
-               ("LA", "TIFF"): "differently", ("F", "PPM"): "cannot read"}
+DALI_CANNOT = {
+    "GIF": "cannot read",
+    ("1", "TIFF"): "cannot read",
+    ("I", "TIFF"): "cannot read",
+    ("LA", "TIFF"): "differently",
+    ("F", "PPM"): "cannot read",
+}
 REQUIRED = ["I;16", "I", "F", "LA", "P+transparency", "RGBA", "CMYK", "1", "L", "P", "RGB"]
 
 
 def test_every_image_mode_gives_the_same_tensor_in_both_backends(tmp_path):
     # 32 px images at a 32 px crop: no resize, the tensors are the decoded pixels
-    root = make_dataset(tmp_path, classes=("a", "b"), train_per_class=2, val_per_class=1, size=(32, 32),
-                        specials=False)
+    root = make_dataset(tmp_path, classes=("a", "b"), train_per_class=2, val_per_class=1, size=(32, 32), specials=False)
     files = mode_images()
     for name, (_, fmt, im, kw) in files.items():
         im.save(tmp_path / "val" / "a" / name, format=fmt, **kw)
@@ -208,7 +231,7 @@ def test_every_image_mode_gives_the_same_tensor_in_both_backends(tmp_path):
     assert all(expect[n] in r and "convert it to JPEG or PNG" in r for n, r in flagged.items()), flagged
     assert loaders.bad_images == len(flagged) and len(tv) == len(names) + 1 and len(dali) == len(tv) - len(flagged)
     kept = [i for i, n in enumerate(names) if n not in flagged]  # val/b's image comes after these
-    diff = (dali[:len(kept)] - tv[kept]).abs().flatten(1).amax(1)
+    diff = (dali[: len(kept)] - tv[kept]).abs().flatten(1).amax(1)
     worst = {names[i]: round(float(d), 4) for i, d in zip(kept, diff) if d >= 0.02}
     assert not worst, worst
     read_alike = {files[n][0] for n in names if n in files and n not in flagged}
@@ -219,6 +242,7 @@ def test_every_image_mode_gives_the_same_tensor_in_both_backends(tmp_path):
 
 
 # --- item 10: a file name that is not UTF-8 ---------------------------------------------------
+
 
 @pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("skip", [False, True])
@@ -262,35 +286,69 @@ def test_a_file_name_dali_lists_cannot_hold(tmp_path):
 
 # --- item 11: text files with a UTF-8 byte-order mark ----------------------------------------
 
+
 def test_label_and_list_files_with_a_byte_order_mark(tmp_path):
     from test_data_prepare import SYNSETS, TRUTH, expected, flat_val, layout
+
     mod = script()
     val = tmp_path / "val"
     names = flat_val(val)
     csv = tmp_path / "LOC_val_solution.csv"
-    csv.write_text("ImageId,PredictionString\r\n" + "".join(
-        f"{os.path.splitext(n)[0]},{w} 1 2 3 4\r\n" for n, w in zip(names, TRUTH)), encoding="utf-8-sig")
+    csv.write_text(
+        "ImageId,PredictionString\r\n"
+        + "".join(f"{os.path.splitext(n)[0]},{w} 1 2 3 4\r\n" for n, w in zip(names, TRUTH)),
+        encoding="utf-8-sig",
+    )
     assert csv.read_bytes()[:3] == b"\xef\xbb\xbf"
     assert mod.main(["--val-dir", str(val), "--labels", str(csv), "--mode", "copy", "--out", str(tmp_path / "k")]) == 0
     assert layout(tmp_path / "k") == expected(names)
     gt, synsets = tmp_path / "gt.txt", tmp_path / "synsets.txt"
     gt.write_text("".join(f"{SYNSETS.index(w) + 1}\n" for w in TRUTH), encoding="utf-8-sig")
     synsets.write_text("".join(f"{w} x\n" for w in SYNSETS), encoding="utf-8-sig")
-    assert mod.main(["--val-dir", str(val), "--labels", str(gt), "--synsets", str(synsets), "--id-order",
-                     "sorted", "--mode", "copy", "--out", str(tmp_path / "d")]) == 0
+    assert (
+        mod.main(
+            [
+                "--val-dir",
+                str(val),
+                "--labels",
+                str(gt),
+                "--synsets",
+                str(synsets),
+                "--id-order",
+                "sorted",
+                "--mode",
+                "copy",
+                "--out",
+                str(tmp_path / "d"),
+            ]
+        )
+        == 0
+    )
     assert layout(tmp_path / "d") == expected(names)
     # data.train_list / val_list written by a Windows tool
     root = make_dataset(tmp_path / "ds", specials=False)
     for split in ("train", "val"):
-        lines = [f"ds/{split}/{c}/{f} {i}" for i, c in enumerate(("ant", "bee", "cat"))
-                 for f in sorted(os.listdir(root / split / c))]
+        lines = [
+            f"ds/{split}/{c}/{f} {i}"
+            for i, c in enumerate(("ant", "bee", "cat"))
+            for f in sorted(os.listdir(root / split / c))
+        ]
         (tmp_path / f"{split}.txt").write_text("\r\n".join(lines) + "\r\n", encoding="utf-8-sig")
     with open(tmp_path / "train.txt", "ab") as f:  # and a name that is not UTF-8
         f.write(b"ds/train/bee/caf\xe9.jpg 1\r\n")
     Image.fromarray(smooth_image(np.random.default_rng(2), 40, 48)).save(
-        os.path.join(os.fsencode(root / "train" / "bee"), b"caf\xe9.jpg"), format="JPEG")
+        os.path.join(os.fsencode(root / "train" / "bee"), b"caf\xe9.jpg"), format="JPEG"
+    )
     for backend in BACKENDS:
-        loaders = build_loaders(cfg("", backend=backend, autoaugment=False, train_list=str(tmp_path / "train.txt"),
-                                    val_list=str(tmp_path / "val.txt")), batch_size=2)
+        loaders = build_loaders(
+            cfg(
+                "",
+                backend=backend,
+                autoaugment=False,
+                train_list=str(tmp_path / "train.txt"),
+                val_list=str(tmp_path / "val.txt"),
+            ),
+            batch_size=2,
+        )
         assert loaders.val_images == 9 and len(loaders.train) == 6
         assert run_epoch(loaders) == (6, 9)

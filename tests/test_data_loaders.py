@@ -1,4 +1,5 @@
 """The loader contract, run for real: DALI on the CPU, torchvision, synthetic, on small generated JPEGs."""
+
 import logging
 
 import numpy as np
@@ -56,8 +57,10 @@ def test_batches_follow_the_contract(data, backend):
         assert pixels.min() > -0.01 and pixels.max() < 1.01 and pixels.std() > 0.05
     val = [(x, y) for x, y in L.val]
     assert [x.shape[0] for x, _ in val] == ([4, 3] if backend == "synthetic" else [4, 4, 1])
-    assert all(x.dtype == torch.float32 and x.shape[1:] == (3, 32, 32) and y.dtype == torch.int64
-               and y.shape == x.shape[:1] for x, y in val)
+    assert all(
+        x.dtype == torch.float32 and x.shape[1:] == (3, 32, 32) and y.dtype == torch.int64 and y.shape == x.shape[:1]
+        for x, y in val
+    )
     assert len(L.val) == len(val)
     assert L.val_images == sum(x.shape[0] for x, _ in val)
     assert L.bad_images == 0
@@ -192,6 +195,7 @@ def test_grayscale_cmyk_and_png_named_jpeg_decode_to_rgb(tmp_path, backend):
     from PIL import Image
 
     from test_data_helpers import smooth_image
+
     root = make_dataset(tmp_path, classes=("a", "b"), train_per_class=2, val_per_class=1, specials=False)
     rng = np.random.default_rng(0)
     d = tmp_path / "val" / "a"
@@ -258,15 +262,42 @@ def test_dali_gpu_pipeline_graph_builds_without_a_gpu(tmp_path):
     """The gpu variant's graph (mixed decoder, GPU operators) is defined and checked here;
     running it needs a GPU."""
     from resnest_train.data import dali as D
+
     list_file = tmp_path / "list.txt"
     list_file.write_text("a/x.jpg 0\n")
     common = dict(batch_size=2, num_threads=1, device_id=0, seed=1)
-    pipes = [D.train_pipeline(file_list=str(list_file), file_root=str(tmp_path), device="gpu", crop=32,
-                              area=[0.08, 1.0], ratio=[0.75, 4 / 3], hflip=True, autoaugment=True,
-                              aa_interp="nearest", jitter=0.4, lighting=0.1, mean=[0.5] * 3, std=[0.2] * 3,
-                              layout="CHW", hw_decoder_load=0.65, **common),
-             D.val_pipeline(file_list=str(list_file), file_root=str(tmp_path), device="gpu", short=37, crop=32,
-                            mean=[0.5] * 3, std=[0.2] * 3, layout="HWC", hw_decoder_load=0.65, **common)]
+    pipes = [
+        D.train_pipeline(
+            file_list=str(list_file),
+            file_root=str(tmp_path),
+            device="gpu",
+            crop=32,
+            area=[0.08, 1.0],
+            ratio=[0.75, 4 / 3],
+            hflip=True,
+            autoaugment=True,
+            aa_interp="nearest",
+            jitter=0.4,
+            lighting=0.1,
+            mean=[0.5] * 3,
+            std=[0.2] * 3,
+            layout="CHW",
+            hw_decoder_load=0.65,
+            **common,
+        ),
+        D.val_pipeline(
+            file_list=str(list_file),
+            file_root=str(tmp_path),
+            device="gpu",
+            short=37,
+            crop=32,
+            mean=[0.5] * 3,
+            std=[0.2] * 3,
+            layout="HWC",
+            hw_decoder_load=0.65,
+            **common,
+        ),
+    ]
     for pipe in pipes:
         pipe._build_graph()  # DALI's graph construction; pipe.build() would need CUDA
         ops = {op._op.schema_name: op._op.device for op in pipe._ops}
@@ -280,6 +311,7 @@ def test_dali_autoaugment_policy_is_torchvisions():
     import torchvision.transforms as T
 
     from resnest_train.data.dali import _posterize_mask, torchvision_imagenet_policy
+
     policy = torchvision_imagenet_policy()
     table = T.AutoAugment(T.AutoAugmentPolicy.IMAGENET).policies
     assert len(policy.sub_policies) == len(table) == 25 and policy.num_magnitude_bins == 10
@@ -293,6 +325,7 @@ def test_dali_autoaugment_policy_is_torchvisions():
 
 def test_skip_log_line_and_count(tmp_path, caplog):
     from test_data_helpers import corrupt
+
     root = make_dataset(tmp_path, specials=False)
     corrupt(tmp_path / "train" / "bee" / "bee_001.JPEG", "truncated")
     with caplog.at_level(logging.WARNING, logger="resnest_train.data"):
@@ -316,6 +349,7 @@ def test_more_ranks_than_val_images(tmp_path, backend):
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_autoaugment_interpolation_is_a_setting_of_both_backends(data, backend):
     from resnest_train.errors import DataError
+
     xs = {}
     for interp in ("nearest", "bilinear"):
         c = cfg(data, backend=backend, autoaugment=True, autoaugment_interpolation=interp)
@@ -324,8 +358,7 @@ def test_autoaugment_interpolation_is_a_setting_of_both_backends(data, backend):
     differ = (xs["nearest"] - xs["bilinear"]).abs().flatten(1).amax(1) > 0
     assert 0 < int(differ.sum()) < len(differ)
     with pytest.raises(DataError, match="autoaugment_interpolation='bicubic' is not one of nearest, bilinear"):
-        build_loaders(cfg(data, backend=backend, autoaugment=True, autoaugment_interpolation="bicubic"),
-                      batch_size=4)
+        build_loaders(cfg(data, backend=backend, autoaugment=True, autoaugment_interpolation="bicubic"), batch_size=4)
 
 
 def test_dali_gpu_runner_orders_outputs_on_torchs_stream(monkeypatch):

@@ -1,4 +1,5 @@
 """scripts/prepare_imagenet.py: val folder sorting from both label formats, and --check."""
+
 import os
 import subprocess
 import sys
@@ -18,11 +19,13 @@ TRUTH = [SYNSETS[i] for i in (2, 0, 1, 1, 0, 2)]  # the synset of val images 1..
 def script():
     """The module behind scripts/prepare_imagenet.py (and resnest-prepare-imagenet)."""
     from resnest_train.cli import prepare_imagenet
+
     return prepare_imagenet
 
 
 def flat_val(d):
     import numpy as np
+
     os.makedirs(d)
     rng = np.random.default_rng(0)
     names = [f"ILSVRC2012_val_{i:08d}.JPEG" for i in range(1, 7)]
@@ -46,8 +49,12 @@ def test_kaggle_csv_moves_dry_runs_and_symlinks(tmp_path, capsys):
     val = tmp_path / "val"
     names = flat_val(val)
     csv = tmp_path / "LOC_val_solution.csv"
-    csv.write_text("ImageId,PredictionString\n" + "".join(
-        f"{os.path.splitext(n)[0]},{w} 10 20 30 40 {w} 1 2 3 4\n" for n, w in reversed(list(zip(names, TRUTH)))))
+    csv.write_text(
+        "ImageId,PredictionString\n"
+        + "".join(
+            f"{os.path.splitext(n)[0]},{w} 10 20 30 40 {w} 1 2 3 4\n" for n, w in reversed(list(zip(names, TRUTH)))
+        )
+    )
     mod = script()
     assert mod.main(["--val-dir", str(val), "--labels", str(csv), "--dry-run"]) == 0
     assert "would have moved 6 images into 3 class folders" in capsys.readouterr().out
@@ -84,8 +91,12 @@ def test_devkit_ids_in_sorted_order_when_asked(tmp_path):
     gt.write_text("".join(f"{SYNSETS.index(w) + 1}\n" for w in TRUTH))
     m = tmp_path / "map.txt"
     m.write_text("".join(f"{w} x\n" for w in SYNSETS))
-    assert script().main(["--val-dir", str(val), "--labels", str(gt), "--synsets", str(m),
-                          "--id-order", "sorted", "--mode", "copy"]) == 0
+    assert (
+        script().main(
+            ["--val-dir", str(val), "--labels", str(gt), "--synsets", str(m), "--id-order", "sorted", "--mode", "copy"]
+        )
+        == 0
+    )
     assert layout(val) == expected(names)
 
 
@@ -97,8 +108,13 @@ def test_check_reports_counts_bad_files_and_missing_classes(tmp_path):
     os.makedirs(root / "train" / "dog")
     Image.new("RGB", (8, 8)).save(root / "train" / "dog" / "d.JPEG")
     env = dict(os.environ, PYTHONPATH=ROOT)
-    r = subprocess.run([sys.executable, SCRIPT, "--check", str(root), "--workers", "2",
-                        "--json", str(tmp_path / "r.json")], capture_output=True, text=True, env=env, timeout=120)
+    r = subprocess.run(
+        [sys.executable, SCRIPT, "--check", str(root), "--workers", "2", "--json", str(tmp_path / "r.json")],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=120,
+    )
     assert r.returncode == 1, r.stderr
     out = r.stdout
     assert "train: 16 images in 4 classes (1-7 per class), 1 unreadable" in out
@@ -108,12 +124,19 @@ def test_check_reports_counts_bad_files_and_missing_classes(tmp_path):
     assert "checking" not in out and "train: 16/16 100% [" in r.stderr  # progress lines go to stderr
     # the check leaves its list where data.skip_bad_images looks first: no second scan
     import shutil
+
     shutil.rmtree(root / "train" / "dog")
-    r = subprocess.run([sys.executable, SCRIPT, "--check", str(root), "--no-progress"], capture_output=True,
-                       text=True, env=env, timeout=120)
+    r = subprocess.run(
+        [sys.executable, SCRIPT, "--check", str(root), "--no-progress"],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=120,
+    )
     assert r.returncode == 1 and "2 problem(s) found" in r.stdout  # the two unreadable files
     from resnest_train.data import build_loaders, scan
     from test_data_helpers import cfg
+
     orig, calls = scan.check_files, []
     scan.check_files = lambda *a, **k: calls.append(a) or orig(*a, **k)
     try:
@@ -126,6 +149,11 @@ def test_check_reports_counts_bad_files_and_missing_classes(tmp_path):
 @pytest.mark.slow
 def test_check_of_a_clean_dataset_passes(tmp_path):
     root = make_dataset(tmp_path / "ds", specials=False)
-    r = subprocess.run([sys.executable, SCRIPT, "--check", str(root), "--quick", "--no-progress"],
-                       capture_output=True, text=True, env=dict(os.environ, PYTHONPATH=ROOT), timeout=120)
+    r = subprocess.run(
+        [sys.executable, SCRIPT, "--check", str(root), "--quick", "--no-progress"],
+        capture_output=True,
+        text=True,
+        env=dict(os.environ, PYTHONPATH=ROOT),
+        timeout=120,
+    )
     assert r.returncode == 0 and r.stdout.strip().endswith("ok") and r.stderr == ""

@@ -1,4 +1,5 @@
 """The data layer end to end through train.py: DALI on the CPU, real files, bad files."""
+
 import os
 
 import pytest
@@ -8,9 +9,20 @@ from test_data_helpers import corrupt, make_dataset
 
 pytestmark = [pytest.mark.slow]  # train.py on real JPEGs
 
-TINY = ["model.name=resnest14", "data.train_crop=32", "data.eval_ratio=0.8", "data.workers=0",
-        "data.dali.threads=2", "train.batch_size=4", "train.epochs=1", "optim.warmup_epochs=0",
-        "output.progress=lines", "output.log_every=1", "output.tensorboard=false", "output.image_grid=false"]
+TINY = [
+    "model.name=resnest14",
+    "data.train_crop=32",
+    "data.eval_ratio=0.8",
+    "data.workers=0",
+    "data.dali.threads=2",
+    "train.batch_size=4",
+    "train.epochs=1",
+    "optim.warmup_epochs=0",
+    "output.progress=lines",
+    "output.log_every=1",
+    "output.tensorboard=false",
+    "output.image_grid=false",
+]
 
 
 @pytest.fixture
@@ -22,8 +34,14 @@ def data(tmp_path):
 def test_train_py_runs_on_real_files_with_dali(tmp_path, data):
     backend = "dali"
     out = tmp_path / "run"
-    r = train("--config", "configs/quickstart.yaml", f"data.root={data}", f"data.backend={backend}",
-              f"output.dir={out}", *TINY)
+    r = train(
+        "--config",
+        "configs/quickstart.yaml",
+        f"data.root={data}",
+        f"data.backend={backend}",
+        f"output.dir={out}",
+        *TINY,
+    )
     m = metrics(out)
     assert len(m) == 1 and m[0]["val_images"] == 9
     assert backend in r.stdout + r.stderr
@@ -33,12 +51,28 @@ def test_train_py_names_an_unreadable_file_or_skips_it(tmp_path, data):
     bad = data / "train" / "bee" / "bee_002.JPEG"
     corrupt(bad, "truncated")
     out = tmp_path / "run"
-    r = train("--config", "configs/quickstart.yaml", f"data.root={data}", "data.backend=dali",
-              f"output.dir={out}", "data.autoaugment=false", *TINY, check=False)
+    r = train(
+        "--config",
+        "configs/quickstart.yaml",
+        f"data.root={data}",
+        "data.backend=dali",
+        f"output.dir={out}",
+        "data.autoaugment=false",
+        *TINY,
+        check=False,
+    )
     assert r.returncode == 2, r.stderr
     assert str(bad) in r.stderr and "Traceback" not in r.stderr
     assert not os.path.exists(out / "checkpoints" / "last.pth")
-    r = train("--config", "configs/quickstart.yaml", f"data.root={data}", "data.backend=dali",
-              "data.skip_bad_images=true", "data.autoaugment=false", f"output.dir={tmp_path / 'run2'}", *TINY)
+    r = train(
+        "--config",
+        "configs/quickstart.yaml",
+        f"data.root={data}",
+        "data.backend=dali",
+        "data.skip_bad_images=true",
+        "data.autoaugment=false",
+        f"output.dir={tmp_path / 'run2'}",
+        *TINY,
+    )
     assert "1 unreadable" in r.stdout + r.stderr
     assert metrics(tmp_path / "run2")[0]["val_images"] == 9

@@ -39,7 +39,13 @@ def test_no_decay_group_is_exactly_norm_and_bias():
     names = {id(p): n for n, p in model.named_parameters()}
     assert sorted(names[id(p)] for p in decay["params"]) == ["conv.weight", "fc.weight", "stem.0.weight"]
     assert sorted(names[id(p)] for p in no_decay["params"]) == [
-        "conv.bias", "fc.bias", "gn.bias", "gn.weight", "stem.1.bias", "stem.1.weight"]
+        "conv.bias",
+        "fc.bias",
+        "gn.bias",
+        "gn.weight",
+        "stem.1.bias",
+        "stem.1.weight",
+    ]
     assert decay["weight_decay"] == 1e-4 and no_decay["weight_decay"] == 0.0
     (everything,) = param_groups(model, 1e-4, no_decay_norm_bias=False)
     assert len(everything["params"]) == len(list(model.parameters()))

@@ -1,4 +1,5 @@
 """The package's metadata: one version, console commands that resolve, scripts that are thin wrappers."""
+
 import ast
 import importlib
 import os
@@ -28,8 +29,14 @@ def test_version_has_one_source():
 
 def test_console_commands_resolve_to_mains():
     scripts = pyproject()["project"]["scripts"]
-    assert sorted(scripts) == ["resnest-benchmark", "resnest-make-demo-data", "resnest-models",
-                               "resnest-prepare-imagenet", "resnest-sweep", "resnest-train"]
+    assert sorted(scripts) == [
+        "resnest-benchmark",
+        "resnest-make-demo-data",
+        "resnest-models",
+        "resnest-prepare-imagenet",
+        "resnest-sweep",
+        "resnest-train",
+    ]
     for name, target in scripts.items():
         module, _, func = target.partition(":")
         assert callable(getattr(importlib.import_module(module), func)), name
@@ -47,17 +54,22 @@ def wrapper_target(path):
 def test_scripts_are_thin_wrappers_of_package_modules():
     files = sorted(f for f in os.listdir(os.path.join(ROOT, "scripts")) if f.endswith(".py"))
     targets = {f: wrapper_target(os.path.join(ROOT, "scripts", f)) for f in files}
-    assert targets == {"bench_data.py": "resnest_train.cli.bench_data", "bench_gpu.py": "resnest_train.cli.bench_gpu",
-                       "bench_models.py": "resnest_train.cli.bench_models",
-                       "bench_overhead.py": "resnest_train.cli.bench_overhead",
-                       "benchmark.py": "resnest_train.cli.benchmark", "make_demo_data.py": "resnest_train.data.demo",
-                       "prepare_imagenet.py": "resnest_train.cli.prepare_imagenet",
-                       "sweep.py": "resnest_train.cli.sweep"}
+    assert targets == {
+        "bench_data.py": "resnest_train.cli.bench_data",
+        "bench_gpu.py": "resnest_train.cli.bench_gpu",
+        "bench_models.py": "resnest_train.cli.bench_models",
+        "bench_overhead.py": "resnest_train.cli.bench_overhead",
+        "benchmark.py": "resnest_train.cli.benchmark",
+        "make_demo_data.py": "resnest_train.data.demo",
+        "prepare_imagenet.py": "resnest_train.cli.prepare_imagenet",
+        "sweep.py": "resnest_train.cli.sweep",
+    }
     assert wrapper_target(os.path.join(ROOT, "train.py")) == "resnest_train.cli.train"
 
 
 @pytest.mark.parametrize("script", ["train.py", "scripts/sweep.py"])
 def test_a_wrapper_runs_its_main(script):
-    result = subprocess.run([sys.executable, os.path.join(ROOT, script), "--help"], capture_output=True, text=True,
-                            env=env(), timeout=120)
+    result = subprocess.run(
+        [sys.executable, os.path.join(ROOT, script), "--help"], capture_output=True, text=True, env=env(), timeout=120
+    )
     assert result.returncode == 0 and result.stdout.startswith("usage: "), result.stderr

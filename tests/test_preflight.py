@@ -1,6 +1,7 @@
 """The one pre-flight check: every numeric key has a tested range, the rules across keys,
 model construction, the device and steps-per-epoch rules kept apart; and train.py --dry-run
 and scripts/sweep.py --dry-run refuse the same configs."""
+
 import dataclasses
 import os
 import types
@@ -54,8 +55,7 @@ CASES = {
     "optim.final_lr": ([0.0], [-0.01]),
     "optim.clip_grad_norm": ([0.01, None], [0.0]),
     "train.epochs": ([1], [0]),
-    "train.batch_size": ([2, (1, {"train.mixup_alpha": 0, "train.sync_bn": True})],
-                         [0, (1, {"train.mixup_alpha": 0})]),
+    "train.batch_size": ([2, (1, {"train.mixup_alpha": 0, "train.sync_bn": True})], [0, (1, {"train.mixup_alpha": 0})]),
     "train.accum_steps": ([1], [0]),
     "train.label_smoothing": ([0.0, 0.99], [-0.01, 1.0]),
     "train.mixup_alpha": ([0.0], [-0.01]),
@@ -63,9 +63,12 @@ CASES = {
     "train.mixup_prob": ([0.0, 1.0], [-0.01, 1.01]),
     "train.mixup_off_epoch": ([0], [-1]),
     "train.ema_decay": ([0.01, 0.9999], [0.0, 1.0]),
-    "train.seed": ([0, 2 ** 32 - 1], [-1, 2 ** 32]),
+    "train.seed": ([0, 2**32 - 1], [-1, 2**32]),
     "train.max_steps_per_epoch": ([0], [-1]),
     "train.eval_every": ([1], [0]),
+    "finetune.freeze_stages": ([0, (5, {"model.weights": "pretrained.pth"})], [-1, 6]),
+    "finetune.body_lr_mult": ([1e-6, 10.0], [0.0, -0.1]),
+    "finetune.layer_decay": ([1e-6, 1.0], [0.0, 1.01]),
     "dist.timeout_min": ([1], [0]),
     "dist.bucket_cap_mb": ([1], [0]),
     "output.log_every": ([1], [0]),
@@ -103,7 +106,7 @@ def test_every_numeric_key_has_a_range_and_a_test():
 
 def _cases(inside):
     for key, (good, bad) in CASES.items():
-        for case in (good if inside else bad):
+        for case in good if inside else bad:
             value, context = case if isinstance(case, tuple) else (case, {})
             yield pytest.param(key, value, context, id=f"{key}={format_value(value)}")
 
@@ -137,12 +140,14 @@ def test_range_message_reads_as_one_paragraph():
     assert str(e.value) == (
         "Config key 'data.mean' is [0.5], outside its valid range a list of 3 numbers, each in [0, 1]: the R, G, "
         "B means in [0, 1] pixel units (ImageNet: [0.485, 0.456, 0.406], not 0-255 values). Set data.mean "
-        "within that range.")
+        "within that range."
+    )
 
 
 # ---------------------------------------------------------------------------------------
 # Rules across keys, choices, model construction
 # ---------------------------------------------------------------------------------------
+
 
 def test_batch_of_one_is_refused_for_batch_norm():
     with pytest.raises(ConfigError) as e:
@@ -150,6 +155,7 @@ def test_batch_of_one_is_refused_for_batch_norm():
     assert "'train.batch_size' is 1" in str(e.value) and "more than one value per channel" in str(e.value)
     # what the rule prevents: PyTorch's BatchNorm after split-attention pooling at batch 1
     from resnest_train.models import create_model
+
     with pytest.raises(ValueError, match="Expected more than 1 value per channel when training"):
         create_model("resnest14", num_classes=2).train()(torch.randn(1, 3, 32, 32))
 
@@ -169,8 +175,10 @@ def test_odd_batch_with_mixup_and_nesterov_without_momentum():
 def test_choices_include_autoaugment_interpolation_and_list_items():
     with pytest.raises(ConfigError) as e:
         load_config(None, ["data.autoaugment_interpolation=bicubic"])
-    assert str(e.value) == ("Config key 'data.autoaugment_interpolation' is 'bicubic', which is not one of "
-                            "'nearest', 'bilinear'. Set it to one of those.")
+    assert str(e.value) == (
+        "Config key 'data.autoaugment_interpolation' is 'bicubic', which is not one of "
+        "'nearest', 'bilinear'. Set it to one of those."
+    )
     with pytest.raises(ConfigError, match=r"'model.dropblock.sites' is \['bn1', 'bn2'\]: 'bn2' is not one of"):
         load_config(None, ["model.dropblock.sites=[bn1, bn2]"])
 
@@ -179,8 +187,10 @@ def test_model_that_cannot_be_built_names_its_keys():
     with pytest.raises(ConfigError) as e:
         load_config(None, ["model.cardinality=3", "model.bottleneck_width=10"])
     message = str(e.value)
-    assert message.startswith("The model of the config cannot be built (model.name=resnest50, "
-                              "model.cardinality=3, model.bottleneck_width=10): ")
+    assert message.startswith(
+        "The model of the config cannot be built (model.name=resnest50, "
+        "model.cardinality=3, model.bottleneck_width=10): "
+    )
     assert "divisible" in message
     with pytest.raises(ConfigError, match="model.name=resnest51.*unknown model 'resnest51'"):
         load_config(None, ["model.name=resnest51"])
@@ -202,6 +212,7 @@ def test_every_shipped_config_and_sweep_run_passes():
             if name.endswith(".yaml") and "sweeps" not in dirpath:
                 load_config(path)
     from resnest_train import sweep as sw
+
     for name in ("cpu_smoke.yaml", "radix_cardinality.yaml"):
         sweep = sw.load_sweep(os.path.join(folder, "sweeps", name))
         assert len(sw.check(sweep)) == len(sweep.runs)
@@ -210,6 +221,7 @@ def test_every_shipped_config_and_sweep_run_passes():
 # ---------------------------------------------------------------------------------------
 # Rules that need the device or the dataset
 # ---------------------------------------------------------------------------------------
+
 
 def test_device_rules_are_apart_from_the_config_check():
     cfg = load_config(None, ["train.amp=fp16", "train.sync_bn=true"])  # fine until the device is known
@@ -255,6 +267,7 @@ GOOD = TINY + ["train.max_steps_per_epoch=1"]
 def sweep_main():
     """The main of scripts/sweep.py (and resnest-sweep)."""
     from resnest_train.cli.sweep import main
+
     return main
 
 
@@ -263,9 +276,15 @@ def sweep_dry_run(tmp_path, bad, capsys):
     base = tmp_path / "base.yaml"
     base.write_text("{}\n")
     path = tmp_path / "sweep.yaml"
-    path.write_text(yaml.safe_dump({
-        "base": str(base), "overrides": parse_overrides(GOOD),
-        "runs": [{"name": "good", "train.seed": 1}, {"name": "bad", **parse_overrides(bad)}]}))
+    path.write_text(
+        yaml.safe_dump(
+            {
+                "base": str(base),
+                "overrides": parse_overrides(GOOD),
+                "runs": [{"name": "good", "train.seed": 1}, {"name": "bad", **parse_overrides(bad)}],
+            }
+        )
+    )
     code = sweep_main()([str(path), f"output.dir={tmp_path / 'runs'}", "--dry-run"])
     out = capsys.readouterr()
     return code, out.out, out.err, str(path)
@@ -282,7 +301,7 @@ def test_train_dry_run_and_sweep_dry_run_refuse_the_same_configs(bad, key, tmp_p
     assert code == 2 and out == ""
     assert err.startswith(f"error: Run 2 'bad' of sweep {path} has a bad config: ") and key in err
     # the very message train.py gives
-    assert err.split("has a bad config: ", 1)[1] == result.stderr[len("error: "):]
+    assert err.split("has a bad config: ", 1)[1] == result.stderr[len("error: ") :]
     assert not (tmp_path / "runs").exists() and not (tmp_path / "run").exists()
 
 

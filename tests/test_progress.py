@@ -1,4 +1,5 @@
 """The one progress display (resnest_train/progress.py): tqdm's bar on a terminal, plain lines in a log."""
+
 import io
 import re
 
@@ -14,8 +15,12 @@ def test_lines_in_a_log_carry_count_percent_eta_and_rate():
         p.update(1, postfix=f"bad {i}")
     p.close()
     lines = out.getvalue().splitlines()
-    assert [re.sub(r"\[.*\]", "[]", line) for line in lines] == ["train: 1/4  25% []", "train: 2/4  50% []",
-                                                                "train: 3/4  75% []", "train: 4/4 100% []"]
+    assert [re.sub(r"\[.*\]", "[]", line) for line in lines] == [
+        "train: 1/4  25% []",
+        "train: 2/4  50% []",
+        "train: 3/4  75% []",
+        "train: 4/4 100% []",
+    ]
     assert re.fullmatch(r"train: 4/4 100% \[00:00<00:00, +[\d.]+img/s, bad 3\]", lines[-1])
     assert "\r" not in out.getvalue()
 
@@ -63,6 +68,8 @@ def test_monitor_bar_and_lines(tmp_path, capsys):
     for step in (1, 2, 3):
         lines.progress(1, 2, step, 3, 2.0, 0.1, 50.0, 65.0)
     captured = capsys.readouterr()
-    assert captured.out.splitlines() == ["epoch 2/2 step 2/3 loss 2.0000 lr 0.1 50.0 img/s eta 1:05",
-                                         "epoch 2/2 step 3/3 loss 2.0000 lr 0.1 50.0 img/s eta 1:05"]
+    assert captured.out.splitlines() == [
+        "epoch 2/2 step 2/3 loss 2.0000 lr 0.1 50.0 img/s eta 1:05",
+        "epoch 2/2 step 3/3 loss 2.0000 lr 0.1 50.0 img/s eta 1:05",
+    ]
     assert captured.err == ""

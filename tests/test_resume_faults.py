@@ -1,5 +1,6 @@
 """Faults around checkpoints: prefixed or EMA weights, damaged files, EMA switched on at resume,
 and ranks that see the checkpoint folder differently (issue 9 items 5, 7, 12, 14; issue 16 item 2)."""
+
 import argparse
 import os
 import shutil
@@ -50,6 +51,7 @@ def tiny_cfg(*overrides):
 
 
 # ---- issue 9 item 5: weights saved from DDP / torch.compile, or a checkpoint's EMA ---------------
+
 
 @pytest.mark.slow
 @pytest.mark.parametrize("prefix", ["module.", "_orig_mod.", "_orig_mod.module."])
@@ -106,6 +108,7 @@ def test_weights_of_another_architecture_list_keys_and_shapes(plain_run):
 
 # ---- issue 9 item 12: a checkpoint holding a non-tensor object ---------------------------------
 
+
 @pytest.mark.slow
 def test_weights_holding_a_python_object_name_the_key_without_escape_codes(tmp_path):
     path = str(tmp_path / "with_args.pth")
@@ -119,6 +122,7 @@ def test_weights_holding_a_python_object_name_the_key_without_escape_codes(tmp_p
 
 
 # ---- issue 9 item 14: a damaged last.pth ---------------------------------------------------------
+
 
 def fake_checkpoint(path, epoch, step):
     state = {k: 0 for k in checkpoint.TRAINING_KEYS}
@@ -139,18 +143,23 @@ def test_auto_resume_takes_the_newest_checkpoint_that_loads(tmp_path):
     path, saved = checkpoint.find_resume("auto", str(tmp_path), lines.append)
     assert path == str(folder / "epoch_0002.pth") and checkpoint.position(saved) == (2, 0, 16)
     skips = "warning: resume=auto skips"
-    assert lines == [f"{skips} {folder / 'last.pth'}: RuntimeError: PytorchStreamReader "
-                     "failed reading zip archive: failed finding central directory",
-                     f"{skips} {folder / 'epoch_0003.pth'}: UnpicklingError: Unsupported operand 110"]
+    assert lines == [
+        f"{skips} {folder / 'last.pth'}: RuntimeError: PytorchStreamReader "
+        "failed reading zip archive: failed finding central directory",
+        f"{skips} {folder / 'epoch_0003.pth'}: UnpicklingError: Unsupported operand 110",
+    ]
 
     (folder / "last.pth").unlink()  # missing, not damaged: the same fallback
     assert checkpoint.find_resume("auto", str(tmp_path), lines.append)[0] == str(folder / "epoch_0002.pth")
 
     for name in ("epoch_0002.pth", "best.pth"):
         (folder / name).write_bytes(b"")
-    with pytest.raises(UserError, match=r"'resume' is auto, but no checkpoint in .* loads \(last.pth: missing; "
-                                        r"epoch_0003.pth: UnpicklingError.*; epoch_0002.pth: EOFError; "
-                                        r"best.pth: EOFError\)"):
+    with pytest.raises(
+        UserError,
+        match=r"'resume' is auto, but no checkpoint in .* loads \(last.pth: missing; "
+        r"epoch_0003.pth: UnpicklingError.*; epoch_0002.pth: EOFError; "
+        r"best.pth: EOFError\)",
+    ):
         checkpoint.find_resume("auto", str(tmp_path), lines.append)
 
 
@@ -184,14 +193,21 @@ def test_truncated_last_pth_resumes_from_the_newest_good_checkpoint(plain_run, t
 
 # ---- issue 9 item 7: EMA switched on at resume ---------------------------------------------------
 
+
 @pytest.mark.slow
 def test_ema_built_after_restore_starts_at_the_restored_weights(plain_run):
     cfg = tiny_cfg("train.ema=true")
     model = build_model(cfg, num_classes=5)
     saved = ckpt(plain_run)
     assert distance(model.state_dict(), saved["model"]) > 0.0  # fresh weights differ from the checkpoint's
-    trainer = Trainer(model, build_optimizer(model, cfg.optim, lr=0.0), cfg.train, cfg.optim.clip_grad_norm,
-                      torch.device("cpu"), num_classes=5)
+    trainer = Trainer(
+        model,
+        build_optimizer(model, cfg.optim, lr=0.0),
+        cfg.train,
+        cfg.optim.clip_grad_norm,
+        torch.device("cpu"),
+        num_classes=5,
+    )
     restore(trainer, saved, cfg, "last.pth")
     ema = build_ema(trainer.model, cfg.train.ema_decay, saved.get("ema"))
     assert saved["ema"] is None and distance(ema.module.state_dict(), saved["model"]) == 0.0
@@ -214,7 +230,7 @@ def test_ema_switched_on_at_resume_follows_the_restored_weights(plain_run, ema_r
 # ---- issue 16 item 2: rank 0 decides, every rank loads the same file before DDP ---------------
 
 # Runs train.py under torchrun; rank 1 sees the checkpoint folder as a lagging network filesystem would.
-ENTRY = '''
+ENTRY = """
 import os, runpy, sys
 import torch
 view, sys.argv = sys.argv[1], [sys.argv[2]] + sys.argv[3:]
@@ -232,14 +248,26 @@ if os.environ["RANK"] == "1" and view == "stale":  # it reads an older copy of l
         return saved
     torch.load = stale
 runpy.run_path(sys.argv[0], run_name="__main__")
-'''
+"""
 
 
 def torchrun_with_view(tmp_path, view, *args):
     entry = tmp_path / "entry.py"
     entry.write_text(ENTRY)
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", str(entry), view,
-           TRAIN, *TINY, "train.batch_size=4", "dist.timeout_min=1", *args]  # global batch 8, as plain_run's
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc_per_node=2",
+        str(entry),
+        view,
+        TRAIN,
+        *TINY,
+        "train.batch_size=4",
+        "dist.timeout_min=1",
+        *args,
+    ]  # global batch 8, as plain_run's
     return subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, env=env(), timeout=300)
 
 
@@ -274,8 +302,11 @@ def test_resume_positions_check():
     check_resume_positions([(1, 0, 8), (1, 0, 8)], "last.pth")
     with pytest.raises(UserError, match=r"rank 0: \(1, 0, 8\); rank 1: \(0, 4, 4\)"):
         check_resume_positions([(1, 0, 8), (0, 4, 4)], "last.pth")
-    with pytest.raises(UserError, match=r"^Rank\(s\) 1 could not resume from last.pth, which rank 0 chose .*: "
-                                        r"Config key 'resume'"):
+    with pytest.raises(
+        UserError,
+        match=r"^Rank\(s\) 1 could not resume from last.pth, which rank 0 chose .*: "
+        r"Config key 'resume'",
+    ):
         check_resume_positions([(1, 0, 8), "Config key 'resume': ..."], "last.pth")
     with pytest.raises(UserError, match=r"^Cannot resume"):
         check_resume_positions(["Cannot resume", "Cannot resume"], "last.pth")

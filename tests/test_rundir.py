@@ -1,4 +1,5 @@
 """The run directory (resnest_train/rundir.py): its names, readers and writers, and the one atomic write."""
+
 import os
 
 import pytest
@@ -11,9 +12,16 @@ from resnest_train.rundir import RunDir, atomic_write, read_json, write_json
 def test_layout_names():
     run = RunDir("out")
     assert (run.config, run.metrics, run.run_state, run.tensorboard) == (
-        "out/config.yaml", "out/metrics.jsonl", "out/run_state.json", "out/tb")
+        "out/config.yaml",
+        "out/metrics.jsonl",
+        "out/run_state.json",
+        "out/tb",
+    )
     assert (run.last_checkpoint, run.best_checkpoint, run.epoch_checkpoint(7)) == (
-        "out/checkpoints/last.pth", "out/checkpoints/best.pth", "out/checkpoints/epoch_0007.pth")
+        "out/checkpoints/last.pth",
+        "out/checkpoints/best.pth",
+        "out/checkpoints/epoch_0007.pth",
+    )
 
 
 def test_atomic_write_keeps_the_old_file_when_writing_fails(tmp_path):
@@ -54,7 +62,11 @@ def test_run_state_and_json_round_trip(tmp_path):
     run.write_run_state(state="finished", epoch=2, epochs=2, best_top1=41.5)
     saved = run.read_run_state()
     assert {k: saved[k] for k in ("state", "epoch", "epochs", "best_top1")} == {
-        "state": "finished", "epoch": 2, "epochs": 2, "best_top1": 41.5}
+        "state": "finished",
+        "epoch": 2,
+        "epochs": 2,
+        "best_top1": 41.5,
+    }
     write_json(str(tmp_path / "x.json"), {"a": [1, 2]}, indent=1)
     assert read_json(str(tmp_path / "x.json")) == {"a": [1, 2]}
     (tmp_path / "list.json").write_text("[1, 2]")
@@ -69,5 +81,9 @@ def test_periodic_checkpoints_rotate_and_resume_candidates_order(tmp_path):
     assert [os.path.basename(p) for p in run.epoch_checkpoints()] == ["epoch_0002.pth", "epoch_0003.pth"]
     checkpoint.atomic_save({}, run.last_checkpoint)
     checkpoint.atomic_save({}, run.best_checkpoint)
-    assert checkpoint.resume_candidates(out) == [run.last_checkpoint, run.epoch_checkpoint(3), run.epoch_checkpoint(2),
-                                                 run.best_checkpoint]
+    assert checkpoint.resume_candidates(out) == [
+        run.last_checkpoint,
+        run.epoch_checkpoint(3),
+        run.epoch_checkpoint(2),
+        run.best_checkpoint,
+    ]

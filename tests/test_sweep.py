@@ -1,6 +1,7 @@
 """Sweeps: expanding a sweep file into named runs, the commands they get, checking every
 config first, running through launch.sh (a fake trainer for the bookkeeping, the real
 train.py for the end-to-end run), skipping finished runs, and the summary."""
+
 import csv
 import json
 import os
@@ -32,13 +33,15 @@ def write_sweep(path, spec):
 
 def sweep_cli(*args, cwd, env=None, timeout=300):
     full_env = {**helpers.env(), **(env or {})}
-    return subprocess.run([sys.executable, SWEEP_PY, *args], cwd=cwd, env=full_env, capture_output=True,
-                          text=True, timeout=timeout)
+    return subprocess.run(
+        [sys.executable, SWEEP_PY, *args], cwd=cwd, env=full_env, capture_output=True, text=True, timeout=timeout
+    )
 
 
 # ---------------------------------------------------------------------------------------
 # Expansion: pure functions, exact lists
 # ---------------------------------------------------------------------------------------
+
 
 def test_expand_crosses_grid_with_runs_over_overrides():
     got = sw.expand(
@@ -65,32 +68,50 @@ def test_plan_names_and_output_dirs():
     spec = {
         "overrides": {"train": {"epochs": 2}, "output.dir": "ignored/here"},
         "grid": {"model.radix": [1, 2]},
-        "runs": [{"model.cardinality": 1, "model.bottleneck_width": 64},
-                 {"model.cardinality": 2, "model.bottleneck_width": 40}],
+        "runs": [
+            {"model.cardinality": 1, "model.bottleneck_width": 64},
+            {"model.cardinality": 2, "model.bottleneck_width": 40},
+        ],
     }
     runs = sw.plan_runs(spec, root="runs/abl")
     assert [r.name for r in runs] == [
-        "radix1_cardinality1_bottleneck_width64", "radix1_cardinality2_bottleneck_width40",
-        "radix2_cardinality1_bottleneck_width64", "radix2_cardinality2_bottleneck_width40"]
+        "radix1_cardinality1_bottleneck_width64",
+        "radix1_cardinality2_bottleneck_width40",
+        "radix2_cardinality1_bottleneck_width64",
+        "radix2_cardinality2_bottleneck_width40",
+    ]
     assert [r.output_dir for r in runs] == [os.path.join("runs/abl", r.name) for r in runs]
     assert runs[1].overrides == {
-        "train.epochs": 2, "model.radix": 1, "model.cardinality": 2, "model.bottleneck_width": 40,
-        "output.dir": "runs/abl/radix1_cardinality2_bottleneck_width40"}
+        "train.epochs": 2,
+        "model.radix": 1,
+        "model.cardinality": 2,
+        "model.bottleneck_width": 40,
+        "output.dir": "runs/abl/radix1_cardinality2_bottleneck_width40",
+    }
     assert runs[1].varying == {"model.radix": 1, "model.cardinality": 2, "model.bottleneck_width": 40}
     assert sw.override_args(runs[1]) == [
-        "train.epochs=2", "model.radix=1", "model.cardinality=2", "model.bottleneck_width=40",
-        "output.dir=runs/abl/radix1_cardinality2_bottleneck_width40"]
+        "train.epochs=2",
+        "model.radix=1",
+        "model.cardinality=2",
+        "model.bottleneck_width=40",
+        "output.dir=runs/abl/radix1_cardinality2_bottleneck_width40",
+    ]
 
 
 def test_names_are_readable_safe_and_unique():
-    runs = sw.plan_runs({"runs": [
-        {"model.dropblock.prob": 0.1, "train.amp": "bf16", "data.root": "/data/image net"},
-        {"model.dropblock.prob": 0.0, "train.amp": "none", "data.root": "/data/image net"},
-        {"model.dropblock.stages": [3, 4], "train.ema": True},
-        {"model.dropblock.stages": [4], "train.ema": False, "optim.weight_decay": 5.0e-5},
-        {"name": "baseline", "model.name": "resnet50d"},
-        {"data.root": "/data/image net", "model.dropblock.prob": 0.1, "train.amp": "bf16", "train.seed": 1},
-    ]}, root="r")
+    runs = sw.plan_runs(
+        {
+            "runs": [
+                {"model.dropblock.prob": 0.1, "train.amp": "bf16", "data.root": "/data/image net"},
+                {"model.dropblock.prob": 0.0, "train.amp": "none", "data.root": "/data/image net"},
+                {"model.dropblock.stages": [3, 4], "train.ema": True},
+                {"model.dropblock.stages": [4], "train.ema": False, "optim.weight_decay": 5.0e-5},
+                {"name": "baseline", "model.name": "resnet50d"},
+                {"data.root": "/data/image net", "model.dropblock.prob": 0.1, "train.amp": "bf16", "train.seed": 1},
+            ]
+        },
+        root="r",
+    )
     assert [r.name for r in runs] == [
         "prob0.1_amp-bf16_root-data-image-net",
         "prob0.0_amp-none_root-data-image-net",
@@ -101,17 +122,49 @@ def test_names_are_readable_safe_and_unique():
     ]
     # a shared last part is told apart by one more part of the key
     assert sw.short_keys(["model.dropblock.prob", "train.mixup_prob", "data.prob"]) == {
-        "model.dropblock.prob": "dropblock.prob", "train.mixup_prob": "mixup_prob", "data.prob": "data.prob"}
+        "model.dropblock.prob": "dropblock.prob",
+        "train.mixup_prob": "mixup_prob",
+        "data.prob": "data.prob",
+    }
     # names that collide after cleaning get a suffix
     runs = sw.plan_runs({"grid": {"data.root": ["a/b", "a b", "a:b"]}}, root="r")
     assert [r.name for r in runs] == ["root-a-b", "root-a-b-2", "root-a-b-3"]
     assert sw.plan_runs({"overrides": {"train.epochs": 1}}, root="r")[0].name == "run"
 
 
-@pytest.mark.parametrize("value", [1, 0, -3, 0.1, 1e-05, 2.5e10, True, False, None, "", "2", "1e-4", "true",
-                                   "null", "a b", "it's", 'say "hi"', "x: y", "- a", "#c", "[1]", " pad ",
-                                   "/data/imagenet", [3, 4], [], ["bn1", "splat"], [[3, 4], [4]],
-                                   [0.08, 1.0]])
+@pytest.mark.parametrize(
+    "value",
+    [
+        1,
+        0,
+        -3,
+        0.1,
+        1e-05,
+        2.5e10,
+        True,
+        False,
+        None,
+        "",
+        "2",
+        "1e-4",
+        "true",
+        "null",
+        "a b",
+        "it's",
+        'say "hi"',
+        "x: y",
+        "- a",
+        "#c",
+        "[1]",
+        " pad ",
+        "/data/imagenet",
+        [3, 4],
+        [],
+        ["bn1", "splat"],
+        [[3, 4], [4]],
+        [0.08, 1.0],
+    ],
+)
 def test_format_value_round_trips_through_yaml(value):
     text = sw.format_value(value)
     parsed = yaml.safe_load(text) if text != "" else ""
@@ -133,8 +186,9 @@ def test_plan_errors_are_clear():
 
 def test_shipped_radix_cardinality_sweep():
     sweep = sw.load_sweep(os.path.join(SWEEPS, "radix_cardinality.yaml"))
-    expected = [f"radix{r}_cardinality{c}_bottleneck_width{w}"
-                for r in (1, 2, 4) for c, w in ((1, 64), (2, 40), (4, 24))]
+    expected = [
+        f"radix{r}_cardinality{c}_bottleneck_width{w}" for r in (1, 2, 4) for c, w in ((1, 64), (2, 40), (4, 24))
+    ]
     assert [r.name for r in sweep.runs] == expected
     assert sweep.root == os.path.join("runs", "radix_cardinality")
     assert [r.output_dir for r in sweep.runs] == [os.path.join(sweep.root, n) for n in expected]
@@ -162,8 +216,10 @@ def test_load_sweep_errors(tmp_path):
 def test_sweep_root_name_base_and_extra_overrides(tmp_path):
     (tmp_path / "configs").mkdir()
     (tmp_path / "configs" / "tiny.yaml").write_text(f"base: {BASE}\n")
-    path = write_sweep(tmp_path / "my_sweep.yaml", {"base": "configs/tiny.yaml", "grid": {"train.seed": [0, 1]},
-                                                    "launch": {"nproc": 2, "max_restarts": 3}})
+    path = write_sweep(
+        tmp_path / "my_sweep.yaml",
+        {"base": "configs/tiny.yaml", "grid": {"train.seed": [0, 1]}, "launch": {"nproc": 2, "max_restarts": 3}},
+    )
     sweep = sw.load_sweep(path)
     assert sweep.name == "my_sweep" and sweep.root == os.path.join("runs", "my_sweep")
     assert sweep.config == str(tmp_path / "configs" / "tiny.yaml")
@@ -171,22 +227,35 @@ def test_sweep_root_name_base_and_extra_overrides(tmp_path):
     assert sweep.root == "/scratch/x"
     assert sweep.runs[1].overrides == {"data.root": "/d", "train.seed": 1, "output.dir": "/scratch/x/seed1"}
     assert sw.launch_argv(sweep, sweep.runs[1], launch_sh="L") == [
-        "L", "--nproc", "2", "--max-restarts", "3", sweep.config, "data.root=/d", "train.seed=1",
-        "output.dir=/scratch/x/seed1"]
+        "L",
+        "--nproc",
+        "2",
+        "--max-restarts",
+        "3",
+        sweep.config,
+        "data.root=/d",
+        "train.seed=1",
+        "output.dir=/scratch/x/seed1",
+    ]
 
 
 # ---------------------------------------------------------------------------------------
 # The CLI: --print, --dry-run, checking before anything runs
 # ---------------------------------------------------------------------------------------
 
+
 @pytest.mark.slow
 def test_print_gives_one_shell_quoted_command_per_run(tmp_path):
     values = ["/data/image net", "it's", 'a "b" $HOME `x` \\ ;|&']
-    path = write_sweep(tmp_path / "q.yaml", {
-        "base": BASE,
-        "overrides": {"output.dir": str(tmp_path / "root dir"), "model.dropblock.stages": [3, 4]},
-        "grid": {"data.root": values},
-        "launch": {"nproc": 2}})
+    path = write_sweep(
+        tmp_path / "q.yaml",
+        {
+            "base": BASE,
+            "overrides": {"output.dir": str(tmp_path / "root dir"), "model.dropblock.stages": [3, 4]},
+            "grid": {"data.root": values},
+            "launch": {"nproc": 2},
+        },
+    )
     result = sweep_cli(path, "--print", cwd=ROOT)
     assert result.returncode == 0, result.stderr
     lines = result.stdout.splitlines()
@@ -194,16 +263,23 @@ def test_print_gives_one_shell_quoted_command_per_run(tmp_path):
     assert [shlex.split(line) for line in lines] == [sw.launch_argv(sweep, run) for run in sweep.runs]
     root = str(tmp_path / "root dir")
     assert shlex.split(lines[0]) == [
-        "./launch.sh", "--nproc", "2", BASE, "model.dropblock.stages=[3, 4]", "data.root=/data/image net",
-        f"output.dir={root}/root-data-image-net"]
+        "./launch.sh",
+        "--nproc",
+        "2",
+        BASE,
+        "model.dropblock.stages=[3, 4]",
+        "data.root=/data/image net",
+        f"output.dir={root}/root-data-image-net",
+    ]
     assert shlex.split(lines[2])[-2] == "data.root=" + sw.format_value(values[2])
     assert not os.path.exists(root)  # --print starts nothing
 
 
 @pytest.mark.slow
 def test_dry_run_prints_the_plan_and_creates_nothing(tmp_path):
-    result = sweep_cli(os.path.join(SWEEPS, "radix_cardinality.yaml"), "data.root=/data/imagenet", "--dry-run",
-                       cwd=tmp_path)
+    result = sweep_cli(
+        os.path.join(SWEEPS, "radix_cardinality.yaml"), "data.root=/data/imagenet", "--dry-run", cwd=tmp_path
+    )
     assert result.returncode == 0, result.stderr
     assert "9 run(s)" in result.stdout  # every config loaded and every model built (on meta)
     assert "[5/9] radix2_cardinality2_bottleneck_width40: pending, would start" in result.stdout
@@ -253,9 +329,14 @@ def calls(log):
 @pytest.mark.dist
 def test_bad_key_is_rejected_before_any_run_starts(tmp_path, fake_trainer):
     env, log = fake_trainer
-    path = write_sweep(tmp_path / "bad.yaml", {
-        "base": BASE, "overrides": {"output.dir": str(tmp_path / "out")},
-        "runs": [{"train.seed": 1}, {"train.seed": 2, "train.epoks": 3}]})
+    path = write_sweep(
+        tmp_path / "bad.yaml",
+        {
+            "base": BASE,
+            "overrides": {"output.dir": str(tmp_path / "out")},
+            "runs": [{"train.seed": 1}, {"train.seed": 2, "train.epoks": 3}],
+        },
+    )
     for mode in ([], ["--print"], ["--dry-run"]):
         result = sweep_cli(path, *mode, cwd=tmp_path, env=env)
         assert result.returncode == 2, result
@@ -264,8 +345,14 @@ def test_bad_key_is_rejected_before_any_run_starts(tmp_path, fake_trainer):
         assert result.stdout == ""
     assert calls(log) == [] and not (tmp_path / "out").exists()
     # a bad value and a model that cannot be built fail the same way
-    path = write_sweep(tmp_path / "bad2.yaml", {"base": BASE, "grid": {"model.radix": [2, 3]},
-                                                "overrides": {"model.cardinality": 3, "model.bottleneck_width": 10}})
+    path = write_sweep(
+        tmp_path / "bad2.yaml",
+        {
+            "base": BASE,
+            "grid": {"model.radix": [2, 3]},
+            "overrides": {"model.cardinality": 3, "model.bottleneck_width": 10},
+        },
+    )
     result = sweep_cli(path, cwd=tmp_path, env=env)
     assert result.returncode == 2 and "Run 1 'radix2'" in result.stderr and "has a bad config" in result.stderr
     assert "cannot be built (model.name=resnest50, model.radix=2, model.cardinality=3" in result.stderr
@@ -277,8 +364,10 @@ def test_bad_key_is_rejected_before_any_run_starts(tmp_path, fake_trainer):
 def test_failed_run_does_not_stop_the_sweep_and_rerun_skips_finished(tmp_path, fake_trainer):
     env, log = fake_trainer
     root = tmp_path / "sw"
-    path = write_sweep(tmp_path / "s.yaml", {"base": BASE, "overrides": {"output.dir": str(root), "train.epochs": 2},
-                                             "grid": {"train.seed": [13, 2]}})
+    path = write_sweep(
+        tmp_path / "s.yaml",
+        {"base": BASE, "overrides": {"output.dir": str(root), "train.epochs": 2}, "grid": {"train.seed": [13, 2]}},
+    )
     result = sweep_cli(path, cwd=tmp_path, env=env)
     assert result.returncode == 1, result.stdout + result.stderr
     assert calls(log) == ["seed13", "seed2"]
@@ -286,7 +375,9 @@ def test_failed_run_does_not_stop_the_sweep_and_rerun_skips_finished(tmp_path, f
     with open(root / "summary.csv") as f:
         rows = list(csv.DictReader(f))
     assert [(r["run"], r["train.seed"], r["state"]) for r in rows] == [
-        ("seed13", "13", "failed"), ("seed2", "2", "finished")]
+        ("seed13", "13", "failed"),
+        ("seed2", "2", "finished"),
+    ]
     assert rows[1]["best_val_top1"] == "40.0" and rows[1]["final_train_loss"] == "2.0"
     assert rows[1]["images_per_sec"] == "110.0" and rows[0]["best_val_top1"] == ""
     md = (root / "summary.md").read_text()
@@ -304,10 +395,17 @@ def test_failed_run_does_not_stop_the_sweep_and_rerun_skips_finished(tmp_path, f
 def test_sigterm_stops_the_sweep_after_the_run_in_progress(tmp_path, fake_trainer):
     env, log = fake_trainer
     root = tmp_path / "sw"
-    path = write_sweep(tmp_path / "s.yaml", {"base": BASE, "overrides": {"output.dir": str(root)},
-                                             "grid": {"train.seed": [99, 1]}})
-    proc = subprocess.Popen([sys.executable, SWEEP_PY, path], cwd=tmp_path, env={**helpers.env(), **env},
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    path = write_sweep(
+        tmp_path / "s.yaml", {"base": BASE, "overrides": {"output.dir": str(root)}, "grid": {"train.seed": [99, 1]}}
+    )
+    proc = subprocess.Popen(
+        [sys.executable, SWEEP_PY, path],
+        cwd=tmp_path,
+        env={**helpers.env(), **env},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
     deadline = time.time() + 60
     while not (root / "seed99" / "started").exists():
         assert time.time() < deadline and proc.poll() is None, proc.communicate()[0]
@@ -324,15 +422,18 @@ def test_sigterm_stops_the_sweep_after_the_run_in_progress(tmp_path, fake_traine
 @pytest.mark.slow
 def test_summary_states_from_what_runs_wrote(tmp_path):
     root = tmp_path / "sw"
-    path = write_sweep(tmp_path / "s.yaml", {"base": BASE, "overrides": {"output.dir": str(root)},
-                                             "grid": {"train.seed": [1, 2, 3, 4, 5]}})
+    path = write_sweep(
+        tmp_path / "s.yaml",
+        {"base": BASE, "overrides": {"output.dir": str(root)}, "grid": {"train.seed": [1, 2, 3, 4, 5]}},
+    )
     sweep = sw.load_sweep(path)
     for seed, state in [(1, "finished"), (2, "running"), (3, "running"), (4, "failed")]:
         d = root / f"seed{seed}"
         d.mkdir(parents=True)
         (d / "run_state.json").write_text(json.dumps({"state": state, "epoch": 1, "epochs": 3, "best_top1": None}))
         (d / "metrics.jsonl").write_text(
-            json.dumps({"epoch": 1, "train_loss": 3.25, "val_top1": 12.5, "images_per_sec": 50.0}) + "\n{cut sh")
+            json.dumps({"epoch": 1, "train_loss": 3.25, "val_top1": 12.5, "images_per_sec": 50.0}) + "\n{cut sh"
+        )
     (root / sw.STATUS_FILE).write_text(json.dumps({"runs": {"seed3": {"exit_code": -9}}}))
     result = sweep_cli(path, "--summary", cwd=tmp_path)
     assert result.returncode == 0, result.stderr
@@ -354,6 +455,7 @@ def test_summary_states_from_what_runs_wrote(tmp_path):
 # End to end: the shipped CPU sweep through launch.sh and the real train.py
 # ---------------------------------------------------------------------------------------
 
+
 @pytest.mark.slow
 def test_cpu_smoke_sweep_end_to_end(tmp_path):
     path = os.path.join(SWEEPS, "cpu_smoke.yaml")
@@ -362,7 +464,9 @@ def test_cpu_smoke_sweep_end_to_end(tmp_path):
     root = tmp_path / "runs" / "cpu_smoke"
     rows = list(csv.DictReader(open(root / "summary.csv")))
     assert [(r["run"], r["model.radix"], r["state"], r["epoch"], r["epochs"]) for r in rows] == [
-        ("radix1", "1", "finished", "1", "1"), ("radix2", "2", "finished", "1", "1")]
+        ("radix1", "1", "finished", "1", "1"),
+        ("radix2", "2", "finished", "1", "1"),
+    ]
     for r in rows:
         out = root / r["run"]
         (record,) = RunDir(str(out)).read_metrics()  # the summary repeats what the run wrote
@@ -380,6 +484,7 @@ def test_cpu_smoke_sweep_end_to_end(tmp_path):
     # `tensorboard --logdir <root>` sees both runs side by side, each with its hparams
     from tensorboard.backend.event_processing.event_multiplexer import EventMultiplexer
     from tensorboard.plugins.hparams import plugin_data_pb2
+
     tb = EventMultiplexer()
     tb.AddRunsFromDirectory(str(root))
     tb.Reload()

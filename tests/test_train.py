@@ -1,4 +1,5 @@
 """The trainer end to end: real train.py runs on tiny data, numbers checked."""
+
 import math
 import os
 import signal
@@ -52,6 +53,7 @@ def test_two_epoch_run_writes_metrics_tensorboard_and_checkpoints(tiny_run):
     assert scalars(tb, "epoch/dropblock_prob") == pytest.approx({1: 0.0, 2: 0.0})
     assert len(scalars(tb, "train/loss")) == 16 and len(scalars(tb, "train/images_per_sec")) == 16
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
     acc = EventAccumulator(tb)
     acc.Reload()
     assert acc.Tags()["images"] == ["train/augmented_images"]
@@ -86,8 +88,14 @@ def test_finished_run_is_not_trained_again(tiny_run):
 def test_sigterm_saves_and_resume_repeats_the_uninterrupted_run(tiny_run, tmp_path):
     full, _ = tiny_run
     out = str(tmp_path / "preempted")
-    proc = subprocess.Popen([sys.executable, TRAIN, *TINY, f"output.dir={out}"], stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, text=True, cwd=ROOT, env=env())
+    proc = subprocess.Popen(
+        [sys.executable, TRAIN, *TINY, f"output.dir={out}"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        cwd=ROOT,
+        env=env(),
+    )
     lines = []
     for line in proc.stdout:
         lines.append(line)
@@ -107,8 +115,9 @@ def test_sigterm_saves_and_resume_repeats_the_uninterrupted_run(tiny_run, tmp_pa
     assert sorted(loss) == list(range(stopped["step"] + 1, 17))
     assert loss == {s: full_loss[s] for s in loss} and lr == {s: full_lr[s] for s in lr}
     timing = ("images_per_sec", "epoch_time_s", "checkpoint_save_s", "checkpoint_mb")  # of this process's run
-    assert [{k: v for k, v in r.items() if k not in timing} for r in metrics(out)] == \
-        [{k: v for k, v in r.items() if k not in timing} for r in metrics(full)]
+    assert [{k: v for k, v in r.items() if k not in timing} for r in metrics(out)] == [
+        {k: v for k, v in r.items() if k not in timing} for r in metrics(full)
+    ]
     a = torch.load(os.path.join(full, "checkpoints", "last.pth"), weights_only=True)["model"]
     b = torch.load(os.path.join(out, "checkpoints", "last.pth"), weights_only=True)["model"]
     assert all(torch.equal(a[k], b[k]) for k in a)
@@ -123,8 +132,15 @@ def test_resume_with_a_different_model_is_a_clear_error(tiny_run):
 
 def test_bf16_channels_last_ema_and_accumulation_run_on_cpu(tmp_path):
     out = str(tmp_path / "options")
-    result = train(*TINY, "train.epochs=1", "train.amp=bf16", "train.channels_last=true", "train.ema=true",
-                   "train.accum_steps=2", f"output.dir={out}")
+    result = train(
+        *TINY,
+        "train.epochs=1",
+        "train.amp=bf16",
+        "train.channels_last=true",
+        "train.ema=true",
+        "train.accum_steps=2",
+        f"output.dir={out}",
+    )
     (row,) = metrics(out)
     assert "global batch     16 = 8 per process x 1 x 2 accumulation" in result.stdout
     assert "peak LR          0.00625 = 0.1 x 16 / 256" in result.stdout
@@ -143,6 +159,7 @@ def test_fp16_on_cpu_is_a_clear_error(tmp_path):
 
 def test_bad_input_stops_clearly_and_never_harms_the_checkpoint(demo_root, tmp_path):
     import shutil
+
     root = str(tmp_path / "data")
     shutil.copytree(demo_root, root)
     out = str(tmp_path / "run")

@@ -16,6 +16,7 @@ Medians over --repeats. Without --root, ImageNet-like JPEGs (500x375, quality 90
 with a photo-like spectrum) are generated into a temporary folder: --unique distinct
 images, hard-linked up to --images files.
 """
+
 import argparse
 import io
 import os
@@ -31,6 +32,7 @@ import numpy as np
 def photo_like(rng, w=500, h=375):
     """An RGB image with a roughly 1/f spectrum and sensor noise: JPEG-codes like a photo (~100 KB)."""
     from PIL import Image
+
     img = np.zeros((h, w, 3), np.float32)
     for s, amp in ((4, 50), (16, 35), (64, 30), (250, 40)):
         low = rng.normal(0, 1, (max(2, h * s // w), s, 3)).astype(np.float32)
@@ -47,6 +49,7 @@ def make_jpegs(root, images, classes=8, quality=90, seed=0, unique=None):
     decoders do the same work; generating a photo takes longer than loading it).
     """
     from PIL import Image
+
     rng = np.random.default_rng(seed)
     unique = images if unique is None else max(1, min(unique, images))
     sizes = []
@@ -93,15 +96,22 @@ class _Reference:
         import torch
         import torchvision.transforms as T
         from torchvision.datasets import ImageFolder
+
         ops = [T.RandomResizedCrop(args.crop), T.RandomHorizontalFlip()]
         if autoaugment:
             ops.append(T.AutoAugment(T.AutoAugmentPolicy.IMAGENET))
         ops += [T.ToTensor(), T.Normalize([0.485, 0.456, 0.406], [0.229, 0.224, 0.225])]
         ds = ImageFolder(os.path.join(root, "train"), T.Compose(ops))
         self.device = torch.device(args.device)
-        self.dl = torch.utils.data.DataLoader(ds, batch_size=args.batch, shuffle=True, drop_last=True,
-                                              num_workers=args.workers, persistent_workers=args.workers > 0,
-                                              pin_memory=self.device.type == "cuda")
+        self.dl = torch.utils.data.DataLoader(
+            ds,
+            batch_size=args.batch,
+            shuffle=True,
+            drop_last=True,
+            num_workers=args.workers,
+            persistent_workers=args.workers > 0,
+            pin_memory=self.device.type == "cuda",
+        )
         self.train = self
 
     def set_epoch(self, epoch, start_step=0):
@@ -115,12 +125,13 @@ class _Reference:
 def build(root, backend, args, autoaugment):
     """The loaders of one backend for the benchmark (``data.backend`` name, or ``torchvision-reference``)."""
     import torch
+
     if backend == "torchvision-reference":
         return _Reference(root, args, autoaugment)
     from resnest_train.config import DataConfig
     from resnest_train.data import build_loaders
-    cfg = DataConfig(root=root, backend=backend, workers=args.workers, train_crop=args.crop,
-                     autoaugment=autoaugment)
+
+    cfg = DataConfig(root=root, backend=backend, workers=args.workers, train_crop=args.crop, autoaugment=autoaugment)
     cfg.dali.threads = args.workers
     cfg.dali.device = args.dali_device
     return build_loaders(cfg, batch_size=args.batch, device=torch.device(args.device), seed=0)
@@ -130,6 +141,7 @@ def one_epoch(loaders, epoch, device, warm):
     """Times of one epoch: steady images/s (after ``warm`` batches), whole-epoch images/s,
     seconds to the first batch, CPU seconds per image in the steady part."""
     import torch
+
     t0 = time.perf_counter()
     loaders.train.set_epoch(epoch)
     sizes, times, cpu = [], [], None
@@ -142,8 +154,12 @@ def one_epoch(loaders, epoch, device, warm):
             cpu = cpu_seconds()
     cpu_end = cpu_seconds()
     steady = sum(sizes[warm:])
-    return (steady / (times[-1] - times[warm - 1]), sum(sizes) / (times[-1] - t0), times[0] - t0,
-            (cpu_end - cpu) / steady)
+    return (
+        steady / (times[-1] - times[warm - 1]),
+        sum(sizes) / (times[-1] - t0),
+        times[0] - t0,
+        (cpu_end - cpu) / steady,
+    )
 
 
 def measure_all(root, backends, args, autoaugment):
@@ -151,8 +167,9 @@ def measure_all(root, backends, args, autoaugment):
     loaders = {b: build(root, b, args, autoaugment) for b in backends}
     steps = len(loaders[backends[0]].train)
     if steps < 2:
-        raise SystemExit(f"bench_data: an epoch of {steps} batch(es) has no steady part; give more --images "
-                         f"or a smaller --batch.")
+        raise SystemExit(
+            f"bench_data: an epoch of {steps} batch(es) has no steady part; give more --images or a smaller --batch."
+        )
     warm = max(1, min(2 * args.workers, steps // 2))  # every worker / pipeline has made two batches
     runs = {b: [] for b in backends}
     for rep in range(args.repeats + 1):  # epoch 0 warms the page cache and starts the workers
@@ -163,11 +180,15 @@ def measure_all(root, backends, args, autoaugment):
     out = {}
     for b in backends:
         rates, whole, lat, cpu = zip(*runs[b])
-        out[b] = {"images_per_sec": round(statistics.median(rates), 1), "runs": [round(r, 1) for r in rates],
-                  "epoch_images_per_sec": round(statistics.median(whole), 1),
-                  "first_batch_s": round(statistics.median(lat), 3),
-                  "cpu_ms_per_image": round(1000 * statistics.median(cpu), 2),
-                  "steps": steps, "warm_batches": warm}
+        out[b] = {
+            "images_per_sec": round(statistics.median(rates), 1),
+            "runs": [round(r, 1) for r in rates],
+            "epoch_images_per_sec": round(statistics.median(whole), 1),
+            "first_batch_s": round(statistics.median(lat), 3),
+            "cpu_ms_per_image": round(1000 * statistics.median(cpu), 2),
+            "steps": steps,
+            "warm_batches": warm,
+        }
     loaders.clear()
     return out
 
@@ -181,9 +202,12 @@ def add_arguments(p):
     p.add_argument("--workers", type=int, default=2, help="DataLoader workers = DALI threads")
     p.add_argument("--crop", type=int, default=224)
     p.add_argument("--repeats", type=int, default=3, help="timed epochs per setting (median reported)")
-    p.add_argument("--backends", default="torchvision,dali,torchvision-reference",
-                   help="torchvision and dali are this project's backends; torchvision-reference is the "
-                        "classic ImageFolder + ToTensor/Normalize DataLoader")
+    p.add_argument(
+        "--backends",
+        default="torchvision,dali,torchvision-reference",
+        help="torchvision and dali are this project's backends; torchvision-reference is the "
+        "classic ImageFolder + ToTensor/Normalize DataLoader",
+    )
     p.add_argument("--autoaugment", default="off,on", help="off, on or off,on")
     p.add_argument("--device", default="cpu", help="where batches are delivered (cpu or cuda)")
     p.add_argument("--dali-device", default="cpu", help="DALI operators: cpu or gpu (mixed decode)")
@@ -193,46 +217,75 @@ def run(args):
     """Measure every backend with AutoAugment off and/or on; returns the result dict printed as JSON."""
     import logging
     import warnings
+
     warnings.simplefilter("ignore", DeprecationWarning)
     logging.getLogger("resnest_train.data").setLevel(logging.ERROR)
     tmp = None
     root = args.root
-    result = {"workers": args.workers, "batch": args.batch, "crop": args.crop, "device": args.device,
-              "dali_device": args.dali_device, "cpu_count": os.cpu_count(), "results": {}}
+    result = {
+        "workers": args.workers,
+        "batch": args.batch,
+        "crop": args.crop,
+        "device": args.device,
+        "dali_device": args.dali_device,
+        "cpu_count": os.cpu_count(),
+        "results": {},
+    }
     try:
         if not root:
             tmp = tempfile.mkdtemp(prefix="bench_data_")
             root = tmp
             t = time.time()
             avg = make_jpegs(root, args.images, unique=args.unique)
-            result["generated"] = {"images": args.images, "unique": min(args.unique, args.images),
-                                   "size": "500x375 / 375x500", "quality": 90, "avg_kb": round(avg / 1e3, 1)}
-            print(f"generated {args.images} JPEGs ({result['generated']['unique']} distinct, avg "
-                  f"{avg / 1e3:.0f} KB) in {time.time() - t:.1f} s", file=sys.stderr)
+            result["generated"] = {
+                "images": args.images,
+                "unique": min(args.unique, args.images),
+                "size": "500x375 / 375x500",
+                "quality": 90,
+                "avg_kb": round(avg / 1e3, 1),
+            }
+            print(
+                f"generated {args.images} JPEGs ({result['generated']['unique']} distinct, avg "
+                f"{avg / 1e3:.0f} KB) in {time.time() - t:.1f} s",
+                file=sys.stderr,
+            )
         result["root"] = args.root or "(generated)"
         backends = args.backends.split(",")
         for aa in args.autoaugment.split(","):
             row = measure_all(root, backends, args, aa == "on")
             for backend in backends:
                 r = row[backend]
-                print(f"autoaugment {aa:3s} {backend:12s} {r['images_per_sec']:8.1f} images/s steady "
-                      f"(runs {r['runs']}; whole epoch {r['epoch_images_per_sec']}, first batch "
-                      f"{r['first_batch_s']} s, {r['cpu_ms_per_image']} CPU ms/image)", file=sys.stderr)
+                print(
+                    f"autoaugment {aa:3s} {backend:12s} {r['images_per_sec']:8.1f} images/s steady "
+                    f"(runs {r['runs']}; whole epoch {r['epoch_images_per_sec']}, first batch "
+                    f"{r['first_batch_s']} s, {r['cpu_ms_per_image']} CPU ms/image)",
+                    file=sys.stderr,
+                )
             if "dali" in row and "torchvision" in row:
-                row["dali_vs_torchvision"] = round(row["dali"]["images_per_sec"]
-                                                   / row["torchvision"]["images_per_sec"], 2)
-                row["dali_vs_torchvision_whole_epoch"] = round(row["dali"]["epoch_images_per_sec"]
-                                                               / row["torchvision"]["epoch_images_per_sec"], 2)
-                row["cpu_ratio_torchvision_vs_dali"] = round(row["torchvision"]["cpu_ms_per_image"]
-                                                             / row["dali"]["cpu_ms_per_image"], 2)
-                print(f"autoaugment {aa:3s} DALI / torchvision = {row['dali_vs_torchvision']:.2f}x images/s "
-                      f"steady ({row['dali_vs_torchvision_whole_epoch']:.2f}x over whole epochs), "
-                      f"{row['cpu_ratio_torchvision_vs_dali']:.2f}x less CPU per image", file=sys.stderr)
+                row["dali_vs_torchvision"] = round(
+                    row["dali"]["images_per_sec"] / row["torchvision"]["images_per_sec"], 2
+                )
+                row["dali_vs_torchvision_whole_epoch"] = round(
+                    row["dali"]["epoch_images_per_sec"] / row["torchvision"]["epoch_images_per_sec"], 2
+                )
+                row["cpu_ratio_torchvision_vs_dali"] = round(
+                    row["torchvision"]["cpu_ms_per_image"] / row["dali"]["cpu_ms_per_image"], 2
+                )
+                print(
+                    f"autoaugment {aa:3s} DALI / torchvision = {row['dali_vs_torchvision']:.2f}x images/s "
+                    f"steady ({row['dali_vs_torchvision_whole_epoch']:.2f}x over whole epochs), "
+                    f"{row['cpu_ratio_torchvision_vs_dali']:.2f}x less CPU per image",
+                    file=sys.stderr,
+                )
             if "dali" in row and "torchvision-reference" in row:
-                row["dali_vs_reference"] = round(row["dali"]["images_per_sec"]
-                                                 / row["torchvision-reference"]["images_per_sec"], 2)
-                print(f"autoaugment {aa:3s} DALI / classic torchvision DataLoader = "
-                      f"{row['dali_vs_reference']:.2f}x images/s", file=sys.stderr)
+                row["dali_vs_reference"] = round(
+                    row["dali"]["images_per_sec"] / row["torchvision-reference"]["images_per_sec"], 2
+                )
+                print(
+                    f"autoaugment {aa:3s} DALI / classic torchvision DataLoader = "
+                    f"{row['dali_vs_reference']:.2f}x images/s",
+                    file=sys.stderr,
+                )
             result["results"][f"autoaugment_{aa}"] = row
     finally:
         if tmp:
@@ -248,9 +301,9 @@ def main(argv=None):
     args = p.parse_args(argv)
     res = run(args)
     import json
+
     print(json.dumps(res, indent=1))
     if args.json:
         with open(args.json, "w") as f:
             json.dump(res, f, indent=1)
     return 0
-

@@ -11,6 +11,7 @@ SGD (Nesterov momentum) and zero_grad, on synthetic data already on the GPU. "pe
 adds a ``loss.item()`` every step, the host sync the trainer avoids (issue 16, item 6).
 Each row's numbers are printed as soon as they exist, then the whole table as markdown.
 """
+
 import argparse
 import json
 import os
@@ -48,11 +49,22 @@ def build_model(source: str, name: str) -> torch.nn.Module:
     if source == "ours":
         return create_model(name, num_classes=1000)
     import timm
+
     return timm.create_model(name, num_classes=1000)
 
 
-def time_training(model, batch: int, img_size: int, amp: str, channels_last: bool, compiled: bool,
-                  per_step_sync: bool, steps: int, warmup: int, repeats: int) -> float:
+def time_training(
+    model,
+    batch: int,
+    img_size: int,
+    amp: str,
+    channels_last: bool,
+    compiled: bool,
+    per_step_sync: bool,
+    steps: int,
+    warmup: int,
+    repeats: int,
+) -> float:
     """Median training images/s of `model` on synthetic data on the current GPU."""
     device = torch.device("cuda")
     model = model.to(device).train()
@@ -93,12 +105,18 @@ def model_rows(args) -> list[dict]:
         torch.manual_seed(0)
         model = build_model(source, name)
         warmup = args.warmup + (3 if compiled else 0)
-        ips = time_training(model, args.batch, args.img_size, amp, cl, compiled, sync, args.steps, warmup,
-                            args.repeats)
-        row = {"section": "model", "source": label, "model": name, "amp": amp,
-               "layout": "channels_last" if cl else "NCHW", "mode": "compiled" if compiled else "eager",
-               "per_step_sync": sync, "images_per_sec": round(ips, 1),
-               "peak_mem_gib": round(torch.cuda.max_memory_allocated() / 2**30, 2)}
+        ips = time_training(model, args.batch, args.img_size, amp, cl, compiled, sync, args.steps, warmup, args.repeats)
+        row = {
+            "section": "model",
+            "source": label,
+            "model": name,
+            "amp": amp,
+            "layout": "channels_last" if cl else "NCHW",
+            "mode": "compiled" if compiled else "eager",
+            "per_step_sync": sync,
+            "images_per_sec": round(ips, 1),
+            "peak_mem_gib": round(torch.cuda.max_memory_allocated() / 2**30, 2),
+        }
         print(json.dumps(row), flush=True)
         rows.append(row)
         del model
@@ -119,6 +137,7 @@ def dali_rows(args) -> list[dict]:
     from resnest_train.data import build_loaders
 
     from . import bench_data
+
     rows = []
     with tempfile.TemporaryDirectory() as root:
         bench_data.make_jpegs(root, images=args.dali_images, unique=min(args.dali_images, 640))
@@ -148,13 +167,26 @@ def dali_rows(args) -> list[dict]:
 def e2e_row(args) -> list[dict]:
     """train.py itself: ResNeSt-50, bf16, channels_last, synthetic data, 200 steps; data-wait share."""
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
     with tempfile.TemporaryDirectory() as out:
-        cmd = [sys.executable, os.path.join(ROOT, "train.py"),
-               "--config", os.path.join(ROOT, "configs", "resnest50.yaml"),
-               "data.backend=synthetic", f"data.synthetic.train_images={args.batch * args.e2e_steps}",
-               "data.synthetic.val_images=256", f"train.batch_size={args.batch}", "train.epochs=1",
-               "train.amp=bf16", "train.channels_last=true", "device=cuda", "output.log_every=50",
-               "output.image_grid=false", "output.progress=lines", f"output.dir={out}"]
+        cmd = [
+            sys.executable,
+            os.path.join(ROOT, "train.py"),
+            "--config",
+            os.path.join(ROOT, "configs", "resnest50.yaml"),
+            "data.backend=synthetic",
+            f"data.synthetic.train_images={args.batch * args.e2e_steps}",
+            "data.synthetic.val_images=256",
+            f"train.batch_size={args.batch}",
+            "train.epochs=1",
+            "train.amp=bf16",
+            "train.channels_last=true",
+            "device=cuda",
+            "output.log_every=50",
+            "output.image_grid=false",
+            "output.progress=lines",
+            f"output.dir={out}",
+        ]
         result = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, timeout=args.e2e_timeout)
         if result.returncode != 0:
             print(f"train.py exited {result.returncode}:\n{result.stderr[-3000:]}", flush=True)
@@ -166,9 +198,13 @@ def e2e_row(args) -> list[dict]:
         data_s = [e.value for e in acc.Scalars("train/data_time_s")][1:]  # the first window holds the start-up
         ips = [e.value for e in acc.Scalars("train/images_per_sec")][1:]
         step_s = statistics.median(args.batch / v for v in ips) if ips else float("nan")
-        row = {"section": "e2e", "steps": args.e2e_steps, "images_per_sec_epoch": round(record["images_per_sec"], 1),
-               "images_per_sec_steady": round(args.batch / step_s, 1) if ips else None,
-               "data_wait_share": round(statistics.median(data_s) / step_s, 4) if data_s else None}
+        row = {
+            "section": "e2e",
+            "steps": args.e2e_steps,
+            "images_per_sec_epoch": round(record["images_per_sec"], 1),
+            "images_per_sec_steady": round(args.batch / step_s, 1) if ips else None,
+            "data_wait_share": round(statistics.median(data_s) / step_s, 4) if data_s else None,
+        }
         print(json.dumps(row), flush=True)
         return [row]
 
@@ -176,6 +212,7 @@ def e2e_row(args) -> list[dict]:
 def save_row(args) -> list[dict]:
     """Seconds to write a ResNeSt-269 checkpoint (model + SGD momentum + EMA) with atomic_save."""
     from resnest_train import checkpoint
+
     model = create_model("resnest269", num_classes=1000).cuda()
     opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
     model(torch.randn(2, 3, 64, 64, device="cuda")).sum().backward()
@@ -187,28 +224,40 @@ def save_row(args) -> list[dict]:
         t0 = time.perf_counter()
         checkpoint.atomic_save(state, path)
         seconds = time.perf_counter() - t0
-        row = {"section": "save", "model": "resnest269", "seconds": round(seconds, 2),
-               "gib": round(os.path.getsize(path) / 2**30, 2), "folder": args.save_dir or tempfile.gettempdir()}
+        row = {
+            "section": "save",
+            "model": "resnest269",
+            "seconds": round(seconds, 2),
+            "gib": round(os.path.getsize(path) / 2**30, 2),
+            "folder": args.save_dir or tempfile.gettempdir(),
+        }
     print(json.dumps(row), flush=True)
     return [row]
 
 
 def markdown(rows: list[dict]) -> str:
     """The rows as the markdown table of docs/benchmarks.md, one section per kind of row."""
-    lines = ["| model | source | amp | layout | mode | per-step sync | images/s | peak GiB |",
-             "|---|---|---|---|---|---|---|---|"]
+    lines = [
+        "| model | source | amp | layout | mode | per-step sync | images/s | peak GiB |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
     for r in rows:
         if r["section"] == "model":
-            lines.append(f"| {r['model']} | {r['source']} | {r['amp']} | {r['layout']} | {r['mode']} | "
-                         f"{'yes' if r['per_step_sync'] else 'no'} | {r['images_per_sec']} | {r['peak_mem_gib']} |")
+            lines.append(
+                f"| {r['model']} | {r['source']} | {r['amp']} | {r['layout']} | {r['mode']} | "
+                f"{'yes' if r['per_step_sync'] else 'no'} | {r['images_per_sec']} | {r['peak_mem_gib']} |"
+            )
     for r in rows:
         if r["section"] == "dali":
-            lines.append(f"\nDALI GPU loader, AutoAugment {'on' if r['autoaugment'] else 'off'}: "
-                         f"{r['images_per_sec']} images/s")
+            lines.append(
+                f"\nDALI GPU loader, AutoAugment {'on' if r['autoaugment'] else 'off'}: {r['images_per_sec']} images/s"
+            )
         elif r["section"] == "e2e" and "error" not in r:
-            lines.append(f"\ntrain.py end to end ({r['steps']} steps, ResNeSt-50 bf16 channels_last, synthetic): "
-                         f"{r['images_per_sec_epoch']} images/s over the epoch, {r['images_per_sec_steady']} steady, "
-                         f"data wait {100 * r['data_wait_share']:.1f}% of a step")
+            lines.append(
+                f"\ntrain.py end to end ({r['steps']} steps, ResNeSt-50 bf16 channels_last, synthetic): "
+                f"{r['images_per_sec_epoch']} images/s over the epoch, {r['images_per_sec_steady']} steady, "
+                f"data wait {100 * r['data_wait_share']:.1f}% of a step"
+            )
         elif r["section"] == "save":
             lines.append(f"\nSaving a ResNeSt-269 checkpoint ({r['gib']} GiB) to {r['folder']}: {r['seconds']} s")
     return "\n".join(lines)
@@ -241,8 +290,10 @@ def main(argv=None) -> int:
     torch.backends.cuda.matmul.allow_tf32 = True
     torch.backends.cudnn.allow_tf32 = True
     skip = set(filter(None, args.skip.split(",")))
-    print(f"GPU: {torch.cuda.get_device_name()}, torch {torch.__version__}, batch {args.batch}, "
-          f"{args.img_size} px", flush=True)
+    print(
+        f"GPU: {torch.cuda.get_device_name()}, torch {torch.__version__}, batch {args.batch}, {args.img_size} px",
+        flush=True,
+    )
     rows = []
     for name, section in (("model", model_rows), ("dali", dali_rows), ("e2e", e2e_row), ("save", save_row)):
         if name not in skip:
@@ -252,4 +303,3 @@ def main(argv=None) -> int:
         with open(args.json, "w") as f:
             json.dump(rows, f, indent=1)
     return 0
-

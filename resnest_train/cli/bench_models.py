@@ -7,6 +7,7 @@ Train step = forward + backward (+ zeroing grads), eval step = forward under no_
 The two models alternate repeat by repeat so drift in machine speed hits both alike;
 reported numbers are medians over repeats, each repeat timing `--steps` steps.
 """
+
 import argparse
 import json
 import statistics
@@ -33,8 +34,12 @@ TIMM_NAMES = {
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Add this benchmark's options to ``parser`` (an argparse parser)."""
-    parser.add_argument("--model", default="resnest50", choices=sorted(TIMM_NAMES),
-                        help="our model name; compared with timm's equivalent")
+    parser.add_argument(
+        "--model",
+        default="resnest50",
+        choices=sorted(TIMM_NAMES),
+        help="our model name; compared with timm's equivalent",
+    )
     parser.add_argument("--batch", type=int, default=8)
     parser.add_argument("--img-size", type=int, default=224)
     parser.add_argument("--steps", type=int, default=3, help="timed steps per repeat")
@@ -44,9 +49,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--channels-last", action="store_true", help="both models and input NHWC")
     parser.add_argument("--modes", default="train,eval", help="comma list of train, eval")
-    parser.add_argument("--timer", choices=("wall", "cpu"), default="wall",
-                        help="wall clock, or this process's CPU time (robust to other load on a "
-                             "shared machine; use with --threads 1, CPU only)")
+    parser.add_argument(
+        "--timer",
+        choices=("wall", "cpu"),
+        default="wall",
+        help="wall clock, or this process's CPU time (robust to other load on a "
+        "shared machine; use with --threads 1, CPU only)",
+    )
     parser.add_argument("--json", action="store_true", help="print the result dict as JSON")
 
 
@@ -68,11 +77,11 @@ def _step_fn(model: torch.nn.Module, x: torch.Tensor, mode: str) -> Callable[[],
         def step() -> None:
             with torch.no_grad():
                 model(x)
+
     return step
 
 
-def _time(step: Callable[[], None], steps: int, warmup: int, device: torch.device,
-          clock: Callable[[], float]) -> float:
+def _time(step: Callable[[], None], steps: int, warmup: int, device: torch.device, clock: Callable[[], float]) -> float:
     for _ in range(warmup):
         step()
     _sync(device)
@@ -104,10 +113,18 @@ def run(args: argparse.Namespace) -> dict:
     x = x.contiguous(memory_format=fmt)
 
     result = dict(
-        model=args.model, timm_model=TIMM_NAMES[args.model], device=str(device),
-        torch=torch.__version__, timm=timm.__version__, threads=torch.get_num_threads(),
-        batch=args.batch, img_size=args.img_size, steps=args.steps, repeats=args.repeats,
-        channels_last=bool(args.channels_last), timer=args.timer,
+        model=args.model,
+        timm_model=TIMM_NAMES[args.model],
+        device=str(device),
+        torch=torch.__version__,
+        timm=timm.__version__,
+        threads=torch.get_num_threads(),
+        batch=args.batch,
+        img_size=args.img_size,
+        steps=args.steps,
+        repeats=args.repeats,
+        channels_last=bool(args.channels_last),
+        timer=args.timer,
     )
     for mode in [m.strip() for m in args.modes.split(",") if m.strip()]:
         if mode not in ("train", "eval"):
@@ -120,24 +137,30 @@ def run(args: argparse.Namespace) -> dict:
                 times[name].append(_time(steps[name], args.steps, args.warmup, device, clock))
         ips = {k: args.batch * args.steps / statistics.median(v) for k, v in times.items()}
         result[mode] = dict(
-            ours_img_s=round(ips["ours"], 2), timm_img_s=round(ips["timm"], 2),
+            ours_img_s=round(ips["ours"], 2),
+            timm_img_s=round(ips["timm"], 2),
             ratio=round(ips["ours"] / ips["timm"], 3),
-            ours_s=[round(t, 3) for t in times["ours"]], timm_s=[round(t, 3) for t in times["timm"]],
+            ours_s=[round(t, 3) for t in times["ours"]],
+            timm_s=[round(t, 3) for t in times["timm"]],
         )
     return result
 
 
 def format_result(result: dict) -> str:
     """The result of ``run`` as a few lines of text: images/s of ours and timm's and their ratio."""
-    lines = [f"{result['model']} vs timm {result['timm_model']} | device {result['device']} | "
-             f"threads {result['threads']} | batch {result['batch']} | {result['img_size']}px | "
-             f"channels_last {result['channels_last']} | {result['timer']} time | "
-             f"median of {result['repeats']} repeats x {result['steps']} steps"]
+    lines = [
+        f"{result['model']} vs timm {result['timm_model']} | device {result['device']} | "
+        f"threads {result['threads']} | batch {result['batch']} | {result['img_size']}px | "
+        f"channels_last {result['channels_last']} | {result['timer']} time | "
+        f"median of {result['repeats']} repeats x {result['steps']} steps"
+    ]
     for mode in ("train", "eval"):
         if mode in result:
             r = result[mode]
-            lines.append(f"  {mode:5s}: ours {r['ours_img_s']:8.2f} img/s   timm {r['timm_img_s']:8.2f} img/s"
-                         f"   ratio ours/timm {r['ratio']:.3f}")
+            lines.append(
+                f"  {mode:5s}: ours {r['ours_img_s']:8.2f} img/s   timm {r['timm_img_s']:8.2f} img/s"
+                f"   ratio ours/timm {r['ratio']:.3f}"
+            )
     return "\n".join(lines)
 
 
@@ -149,4 +172,3 @@ def main(argv: list[str] | None = None) -> int:
     result = run(args)
     print(json.dumps(result) if args.json else format_result(result))
     return 0
-

@@ -14,6 +14,7 @@ alternate pair by pair, in ABBA order (so machine drift hits both alike); the re
 the median of the per-pair ratios. `--profile FILE` also writes a cProfile of one more
 train.py run (what `python -m pstats FILE` reads), to see where the difference goes.
 """
+
 import argparse
 import contextlib
 import cProfile
@@ -47,12 +48,25 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def config(args, out_dir: str):
     """The run's config: the overrides that make both loops do the same work."""
-    return load_config(None, [
-        f"model.name={args.model}", f"device={args.device}", "data.backend=synthetic",
-        f"data.train_crop={args.img_size}", f"data.synthetic.train_images={args.batch * args.steps}",
-        f"data.synthetic.val_images={args.batch}", "data.synthetic.num_classes=1000",
-        f"train.batch_size={args.batch}", "train.epochs=1", "optim.warmup_epochs=0",
-        "output.progress=lines", "output.save_every_epochs=0", f"output.dir={out_dir}", *args.overrides])
+    return load_config(
+        None,
+        [
+            f"model.name={args.model}",
+            f"device={args.device}",
+            "data.backend=synthetic",
+            f"data.train_crop={args.img_size}",
+            f"data.synthetic.train_images={args.batch * args.steps}",
+            f"data.synthetic.val_images={args.batch}",
+            "data.synthetic.num_classes=1000",
+            f"train.batch_size={args.batch}",
+            "train.epochs=1",
+            "optim.warmup_epochs=0",
+            "output.progress=lines",
+            "output.save_every_epochs=0",
+            f"output.dir={out_dir}",
+            *args.overrides,
+        ],
+    )
 
 
 def train_py(args) -> float:
@@ -74,8 +88,13 @@ def bare_loop(args) -> float:
     device = torch.device(args.device)
     engine.configure_backends(cfg.train, device)
     torch.manual_seed(cfg.train.seed)
-    loaders = build_loaders(cfg.data, batch_size=cfg.train.batch_size, device=device, seed=cfg.train.seed,
-                            channels_last=cfg.train.channels_last)
+    loaders = build_loaders(
+        cfg.data,
+        batch_size=cfg.train.batch_size,
+        device=device,
+        seed=cfg.train.seed,
+        channels_last=cfg.train.channels_last,
+    )
     model = engine.build_model(cfg, loaders.num_classes).to(device)
     if cfg.train.channels_last:
         model.to(memory_format=torch.channels_last)
@@ -92,8 +111,7 @@ def bare_loop(args) -> float:
         if mixup is not None:
             loss = soft_target_loss(logits, targets)
         else:
-            loss = torch.nn.functional.cross_entropy(logits.float(), labels,
-                                                     label_smoothing=cfg.train.label_smoothing)
+            loss = torch.nn.functional.cross_entropy(logits.float(), labels, label_smoothing=cfg.train.label_smoothing)
         loss.backward()
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
@@ -110,11 +128,22 @@ def measure(args) -> dict:
         if not i % 2:
             bare.append(bare_loop(args))
     ratios = [a / b for a, b in zip(ours, bare)]
-    result = {"model": args.model, "img_size": args.img_size, "batch": args.batch, "steps": args.steps,
-              "device": args.device, "threads": torch.get_num_threads(), "overrides": args.overrides,
-              "train_py_images_per_sec": statistics.median(ours), "bare_images_per_sec": statistics.median(bare),
-              "ratio": statistics.median(ratios), "ratio_min": min(ratios), "ratio_max": max(ratios),
-              "train_py_runs": ours, "bare_runs": bare}
+    result = {
+        "model": args.model,
+        "img_size": args.img_size,
+        "batch": args.batch,
+        "steps": args.steps,
+        "device": args.device,
+        "threads": torch.get_num_threads(),
+        "overrides": args.overrides,
+        "train_py_images_per_sec": statistics.median(ours),
+        "bare_images_per_sec": statistics.median(bare),
+        "ratio": statistics.median(ratios),
+        "ratio_min": min(ratios),
+        "ratio_max": max(ratios),
+        "train_py_runs": ours,
+        "bare_runs": bare,
+    }
     if args.profile:
         profiler = cProfile.Profile()
         profiler.runcall(train_py, args)
@@ -129,16 +158,18 @@ def main(argv=None) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     import logging
+
     logging.disable(logging.WARNING)
     result = measure(args)
     if args.json:
         print(json.dumps(result))
     else:
-        print(f"{args.model} {args.img_size}px batch {args.batch}, {args.steps} steps, {args.device}, "
-              f"{result['threads']} threads, {args.pairs} pairs")
+        print(
+            f"{args.model} {args.img_size}px batch {args.batch}, {args.steps} steps, {args.device}, "
+            f"{result['threads']} threads, {args.pairs} pairs"
+        )
         print(f"train.py   {result['train_py_images_per_sec']:8.1f} images/s (median)")
         print(f"bare loop  {result['bare_images_per_sec']:8.1f} images/s (median)")
         spread = f"{result['ratio_min']:.3f}-{result['ratio_max']:.3f}"
         print(f"ratio      {result['ratio']:.3f} (median of pairs; {spread})")
     return 0
-

@@ -7,6 +7,7 @@
 
 Each section is a module of its own (resnest_train/cli/bench_<section>.py); `SECTION --help` lists its options.
 """
+
 import importlib
 import sys
 
@@ -25,4 +26,3 @@ def main(argv: list[str] | None = None) -> int:
         print(__doc__, file=sys.stderr)
         return 0 if argv and argv[0] in ("-h", "--help") else 2
     return load_section(argv[0]).main(argv[1:]) or 0
-

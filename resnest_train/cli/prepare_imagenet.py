@@ -30,20 +30,26 @@ It judges by what the loader reads: --backend dali (the default when DALI is ins
 data.backend=auto) also decodes with DALI's decoder, which cannot read some files PIL can
 (a GIF named .jpg, a 1-bit TIFF); --backend torchvision judges by PIL alone.
 """
+
 import argparse
 import json
 import os
 import sys
 
+from resnest_train.cli import exit_status
+
 
 def read_meta_mat(path):
     """Synsets in ILSVRC2012_ID order (1..1000) from the devkit's meta.mat, via scipy."""
     from resnest_train.errors import DataError
+
     try:
         from scipy.io import loadmat
     except ImportError:
-        raise DataError(f"Reading {path} needs scipy (pip install scipy); or pass a text file with one "
-                        f"'nXXXXXXXX description' line per class in ILSVRC2012_ID order.") from None
+        raise DataError(
+            f"Reading {path} needs scipy (pip install scipy); or pass a text file with one "
+            f"'nXXXXXXXX description' line per class in ILSVRC2012_ID order."
+        ) from None
     synsets = loadmat(path, squeeze_me=True)["synsets"]
     pairs = sorted((int(s["ILSVRC2012_ID"]), str(s["WNID"])) for s in synsets if int(s["num_children"]) == 0)
     return [wnid for _, wnid in pairs]
@@ -52,9 +58,11 @@ def read_meta_mat(path):
 def prepare(args):
     """Sort the flat val folder into class folders (``--val-dir``, ``--labels``); returns 0."""
     from resnest_train.data import official_val
+
     synsets = args.synsets
     if synsets.endswith(".mat"):
         import tempfile
+
         wnids = read_meta_mat(synsets)
         tmp = tempfile.NamedTemporaryFile("w", suffix=".txt", delete=False)
         tmp.write("".join(f"{w}\n" for w in wnids))
@@ -65,8 +73,10 @@ def prepare(args):
     where = args.out or args.val_dir
     verb = {"move": "moved", "symlink": "linked", "copy": "copied"}[args.mode]
     sizes = sorted(set(counts.values()))
-    print(f"{'would have ' + verb if args.dry_run else verb} {len(assignments)} images into {len(counts)} class "
-          f"folders under {where} ({'-'.join(map(str, sizes[:1] + sizes[-1:]))} per class)")
+    print(
+        f"{'would have ' + verb if args.dry_run else verb} {len(assignments)} images into {len(counts)} class "
+        f"folders under {where} ({'-'.join(map(str, sizes[:1] + sizes[-1:]))} per class)"
+    )
     if args.dry_run:
         for name, wnid in list(sorted(assignments.items()))[:5]:
             print(f"  {os.path.join(args.val_dir, name)} -> {os.path.join(where, wnid, name)}")
@@ -78,13 +88,17 @@ def prepare(args):
 def check(args):
     """Check a dataset (``--check ROOT``) and print the report; returns 1 when problems were found, else 0."""
     from resnest_train.data import resolve_backend, scan
+
     backend = resolve_backend(args.backend)
-    report = scan.check_dataset(args.check, workers=args.workers, full=not args.quick,
-                                    progress=not args.no_progress, backend=backend)
+    report = scan.check_dataset(
+        args.check, workers=args.workers, full=not args.quick, progress=not args.no_progress, backend=backend
+    )
     print(f"judged by what the {backend} backend can decode")
     for name, s in report["splits"].items():
-        print(f"{name}: {s['images']} images in {s['classes']} classes "
-              f"({s['min_per_class']}-{s['max_per_class']} per class), {len(s['bad'])} unreadable")
+        print(
+            f"{name}: {s['images']} images in {s['classes']} classes "
+            f"({s['min_per_class']}-{s['max_per_class']} per class), {len(s['bad'])} unreadable"
+        )
         for f, reason in list(s["bad"].items())[:20]:
             print(f"  unreadable: {os.path.join(args.check, name, f)}: {reason}")
         if len(s["bad"]) > 20:
@@ -104,29 +118,29 @@ def main(argv=None):
     p.add_argument("--val-dir", help="the flat official val/ folder")
     p.add_argument("--labels", help="LOC_val_solution.csv or ILSVRC2012_validation_ground_truth.txt")
     p.add_argument("--synsets", default="", help="devkit only: meta.mat or an id-ordered synset text file")
-    p.add_argument("--id-order", choices=["devkit", "sorted"], default="devkit",
-                   help="what the devkit ground-truth ids count (default: devkit = meta.mat order)")
+    p.add_argument(
+        "--id-order",
+        choices=["devkit", "sorted"],
+        default="devkit",
+        help="what the devkit ground-truth ids count (default: devkit = meta.mat order)",
+    )
     p.add_argument("--out", default="", help="write class folders here instead of inside --val-dir")
     p.add_argument("--mode", choices=["move", "symlink", "copy"], default="move")
     p.add_argument("--dry-run", action="store_true", help="print what would happen, change nothing")
     p.add_argument("--check", metavar="ROOT", help="check the dataset in ROOT (train/ and val/)")
     p.add_argument("--workers", type=int, default=0, help="processes for --check (default: all cores)")
     p.add_argument("--quick", action="store_true", help="--check with header/end-of-file checks only")
-    p.add_argument("--backend", choices=["auto", "dali", "torchvision"], default="auto",
-                   help="--check: judge files by what this data.backend decodes (auto: dali when installed)")
+    p.add_argument(
+        "--backend",
+        choices=["auto", "dali", "torchvision"],
+        default="auto",
+        help="--check: judge files by what this data.backend decodes (auto: dali when installed)",
+    )
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.add_argument("--json", help="--check: also write the full report (per-class counts) here")
     args = p.parse_args(argv)
     if hasattr(sys.stdout, "reconfigure"):
         sys.stdout.reconfigure(errors="backslashreplace")  # file names that are not UTF-8 print escaped
-    from resnest_train.errors import UserError
-    try:
-        if args.check:
-            return check(args)
-        if not (args.val_dir and args.labels):
-            p.error("give --val-dir and --labels to sort the val images, or --check ROOT")
-        return prepare(args)
-    except UserError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-
+    if not (args.check or (args.val_dir and args.labels)):
+        p.error("give --val-dir and --labels to sort the val images, or --check ROOT")
+    return exit_status(lambda: check(args) if args.check else prepare(args))

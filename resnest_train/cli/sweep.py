@@ -12,29 +12,38 @@ one resumes from its checkpoint, so running the same command again continues the
 A failed run does not stop the others; the exit status is then 1. The sweep file format
 is described in resnest_train/sweep/__init__.py.
 """
+
 import argparse
 import shlex
 import sys
 
 from resnest_train import sweep as sw
-from resnest_train.errors import UserError
+from resnest_train.cli import exit_status
 
 
 def main(argv: list[str] | None = None) -> int:
     """Run the command line ``argv`` (default ``sys.argv[1:]``); returns the exit status (see above)."""
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("sweep", help="sweep file (YAML: base, overrides, grid, runs, launch)")
-    parser.add_argument("overrides", nargs="*", metavar="section.key=value",
-                        help="added to the sweep's overrides for every run, e.g. data.root=/data/imagenet")
+    parser.add_argument(
+        "overrides",
+        nargs="*",
+        metavar="section.key=value",
+        help="added to the sweep's overrides for every run, e.g. data.root=/data/imagenet",
+    )
     mode = parser.add_mutually_exclusive_group()
-    mode.add_argument("--print", action="store_true",
-                      help="print one shell-quoted launch.sh command per run and exit")
-    mode.add_argument("--dry-run", action="store_true",
-                      help="check every run's config as train.py does, print the plan, exit")
-    mode.add_argument("--summary", action="store_true",
-                      help="write summary.csv and summary.md from what the runs wrote so far, and print it")
+    mode.add_argument("--print", action="store_true", help="print one shell-quoted launch.sh command per run and exit")
+    mode.add_argument(
+        "--dry-run", action="store_true", help="check every run's config as train.py does, print the plan, exit"
+    )
+    mode.add_argument(
+        "--summary",
+        action="store_true",
+        help="write summary.csv and summary.md from what the runs wrote so far, and print it",
+    )
     args = parser.parse_args(argv)
-    try:
+
+    def action() -> int:
         sweep = sw.load_sweep(args.sweep, args.overrides)
         if args.summary:
             csv_path, md_path, rows = sw.write_summary(sweep)
@@ -50,7 +59,5 @@ def main(argv: list[str] | None = None) -> int:
             print(sw.plan_text(sweep, epochs=epochs), end="")
             return 0
         return sw.run_sweep(sweep, epochs=epochs)
-    except UserError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return e.exit_code
 
+    return exit_status(action)

@@ -7,11 +7,12 @@
 Loading the config runs the pre-flight check (resnest_train/preflight.py): every key's type
 and range, the rules across keys, and that the model builds; scripts/sweep.py runs the same.
 """
+
 import argparse
 import sys
 
+from resnest_train.cli import exit_status
 from resnest_train.config_loader import config_to_yaml, load_config
-from resnest_train.errors import UserError
 
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
@@ -19,10 +20,12 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--config", help="YAML config file (may inherit others with 'base:')")
     parser.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
-    parser.add_argument("--dry-run", action="store_true",
-                        help="print world size, global batch, peak LR, steps, model size; then exit")
-    parser.add_argument("overrides", nargs="*", metavar="section.key=value",
-                        help="override config keys; values are parsed as YAML")
+    parser.add_argument(
+        "--dry-run", action="store_true", help="print world size, global batch, peak LR, steps, model size; then exit"
+    )
+    parser.add_argument(
+        "overrides", nargs="*", metavar="section.key=value", help="override config keys; values are parsed as YAML"
+    )
     return parser.parse_args(argv)
 
 
@@ -33,13 +36,14 @@ def main(argv: list[str] | None = None) -> int:
     mistake in the config or data (``UserError``: one paragraph on stderr, no traceback).
     """
     args = parse_args(sys.argv[1:] if argv is None else argv)
-    try:
+
+    def action() -> int:
         cfg = load_config(args.config, args.overrides)
         if args.print_config:
             print(config_to_yaml(cfg), end="")
             return 0
         from resnest_train.engine import run
+
         return run(cfg, dry_run=args.dry_run)
-    except UserError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return e.exit_code
+
+    return exit_status(action)

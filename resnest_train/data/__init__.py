@@ -47,6 +47,7 @@ Modules: ``layout`` (folders and list files -> ``Split``), ``decode`` (file -> R
 (unreadable files and their cache), ``official_val`` (sorting the official val folder),
 ``common`` (the epoch plan and seeds), one per backend: ``dali``, ``torchvision_backend``, ``synthetic``.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -83,9 +84,11 @@ def resolve_backend(name: str) -> str:
     if name == "auto":
         return "dali" if dali_available() else "torchvision"
     if name == "dali" and not dali_available():
-        raise DataError("data.backend=dali but nvidia.dali cannot be imported; install it "
-                        "(pip install nvidia-dali-cuda130, see README 'Installing DALI') or use "
-                        "data.backend=torchvision.")
+        raise DataError(
+            "data.backend=dali but nvidia.dali cannot be imported; install it "
+            "(pip install nvidia-dali-cuda130, see README 'Installing DALI') or use "
+            "data.backend=torchvision."
+        )
     return name
 
 
@@ -105,6 +108,7 @@ def _skip_bad(backend: str, train, val, rank: int):
     import numpy as np
 
     from .scan import find_bad_images
+
     out, counts, lists = [], [], []
     for split in (train, val):
         bad, cache = find_bad_images(split, workers=0, backend=backend, rank=rank)
@@ -115,14 +119,24 @@ def _skip_bad(backend: str, train, val, rank: int):
         counts.append(len(bad))
         out.append(split)
     if sum(counts):
-        log_once(f"data.skip_bad_images: skipping {sum(counts)} unreadable image(s): {counts[0]} of "
-                 f"{len(out[0]) + counts[0]} train, {counts[1]} of {len(out[1]) + counts[1]} val "
-                 f"(list: {', '.join(lists)})", rank)
+        log_once(
+            f"data.skip_bad_images: skipping {sum(counts)} unreadable image(s): {counts[0]} of "
+            f"{len(out[0]) + counts[0]} train, {counts[1]} of {len(out[1]) + counts[1]} val "
+            f"(list: {', '.join(lists)})",
+            rank,
+        )
     return out[0], out[1], sum(counts)
 
 
-def build_loaders(cfg, batch_size: int, rank: int = 0, world_size: int = 1,
-                  device: torch.device | None = None, seed: int = 0, channels_last: bool = False) -> Loaders:
+def build_loaders(
+    cfg,
+    batch_size: int,
+    rank: int = 0,
+    world_size: int = 1,
+    device: torch.device | None = None,
+    seed: int = 0,
+    channels_last: bool = False,
+) -> Loaders:
     """Train and val loaders for this rank; see the module docstring for the contract."""
     device = torch.device(device) if device is not None else torch.device("cpu")
     if batch_size < 1:
@@ -132,21 +146,22 @@ def build_loaders(cfg, batch_size: int, rank: int = 0, world_size: int = 1,
     backend = resolve_backend(cfg.backend)
     if backend == "synthetic":
         from . import synthetic
-        train, val, n_val, classes = synthetic.build(cfg, batch_size, rank, world_size, device, seed,
-                                                     channels_last)
+
+        train, val, n_val, classes = synthetic.build(cfg, batch_size, rank, world_size, device, seed, channels_last)
         return Loaders(train, val, n_val, classes, backend, 0)
 
     from .layout import load_splits
+
     classes, train_split, val_split = load_splits(cfg)
     removed = 0
     if cfg.skip_bad_images:
         train_split, val_split, removed = _skip_bad(backend, train_split, val_split, rank)
     if backend == "dali":
         from . import dali as impl
+
         dali_cfg = dataclasses.replace(cfg.dali, device=dali_device(cfg.dali.device, device))
         cfg = dataclasses.replace(cfg, dali=dali_cfg)
     else:
         from . import torchvision_backend as impl
-    train, val = impl.build(cfg, train_split, val_split, batch_size, rank, world_size, device, seed,
-                            channels_last)
+    train, val = impl.build(cfg, train_split, val_split, batch_size, rank, world_size, device, seed, channels_last)
     return Loaders(train, val, len(val_split), classes, backend, removed)

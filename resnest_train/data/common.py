@@ -18,6 +18,7 @@ Validation: the sorted list of validation samples is cut into ``world_size`` con
 shards whose sizes differ by at most one; no sample is padded or repeated, so the union of
 the shards is every validation image exactly once for any world size.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -35,9 +36,9 @@ log = logging.getLogger("resnest_train.data")
 
 # AlexNet's PCA of ImageNet RGB pixels (values in [0, 1]); used by the `lighting` noise.
 PCA_EIGVAL = np.array([0.2175, 0.0188, 0.0045], dtype=np.float32)
-PCA_EIGVEC = np.array([[-0.5675, 0.7192, 0.4009],
-                       [-0.5808, -0.0045, -0.8140],
-                       [-0.5836, -0.6948, 0.4203]], dtype=np.float32)
+PCA_EIGVEC = np.array(
+    [[-0.5675, 0.7192, 0.4009], [-0.5808, -0.0045, -0.8140], [-0.5836, -0.6948, 0.4203]], dtype=np.float32
+)
 
 # Pad value of AutoAugment's geometric ops (rotate, shear) in both backends.
 AUTOAUGMENT_FILL = 128
@@ -124,7 +125,8 @@ def check_enough(n: int, batch_size: int, world_size: int, what: str) -> int:
         raise DataError(
             f"The training set ({what}) has {n} images, fewer than one global batch of "
             f"{batch_size} x {world_size} processes = {batch_size * world_size}; every rank must get "
-            f"at least one full batch per epoch. Lower train.batch_size or add images.")
+            f"at least one full batch per epoch. Lower train.batch_size or add images."
+        )
     return steps
 
 
@@ -134,7 +136,7 @@ def epoch_indices(n: int, batch_size: int, rank: int, world_size: int, seed: int
     perm = np.random.default_rng([int(seed) & 0xFFFFFFFF, int(epoch), 0x5EED]).permutation(n)
     # Global batch k is perm[k*W*B:(k+1)*W*B], rank r taking the r-th B of it: so a global
     # batch holds the same images whatever the world size, and 2 x 8 computes what 1 x 16 does.
-    kept = perm[:steps * world_size * batch_size].reshape(steps, world_size, batch_size)
+    kept = perm[: steps * world_size * batch_size].reshape(steps, world_size, batch_size)
     return kept[:, rank, :].reshape(-1)
 
 
@@ -172,8 +174,10 @@ def eval_sizes(train_crop: int, eval_crop: int | None, eval_ratio: float) -> tup
     """(short side to resize to, centre crop) for evaluation."""
     crop = int(eval_crop or train_crop)
     if not (0 < eval_ratio <= 1):
-        raise DataError(f"data.eval_ratio must be in (0, 1], got {eval_ratio}: eval resizes the short "
-                        f"side to eval_crop / eval_ratio (0.875 for a 224 crop).")
+        raise DataError(
+            f"data.eval_ratio must be in (0, 1], got {eval_ratio}: eval resizes the short "
+            f"side to eval_crop / eval_ratio (0.875 for a 224 crop)."
+        )
     return int(round(crop / eval_ratio)), crop
 
 

@@ -60,6 +60,7 @@ skip list and the error says to run the same command again (resume picks up the 
 File lists hold absolute paths as bytes (``file_root='/'``), so names that are not UTF-8
 reach DALI as the file system spells them.
 """
+
 from __future__ import annotations
 
 import atexit
@@ -124,6 +125,7 @@ def torchvision_imagenet_policy(device: str = "cpu"):
     import torchvision.transforms as T
     from nvidia.dali.auto_aug import augmentations as A
     from nvidia.dali.auto_aug.core import Policy, augmentation
+
     u8_255 = types.Constant(255, dtype=types.UINT8)
 
     @augmentation(mag_range=(0, 4), mag_to_param=_posterize_mask, param_device="auto", name="posterize_tv")
@@ -134,8 +136,13 @@ def torchvision_imagenet_policy(device: str = "cpu"):
     def equalize(data, _):
         return fn.equalize(data)
 
-    @augmentation(mag_range=(0, 0.9), randomly_negate=True, mag_to_param=A.sharpness_kernel, param_device="auto",
-                  name="sharpness_tv")
+    @augmentation(
+        mag_range=(0, 0.9),
+        randomly_negate=True,
+        mag_to_param=A.sharpness_kernel,
+        param_device="auto",
+        name="sharpness_tv",
+    )
     def sharpness(data, kernel):
         return fn.filter(data, kernel)  # DALI's own sharpness calls the deprecated experimental alias
 
@@ -162,8 +169,7 @@ def torchvision_imagenet_policy(device: str = "cpu"):
         "Rotate": A.rotate.augmentation(mag_range=(0, 30), randomly_negate=True),
         "Color": A.color.augmentation(mag_range=(0, 0.9), randomly_negate=True),
         # the contrast centre is computed from the image, and a GPU node cannot be a named argument
-        "Contrast": contrast if device == "cpu" else A.contrast.augmentation(mag_range=(0, 0.9),
-                                                                            randomly_negate=True),
+        "Contrast": contrast if device == "cpu" else A.contrast.augmentation(mag_range=(0, 0.9), randomly_negate=True),
         "Sharpness": sharpness,
         "Posterize": posterize,
         "Solarize": solarize,  # threshold linspace(255, 0, 10)
@@ -174,8 +180,11 @@ def torchvision_imagenet_policy(device: str = "cpu"):
     table = T.AutoAugment(T.AutoAugmentPolicy.IMAGENET).policies
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # the table has one p=0 entry, which DALI warns about
-        _POLICIES[device] = Policy("torchvision_imagenet", num_magnitude_bins=10,
-                                   sub_policies=[[(ops[name], p, mag) for name, p, mag in sub] for sub in table])
+        _POLICIES[device] = Policy(
+            "torchvision_imagenet",
+            num_magnitude_bins=10,
+            sub_policies=[[(ops[name], p, mag) for name, p, mag in sub] for sub in table],
+        )
     return _POLICIES[device]
 
 
@@ -183,44 +192,75 @@ def torchvision_imagenet_policy(device: str = "cpu"):
 # Pipelines (module level: DALI's conditionals need the source file)
 # ---------------------------------------------------------------------------------------
 
+
 @pipeline_def(enable_conditionals=True)
-def train_pipeline(file_list, file_root, device, crop, area, ratio, hflip, autoaugment, aa_interp, jitter,
-                   lighting, mean, std, layout, hw_decoder_load, uint8=False):
+def train_pipeline(
+    file_list,
+    file_root,
+    device,
+    crop,
+    area,
+    ratio,
+    hflip,
+    autoaugment,
+    aa_interp,
+    jitter,
+    lighting,
+    mean,
+    std,
+    layout,
+    hw_decoder_load,
+    uint8=False,
+):
     """The DALI training graph: read, decode the random crop's region, resize, flip, AutoAugment,
     colour jitter and lighting, normalise; outputs float images (``layout``) and the labels. With
     ``uint8`` it crops and mirrors only: uint8 images, the labels, and with lighting the per-sample
     mean, normalised on the device (``_Normalize``).
     """
-    jpegs, labels = fn.readers.file(file_list=file_list, file_root=file_root, random_shuffle=False,
-                                    name="Reader")
+    jpegs, labels = fn.readers.file(file_list=file_list, file_root=file_root, random_shuffle=False, name="Reader")
     decoder_args = {"hw_decoder_load": hw_decoder_load} if device == "gpu" else {}
-    images = fn.decoders.image_random_crop(jpegs, device="mixed" if device == "gpu" else "cpu",
-                                           output_type=types.RGB, random_area=area, random_aspect_ratio=ratio,
-                                           num_attempts=10, **decoder_args)
+    images = fn.decoders.image_random_crop(
+        jpegs,
+        device="mixed" if device == "gpu" else "cpu",
+        output_type=types.RGB,
+        random_area=area,
+        random_aspect_ratio=ratio,
+        num_attempts=10,
+        **decoder_args,
+    )
     images = fn.resize(images, size=[crop, crop], interp_type=types.INTERP_LINEAR, antialias=True)
     if autoaugment:
         from nvidia.dali.auto_aug.auto_augment import apply_auto_augment
+
         interp = types.INTERP_NN if aa_interp == "nearest" else types.INTERP_LINEAR
-        images = apply_auto_augment(torchvision_imagenet_policy(device), images, fill_value=AUTOAUGMENT_FILL,
-                                    interp_type=interp)
+        images = apply_auto_augment(
+            torchvision_imagenet_policy(device), images, fill_value=AUTOAUGMENT_FILL, interp_type=interp
+        )
     if jitter > 0:
         lo, hi = max(0.0, 1.0 - jitter), 1.0 + jitter
-        images = fn.color_twist(images, brightness=fn.random.uniform(range=[lo, hi]),
-                                contrast=fn.random.uniform(range=[lo, hi]),
-                                saturation=fn.random.uniform(range=[lo, hi]))
+        images = fn.color_twist(
+            images,
+            brightness=fn.random.uniform(range=[lo, hi]),
+            contrast=fn.random.uniform(range=[lo, hi]),
+            saturation=fn.random.uniform(range=[lo, hi]),
+        )
     mean255 = types.Constant(np.asarray(mean, dtype=np.float32) * 255.0)
     if lighting > 0:
         # offset_c = sum_j eigvec[c, j] * alpha_j * eigval_j, folded into the mean: (x + o - m) = (x - (m - o))
         a = fn.random.normal(shape=[3], stddev=lighting) * types.Constant(PCA_EIGVAL)
-        offset = (a[0] * types.Constant(PCA_EIGVEC[:, 0]) + a[1] * types.Constant(PCA_EIGVEC[:, 1])
-                  + a[2] * types.Constant(PCA_EIGVEC[:, 2]))
+        offset = (
+            a[0] * types.Constant(PCA_EIGVEC[:, 0])
+            + a[1] * types.Constant(PCA_EIGVEC[:, 1])
+            + a[2] * types.Constant(PCA_EIGVEC[:, 2])
+        )
         mean255 = mean255 - offset * 255.0
     mirror = fn.random.coin_flip(probability=0.5) if hflip else 0
     if uint8:  # crop and mirror only, plus the per-sample mean when lighting moves it: `_Normalize`
         images = fn.crop_mirror_normalize(images, dtype=types.UINT8, output_layout="HWC", mirror=mirror)
         return (images, labels, mean255) if lighting > 0 else (images, labels)
-    images = fn.crop_mirror_normalize(images, dtype=types.FLOAT, output_layout=layout, mirror=mirror,
-                                      mean=mean255, std=[s * 255.0 for s in std])
+    images = fn.crop_mirror_normalize(
+        images, dtype=types.FLOAT, output_layout=layout, mirror=mirror, mean=mean255, std=[s * 255.0 for s in std]
+    )
     return images, _labels_on(labels, device)
 
 
@@ -229,19 +269,29 @@ def val_pipeline(file_list, file_root, device, short, crop, mean, std, layout, h
     """The DALI evaluation graph: read in order, decode, resize the short side to ``short``, centre
     crop ``crop``, normalise; as torchvision's ``Resize`` + ``CenterCrop`` (tests/test_data_loaders.py).
     """
-    jpegs, labels = fn.readers.file(file_list=file_list, file_root=file_root, random_shuffle=False,
-                                    pad_last_batch=True, name="Reader")
+    jpegs, labels = fn.readers.file(
+        file_list=file_list, file_root=file_root, random_shuffle=False, pad_last_batch=True, name="Reader"
+    )
     decoder_args = {"hw_decoder_load": hw_decoder_load} if device == "gpu" else {}
-    images = fn.decoders.image(jpegs, device="mixed" if device == "gpu" else "cpu", output_type=types.RGB,
-                               **decoder_args)
+    images = fn.decoders.image(
+        jpegs, device="mixed" if device == "gpu" else "cpu", output_type=types.RGB, **decoder_args
+    )
     images = fn.resize(images, resize_shorter=short, interp_type=types.INTERP_LINEAR, antialias=True)
     if uint8:
-        images = fn.crop_mirror_normalize(images, crop=(crop, crop), crop_pos_x=0.5, crop_pos_y=0.5,
-                                          dtype=types.UINT8, output_layout="HWC")
+        images = fn.crop_mirror_normalize(
+            images, crop=(crop, crop), crop_pos_x=0.5, crop_pos_y=0.5, dtype=types.UINT8, output_layout="HWC"
+        )
         return images, labels
-    images = fn.crop_mirror_normalize(images, crop=(crop, crop), crop_pos_x=0.5, crop_pos_y=0.5,
-                                      dtype=types.FLOAT, output_layout=layout,
-                                      mean=[m * 255.0 for m in mean], std=[s * 255.0 for s in std])
+    images = fn.crop_mirror_normalize(
+        images,
+        crop=(crop, crop),
+        crop_pos_x=0.5,
+        crop_pos_y=0.5,
+        dtype=types.FLOAT,
+        output_layout=layout,
+        mean=[m * 255.0 for m in mean],
+        std=[s * 255.0 for s in std],
+    )
     return images, _labels_on(labels, device)
 
 
@@ -284,6 +334,7 @@ def dali_decode_problem(path: str, compare: bool = True) -> str | None:
     JPEG or PNG; for those two it only asks whether DALI can read them (``full`` checks).
     """
     from PIL import Image
+
     with Image.open(path) as im:
         what = f"a {im.format} image (mode {im.mode})"
     fix = "convert it to JPEG or PNG, or use data.backend=torchvision"
@@ -295,8 +346,10 @@ def dali_decode_problem(path: str, compare: bool = True) -> str | None:
         return None
     ref = np.asarray(load_rgb(path))
     if ours.shape != ref.shape:
-        return (f"{what} that DALI's image decoder reads as {ours.shape[1]}x{ours.shape[0]} pixels, PIL as "
-                f"{ref.shape[1]}x{ref.shape[0]}; {fix}")
+        return (
+            f"{what} that DALI's image decoder reads as {ours.shape[1]}x{ours.shape[0]} pixels, PIL as "
+            f"{ref.shape[1]}x{ref.shape[0]}; {fix}"
+        )
     levels = int(np.abs(ours.astype(np.int16) - ref).max(initial=0))
     if levels > 1:
         return f"{what} that DALI's image decoder reads differently from PIL (up to {levels} of 255 levels); {fix}"
@@ -307,15 +360,19 @@ def dali_decode_problem(path: str, compare: bool = True) -> str | None:
 # Running pipelines
 # ---------------------------------------------------------------------------------------
 
+
 def resolve_device(name: str, device: torch.device) -> str:
     """``data.dali.device`` for a trainer on ``device`` (``auto``: the rule of ``data.dali_device``)."""
     from . import dali_device
+
     if name not in ("auto", "cpu", "gpu"):
         raise DataError(f"data.dali.device={name!r} is not one of auto, cpu, gpu.")
     name = dali_device(name, device)
     if name == "gpu" and not torch.cuda.is_available():
-        raise DataError("data.dali.device=gpu needs CUDA, which torch cannot see on this machine; "
-                        "use data.dali.device=cpu (or auto).")
+        raise DataError(
+            "data.dali.device=gpu needs CUDA, which torch cannot see on this machine; "
+            "use data.dali.device=cpu (or auto)."
+        )
     return name
 
 
@@ -419,8 +476,10 @@ def _write_list(path: str, split: Split, indices) -> None:
             rel = split.files[i]
             problem = dali_name_problem(os.path.join(base, rel))
             if problem:
-                raise DataError(f"Cannot read the image {os.path.join(base, rel)!r}: {problem}, or set "
-                                f"data.skip_bad_images: true to skip it.")
+                raise DataError(
+                    f"Cannot read the image {os.path.join(base, rel)!r}: {problem}, or set "
+                    f"data.skip_bad_images: true to skip it."
+                )
             f.write(prefix + os.fsencode(rel) + b" %d\n" % int(split.labels[i]))
 
 
@@ -428,8 +487,17 @@ class _Base:
     """What both loaders share. ``uint8``: ship uint8 crops and normalise in torch on ``device``
     (None: the rule of ``ship_uint8``; the tests set it to check that path without a GPU)."""
 
-    def __init__(self, cfg, split: Split, batch_size: int, device: torch.device, dali_device: str,
-                 channels_last: bool, tmpdir: str, uint8: bool | None = None):
+    def __init__(
+        self,
+        cfg,
+        split: Split,
+        batch_size: int,
+        device: torch.device,
+        dali_device: str,
+        channels_last: bool,
+        tmpdir: str,
+        uint8: bool | None = None,
+    ):
         self.cfg, self.split, self.batch_size = cfg, split, batch_size
         self.device, self.dali_device, self.channels_last = device, dali_device, channels_last
         self.tmpdir = tmpdir
@@ -443,23 +511,33 @@ class _Base:
 
     def _pipe_kwargs(self, seed: int, threads: int) -> dict:
         dev = self.dali_device
-        device_id = (self.device.index if self.device.index is not None else torch.cuda.current_device()) \
-            if dev == "gpu" else None
-        return dict(batch_size=self.batch_size, num_threads=threads,
-                    device_id=device_id, seed=seed, prefetch_queue_depth=max(1, int(self.cfg.dali.prefetch)),
-                    exec_dynamic=True)
+        device_id = (
+            (self.device.index if self.device.index is not None else torch.cuda.current_device())
+            if dev == "gpu"
+            else None
+        )
+        return dict(
+            batch_size=self.batch_size,
+            num_threads=threads,
+            device_id=device_id,
+            seed=seed,
+            prefetch_queue_depth=max(1, int(self.cfg.dali.prefetch)),
+            exec_dynamic=True,
+        )
 
     def _fail(self, err: Exception, order, first_batch: int) -> DataError:
         """Turn a DALI failure into a DataError naming the file of batches >= first_batch."""
         text = str(err)
         depth = max(1, int(self.cfg.dali.prefetch)) + 1
         lo = first_batch * self.batch_size
-        candidates = [int(i) for i in order[lo:lo + depth * self.batch_size]]
+        candidates = [int(i) for i in order[lo : lo + depth * self.batch_size]]
         found = None
         for i in candidates:
             if self.split.files[i] in text:
-                found = (self.split.files[i], check_image(self.split.path(i), full=True, backend="dali")
-                         or _dali_reason(err))
+                found = (
+                    self.split.files[i],
+                    check_image(self.split.path(i), full=True, backend="dali") or _dali_reason(err),
+                )
                 break
         if found is None:
             for i in candidates:
@@ -468,18 +546,24 @@ class _Base:
                     found = (self.split.files[i], reason)
                     break
         if found is None:
-            return DataError(f"DALI failed while reading {self.split.source}: {_dali_reason(err)}. "
-                             f"scripts/prepare_imagenet.py --check ROOT lists unreadable files.")
+            return DataError(
+                f"DALI failed while reading {self.split.source}: {_dali_reason(err)}. "
+                f"scripts/prepare_imagenet.py --check ROOT lists unreadable files."
+            )
         rel, reason = found
         path = os.path.join(self.split.base, rel)
         if self.cfg.skip_bad_images:
             cache = add_bad_image(self.split, rel, reason, "dali")
-            return DataError(f"Cannot read the image {path} ({reason}); the pre-scan's cheap checks missed it. "
-                             f"It has been added to the skip list {cache}: run the same command again to "
-                             f"continue without it (resume: auto continues from the last checkpoint).")
-        return DataError(f"Cannot read the image {path} ({reason}). Fix or delete the file "
-                         f"(scripts/prepare_imagenet.py --check ROOT lists every unreadable file), or set "
-                         f"data.skip_bad_images: true to skip unreadable files.")
+            return DataError(
+                f"Cannot read the image {path} ({reason}); the pre-scan's cheap checks missed it. "
+                f"It has been added to the skip list {cache}: run the same command again to "
+                f"continue without it (resume: auto continues from the last checkpoint)."
+            )
+        return DataError(
+            f"Cannot read the image {path} ({reason}). Fix or delete the file "
+            f"(scripts/prepare_imagenet.py --check ROOT lists every unreadable file), or set "
+            f"data.skip_bad_images: true to skip unreadable files."
+        )
 
 
 class DaliTrainLoader(_Base):
@@ -493,8 +577,9 @@ class DaliTrainLoader(_Base):
     cores that idles about 10% of the time. On the GPU one pipeline uses all the threads.
     """
 
-    def __init__(self, cfg, split, batch_size, rank, world_size, device, dali_device, seed, channels_last,
-                 tmpdir, uint8=None):
+    def __init__(
+        self, cfg, split, batch_size, rank, world_size, device, dali_device, seed, channels_last, tmpdir, uint8=None
+    ):
         super().__init__(cfg, split, batch_size, device, dali_device, channels_last, tmpdir, uint8)
         self.rank, self.world_size, self.seed = rank, world_size, int(seed)
         self.steps = train_steps(len(split), batch_size, world_size)
@@ -530,24 +615,38 @@ class DaliTrainLoader(_Base):
             _write_list(list_path, self.split, batches[0])
             c = self.cfg
             template = train_pipeline(
-                file_list=list_path, file_root=LIST_ROOT, device=self.dali_device, crop=int(c.train_crop),
-                area=[float(v) for v in c.rrc_scale], ratio=[float(v) for v in c.rrc_ratio], hflip=bool(c.hflip),
-                autoaugment=bool(c.autoaugment), aa_interp=self.aa_interp,
-                jitter=float(c.color_jitter), lighting=float(c.lighting),
-                mean=list(c.mean), std=list(c.std), layout=self.layout, hw_decoder_load=float(c.dali.hw_decoder_load),
-                uint8=self.uint8, **self._pipe_kwargs(0, self.threads_per_pipeline))
+                file_list=list_path,
+                file_root=LIST_ROOT,
+                device=self.dali_device,
+                crop=int(c.train_crop),
+                area=[float(v) for v in c.rrc_scale],
+                ratio=[float(v) for v in c.rrc_ratio],
+                hflip=bool(c.hflip),
+                autoaugment=bool(c.autoaugment),
+                aa_interp=self.aa_interp,
+                jitter=float(c.color_jitter),
+                lighting=float(c.lighting),
+                mean=list(c.mean),
+                std=list(c.std),
+                layout=self.layout,
+                hw_decoder_load=float(c.dali.hw_decoder_load),
+                uint8=self.uint8,
+                **self._pipe_kwargs(0, self.threads_per_pipeline),
+            )
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore", DeprecationWarning)
                 self._serialized = template.serialize()
             del template
         from nvidia.dali import Pipeline
+
         runners, orders = [], []
         for p in range(self.pipelines):
-            mine = batches[p::self.pipelines].reshape(-1)
+            mine = batches[p :: self.pipelines].reshape(-1)
             _write_list(list_path, self.split, mine)
             seed = stream_seed(self.seed, epoch, self.rank, 0xDA11, p)
-            pipe = Pipeline.deserialize(serialized_pipeline=self._serialized,
-                                        **self._pipe_kwargs(seed, self.threads_per_pipeline))
+            pipe = Pipeline.deserialize(
+                serialized_pipeline=self._serialized, **self._pipe_kwargs(seed, self.threads_per_pipeline)
+            )
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore", DeprecationWarning)
                 runners.append(self._make_runner(pipe))
@@ -572,8 +671,10 @@ class DaliTrainLoader(_Base):
 
 class DaliValLoader(_Base):
     """This rank's validation shard through DALI (``common.ValLoader``): in order, the last batch partial."""
-    def __init__(self, cfg, split, batch_size, rank, world_size, device, dali_device, channels_last, tmpdir,
-                 uint8=None):
+
+    def __init__(
+        self, cfg, split, batch_size, rank, world_size, device, dali_device, channels_last, tmpdir, uint8=None
+    ):
         super().__init__(cfg, split, batch_size, device, dali_device, channels_last, tmpdir, uint8)
         self.start, self.end = val_shard(len(split), rank, world_size)
         self.n = self.end - self.start
@@ -590,10 +691,19 @@ class DaliValLoader(_Base):
         _write_list(list_path, self.split, range(self.start, self.end))
         short, crop = eval_sizes(self.cfg.train_crop, self.cfg.eval_crop, self.cfg.eval_ratio)
         c = self.cfg
-        pipe = val_pipeline(file_list=list_path, file_root=LIST_ROOT, device=self.dali_device, short=short,
-                            crop=crop, mean=list(c.mean), std=list(c.std), layout=self.layout,
-                            hw_decoder_load=float(c.dali.hw_decoder_load), uint8=self.uint8,
-                            **self._pipe_kwargs(0, max(1, int(c.dali.threads))))
+        pipe = val_pipeline(
+            file_list=list_path,
+            file_root=LIST_ROOT,
+            device=self.dali_device,
+            short=short,
+            crop=crop,
+            mean=list(c.mean),
+            std=list(c.std),
+            layout=self.layout,
+            hw_decoder_load=float(c.dali.hw_decoder_load),
+            uint8=self.uint8,
+            **self._pipe_kwargs(0, max(1, int(c.dali.threads))),
+        )
         self._runner = self._make_runner(pipe)
 
     def __iter__(self):
@@ -619,20 +729,32 @@ class DaliValLoader(_Base):
         return out
 
 
-def build(cfg: DataConfig, train: Split, val: Split, batch_size: int, rank: int, world_size: int,
-          device: torch.device, seed: int, channels_last: bool,
-          uint8: bool | None = None) -> tuple[DaliTrainLoader, DaliValLoader]:
+def build(
+    cfg: DataConfig,
+    train: Split,
+    val: Split,
+    batch_size: int,
+    rank: int,
+    world_size: int,
+    device: torch.device,
+    seed: int,
+    channels_last: bool,
+    uint8: bool | None = None,
+) -> tuple[DaliTrainLoader, DaliValLoader]:
     """This rank's train and val loaders over ``train`` / ``val`` (``common.TrainLoader`` / ``ValLoader``);
     ``uint8`` as in ``_Base`` (None: the rule of ``ship_uint8``)."""
     check_enough(len(train), batch_size, world_size, train.source)
     dali_device = resolve_device(cfg.dali.device, device)
     if dali_device == "gpu" and device.type != "cuda":
-        raise DataError(f"data.dali.device=gpu puts batches on the GPU but the trainer runs on {device}; "
-                        f"use data.dali.device=cpu.")
+        raise DataError(
+            f"data.dali.device=gpu puts batches on the GPU but the trainer runs on {device}; use data.dali.device=cpu."
+        )
     tmpdir = tempfile.mkdtemp(prefix="resnest_dali_")
     atexit.register(shutil.rmtree, tmpdir, True)
-    train_loader = DaliTrainLoader(cfg, train, batch_size, rank, world_size, device, dali_device, seed,
-                                   channels_last, tmpdir, uint8)
-    val_loader = DaliValLoader(cfg, val, batch_size, rank, world_size, device, dali_device, channels_last, tmpdir,
-                               uint8)
+    train_loader = DaliTrainLoader(
+        cfg, train, batch_size, rank, world_size, device, dali_device, seed, channels_last, tmpdir, uint8
+    )
+    val_loader = DaliValLoader(
+        cfg, val, batch_size, rank, world_size, device, dali_device, channels_last, tmpdir, uint8
+    )
     return train_loader, val_loader

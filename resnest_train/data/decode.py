@@ -7,6 +7,7 @@ what DALI's image decoder does with the files it reads; the torchvision backend 
 with PIL. Real ImageNet holds grayscale JPEGs, CMYK JPEGs and a PNG named ``.JPEG``; all
 are valid and decode to RGB. ``sniff`` names a file's format from its first bytes.
 """
+
 from __future__ import annotations
 
 import numpy as np
@@ -41,6 +42,7 @@ def to_rgb(im):
     both do; palette (transparent entry or not), CMYK, 1-bit and the rest go through ``convert``.
     """
     from PIL import Image
+
     if im.mode == "F":
         a = np.floor(np.clip(np.asarray(im, dtype=np.float32), 0, 1) * np.float32(255) + np.float32(0.5))
         im = Image.fromarray(a.astype(np.uint8), "L")
@@ -55,6 +57,7 @@ def load_rgb(path: str):
     (``ImageOps.exif_transpose``, as DALI's decoder does by default), then ``to_rgb``.
     Raises whatever PIL raises for a file it cannot read."""
     from PIL import Image, ImageOps
+
     with Image.open(path) as im:
         ImageOps.exif_transpose(im, in_place=True)
         return to_rgb(im)

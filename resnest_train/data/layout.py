@@ -9,6 +9,7 @@ Text files (file lists, label files) are read as UTF-8 with or without a byte-or
 file names that are not UTF-8 pass through as ``os.listdir`` gives them (surrogate escapes).
 Every mistake in the layout raises ``DataError`` naming the folder or file and the fix.
 """
+
 from __future__ import annotations
 
 import os
@@ -94,34 +95,44 @@ def scan_split(split_dir: str, name: str, classes: list[str]) -> Split:
         raise DataError(
             f"{len(empty)} class folder(s) under {split_dir} hold no images ({name_list(empty)}); every class "
             f"needs at least one image with one of the extensions {', '.join(IMG_EXTENSIONS)}. "
-            f"Add the images or remove the empty folders from both train/ and val/.")
+            f"Add the images or remove the empty folders from both train/ and val/."
+        )
     return Split(name, split_dir, files, np.asarray(labels, dtype=np.int64), split_dir)
 
 
 def check_layout(root: str) -> tuple[str, str, list[str]]:
     """Validate ``root`` and return (train_dir, val_dir, classes). Raises DataError."""
     if not root:
-        raise DataError("data.root is not set: point it at a folder with train/<class>/* and val/<class>/* "
-                        "(e.g. data.root=/data/imagenet), or make the demo set with "
-                        "`python -m resnest_train.data.demo --out data/demo` and use data.root=data/demo.")
+        raise DataError(
+            "data.root is not set: point it at a folder with train/<class>/* and val/<class>/* "
+            "(e.g. data.root=/data/imagenet), or make the demo set with "
+            "`python -m resnest_train.data.demo --out data/demo` and use data.root=data/demo."
+        )
     if not os.path.isdir(root):
-        raise DataError(f"data.root={root} does not exist or is not a folder; point it at a folder with "
-                        f"train/<class>/* and val/<class>/* images.")
+        raise DataError(
+            f"data.root={root} does not exist or is not a folder; point it at a folder with "
+            f"train/<class>/* and val/<class>/* images."
+        )
     train_dir, val_dir = os.path.join(root, "train"), os.path.join(root, "val")
     for d in (train_dir, val_dir):
         if not os.path.isdir(d):
-            raise DataError(f"{d} is missing: data.root={root} must hold train/<class>/* and val/<class>/*. "
-                            f"For the official flat val/ folder run scripts/prepare_imagenet.py first.")
+            raise DataError(
+                f"{d} is missing: data.root={root} must hold train/<class>/* and val/<class>/*. "
+                f"For the official flat val/ folder run scripts/prepare_imagenet.py first."
+            )
     classes = list_classes(train_dir)
     if not classes:
-        raise DataError(f"{train_dir} holds no class folders: expected train/<class>/<image> "
-                        f"(one folder per class).")
+        raise DataError(f"{train_dir} holds no class folders: expected train/<class>/<image> (one folder per class).")
     val_classes = list_classes(val_dir)
     if not val_classes:
         flat = list_images(val_dir)
-        hint = (f" It holds {len(flat)} images directly: that is the official flat layout; sort them into "
-                f"class folders with `python scripts/prepare_imagenet.py --val-dir {val_dir} --labels "
-                f"LOC_val_solution.csv`." if flat else "")
+        hint = (
+            f" It holds {len(flat)} images directly: that is the official flat layout; sort them into "
+            f"class folders with `python scripts/prepare_imagenet.py --val-dir {val_dir} --labels "
+            f"LOC_val_solution.csv`."
+            if flat
+            else ""
+        )
         raise DataError(f"{val_dir} holds no class folders: expected val/<class>/<image>.{hint}")
     if classes != val_classes:
         only_train = sorted(set(classes) - set(val_classes))
@@ -131,17 +142,21 @@ def check_layout(root: str) -> tuple[str, str, list[str]]:
             parts.append(f"missing from val/: {name_list(only_train)}")
         if only_val:
             parts.append(f"missing from train/: {name_list(only_val)}")
-        raise DataError(f"The class folders of {train_dir} and {val_dir} differ ({'; '.join(parts)}). "
-                        f"Both splits need the same class folders, or the labels would not match; "
-                        f"add or remove folders so they agree.")
+        raise DataError(
+            f"The class folders of {train_dir} and {val_dir} differ ({'; '.join(parts)}). "
+            f"Both splits need the same class folders, or the labels would not match; "
+            f"add or remove folders so they agree."
+        )
     return train_dir, val_dir, classes
 
 
 def read_list(path: str, name: str) -> Split:
     """A ``relative/path label`` list file (paths relative to the list file's folder)."""
     if not os.path.isfile(path):
-        raise DataError(f"data.{name}_list={path} does not exist; give a text file with one "
-                        f"'relative/path label' pair per line, or leave data.{name}_list empty.")
+        raise DataError(
+            f"data.{name}_list={path} does not exist; give a text file with one "
+            f"'relative/path label' pair per line, or leave data.{name}_list empty."
+        )
     base = os.path.dirname(os.path.abspath(path))
     files, labels = [], []
     with open_text(path) as f:
@@ -151,17 +166,18 @@ def read_list(path: str, name: str) -> Split:
                 continue
             parts = line.rsplit(None, 1)
             if len(parts) != 2 or not parts[1].lstrip("-").isdigit() or int(parts[1]) < 0:
-                raise DataError(f"{path}:{lineno}: expected 'relative/path label' with a label >= 0, "
-                                f"got {line!r}.")
+                raise DataError(f"{path}:{lineno}: expected 'relative/path label' with a label >= 0, got {line!r}.")
             files.append(parts[0])
             labels.append(int(parts[1]))
     if not files:
         raise DataError(f"data.{name}_list={path} lists no images.")
     missing = [f for f in files[:1000] if not os.path.isfile(os.path.join(base, f))]
     if missing:
-        raise DataError(f"data.{name}_list={path} names files that do not exist, e.g. "
-                        f"{os.path.join(base, missing[0])} (paths are relative to the list file's folder, "
-                        f"{base}).")
+        raise DataError(
+            f"data.{name}_list={path} names files that do not exist, e.g. "
+            f"{os.path.join(base, missing[0])} (paths are relative to the list file's folder, "
+            f"{base})."
+        )
     return Split(name, base, files, np.asarray(labels, dtype=np.int64), path)
 
 
@@ -169,8 +185,10 @@ def load_splits(cfg: DataConfig) -> tuple[list[str], Split, Split]:
     """(classes, train, val) from a DataConfig: folder layout or list files."""
     if cfg.train_list or cfg.val_list:
         if not (cfg.train_list and cfg.val_list):
-            raise DataError("data.train_list and data.val_list go together: set both list files, or neither "
-                            "to read the train/ and val/ folders under data.root.")
+            raise DataError(
+                "data.train_list and data.val_list go together: set both list files, or neither "
+                "to read the train/ and val/ folders under data.root."
+            )
         train, val = read_list(cfg.train_list, "train"), read_list(cfg.val_list, "val")
         n = int(max(train.labels.max(), val.labels.max())) + 1
         classes = [str(i) for i in range(n)]

@@ -7,6 +7,7 @@ order, counted in the order of the devkit's ``meta.mat``). ``val_assignments`` r
 ``organize_val`` moves, links or copies each image into ``<synset>/``. Used by
 ``resnest-prepare-imagenet``.
 """
+
 from __future__ import annotations
 
 import os
@@ -21,8 +22,10 @@ def read_kaggle_solution(path: str) -> dict[str, str]:
     with open_text(path) as f:
         header = f.readline().strip().split(",")
         if header[:2] != ["ImageId", "PredictionString"]:
-            raise DataError(f"{path}: expected the header 'ImageId,PredictionString' of Kaggle's "
-                            f"LOC_val_solution.csv, got {','.join(header)!r}.")
+            raise DataError(
+                f"{path}: expected the header 'ImageId,PredictionString' of Kaggle's "
+                f"LOC_val_solution.csv, got {','.join(header)!r}."
+            )
         for lineno, line in enumerate(f, 2):
             line = line.strip()
             if not line:
@@ -30,8 +33,10 @@ def read_kaggle_solution(path: str) -> dict[str, str]:
             image_id, _, pred = line.partition(",")
             tokens = pred.split()
             if not tokens or not tokens[0].startswith("n"):
-                raise DataError(f"{path}:{lineno}: expected a synset id (nXXXXXXXX) as the first token of "
-                                f"PredictionString, got {pred[:40]!r}.")
+                raise DataError(
+                    f"{path}:{lineno}: expected a synset id (nXXXXXXXX) as the first token of "
+                    f"PredictionString, got {pred[:40]!r}."
+                )
             out[image_id] = tokens[0]
     return out
 
@@ -60,7 +65,8 @@ def read_devkit_ground_truth(gt_path: str, synsets_path: str, order: str = "devk
             f"{synsets_path} is sorted by synset id (like Kaggle's LOC_synset_mapping.txt), but the devkit's "
             f"ILSVRC2012_validation_ground_truth.txt counts classes in the order of the devkit's meta.mat, "
             f"which is not sorted: the labels would be wrong. Give a mapping in meta.mat order (line i = "
-            f"ILSVRC2012_ID i), or pass --id-order sorted if your ids really count sorted classes.")
+            f"ILSVRC2012_ID i), or pass --id-order sorted if your ids really count sorted classes."
+        )
     out = []
     with open_text(gt_path) as f:
         for lineno, line in enumerate(f, 1):
@@ -91,19 +97,25 @@ def val_assignments(val_dir: str, labels: str, synsets: str = "", order: str = "
             raise DataError(f"{labels} has no label for {len(missing)} image(s) in {val_dir}, e.g. {missing[0]}.")
         return out
     if not synsets:
-        raise DataError("The devkit ground truth holds class numbers: also pass --synsets with the mapping "
-                        "from class number to synset id (see --help).")
+        raise DataError(
+            "The devkit ground truth holds class numbers: also pass --synsets with the mapping "
+            "from class number to synset id (see --help)."
+        )
     wnids = read_devkit_ground_truth(labels, synsets, order)
     if len(wnids) != len(images):
-        raise DataError(f"{labels} has {len(wnids)} labels but {val_dir} holds {len(images)} images; the "
-                        f"devkit ground truth labels the 50,000 official images in sorted file-name order.")
+        raise DataError(
+            f"{labels} has {len(wnids)} labels but {val_dir} holds {len(images)} images; the "
+            f"devkit ground truth labels the 50,000 official images in sorted file-name order."
+        )
     return dict(zip(images, wnids))
 
 
-def organize_val(val_dir: str, assignments: dict[str, str], out_dir: str = "", mode: str = "move",
-                 dry_run: bool = False) -> dict[str, int]:
+def organize_val(
+    val_dir: str, assignments: dict[str, str], out_dir: str = "", mode: str = "move", dry_run: bool = False
+) -> dict[str, int]:
     """Move / symlink / copy each image into ``out_dir/<synset>/``; returns images per class."""
     import shutil
+
     out_dir = out_dir or val_dir
     counts: dict[str, int] = {}
     for name, wnid in sorted(assignments.items()):

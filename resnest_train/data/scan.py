@@ -13,6 +13,7 @@ backend and the list of file names, so adding or removing files triggers a new s
 Delete the cache file to force one after editing files in place. ``check_dataset`` is the
 report of ``resnest-prepare-imagenet --check``.
 """
+
 from __future__ import annotations
 
 import fcntl
@@ -44,8 +45,10 @@ def _decode(path: str) -> str | None:
 def dali_name_problem(path: str) -> str | None:
     """Why DALI cannot be given this file name, or None: its file list is one name per line."""
     if "\n" in path:  # a carriage return or a space is fine (the name ends with its extension)
-        return ("a file name with a line break, which DALI's file list cannot hold; rename the file, "
-                "or use data.backend=torchvision")
+        return (
+            "a file name with a line break, which DALI's file list cannot hold; rename the file, "
+            "or use data.backend=torchvision"
+        )
     return None
 
 
@@ -67,6 +70,7 @@ def check_image(path: str, full: bool = False, backend: str = "torchvision") -> 
     reason = dali_name_problem(path)
     if reason is None and (full or kind not in ("jpeg", "png")):
         from .dali import dali_decode_problem
+
         reason = dali_decode_problem(path, compare=kind not in ("jpeg", "png"))
     return reason
 
@@ -98,6 +102,7 @@ def _check_pil(path: str, full: bool) -> tuple[str | None, str | None]:
         reason = _decode(path)
         return kind, (f"truncated or corrupt: {reason}" if reason else None)
     from PIL import Image
+
     try:
         with Image.open(path) as im:
             w, h = im.size
@@ -113,13 +118,19 @@ def _check_chunk(args):
     return [(f, check_image(os.path.join(base, f), full, backend)) for f in files]
 
 
-def check_files(base: str, files: Sequence[str], workers: int = 0, full: bool = False,
-                desc: str = "checking images", progress: bool = True,
-                backend: str = "torchvision") -> dict[str, str]:
+def check_files(
+    base: str,
+    files: Sequence[str],
+    workers: int = 0,
+    full: bool = False,
+    desc: str = "checking images",
+    progress: bool = True,
+    backend: str = "torchvision",
+) -> dict[str, str]:
     """{relative path: reason} for every file ``backend`` cannot read, checked in parallel (processes)."""
     workers = workers or min(os.cpu_count() or 1, 32)
     chunk = 64 if full else 256
-    jobs = [(base, list(files[i:i + chunk]), full, backend) for i in range(0, len(files), chunk)]
+    jobs = [(base, list(files[i : i + chunk]), full, backend) for i in range(0, len(files), chunk)]
     bar = Progress(len(files), desc, unit="img", enabled=progress)
     bad: dict[str, str] = {}
     if workers <= 1 or len(files) <= 2 * chunk:
@@ -158,15 +169,23 @@ def _read_cache(path: str, fp: str) -> dict | None:
 
 def split_fingerprint(split: Split, backend: str) -> str:
     """Names the scan of ``split`` judged by ``backend``'s decoder (a GIF is bad for DALI only)."""
-    return fingerprint([backend, os.path.abspath(split.base)]
-                       + [f"{f}\t{label}" for f, label in zip(split.files, split.labels)])
+    return fingerprint(
+        [backend, os.path.abspath(split.base)] + [f"{f}\t{label}" for f, label in zip(split.files, split.labels)]
+    )
 
 
 def save_scan(split: Split, bad: dict[str, str], full: bool, backend: str) -> str:
     """Store a scan result where ``find_bad_images`` looks first; returns the path used."""
     fp = split_fingerprint(split, backend)
-    data = {"version": SCAN_VERSION, "fingerprint": fp, "backend": backend, "base": os.path.abspath(split.base),
-            "checked": len(split), "full": bool(full), "bad": bad}
+    data = {
+        "version": SCAN_VERSION,
+        "fingerprint": fp,
+        "backend": backend,
+        "base": os.path.abspath(split.base),
+        "checked": len(split),
+        "full": bool(full),
+        "bad": bad,
+    }
     for path in _cache_paths(split, fp):
         try:
             write_json(path, data, indent=1)
@@ -189,8 +208,9 @@ def add_bad_image(split: Split, relpath: str, reason: str, backend: str) -> str:
     return save_scan(split, bad, bool(data and data.get("full")), backend)
 
 
-def find_bad_images(split: Split, workers: int = 0, backend: str = "torchvision",
-                    rank: int = 0) -> tuple[dict[str, str], str]:
+def find_bad_images(
+    split: Split, workers: int = 0, backend: str = "torchvision", rank: int = 0
+) -> tuple[dict[str, str], str]:
     """({relative path: reason}, cache path) for a split, judged by what ``backend`` can read;
     scanned once, then read from the cache.
 
@@ -214,17 +234,29 @@ def find_bad_images(split: Split, workers: int = 0, backend: str = "torchvision"
                     return data["bad"], path
             rank0 = rank == 0  # only rank 0 reports progress
             if rank0:
-                log.info("data.skip_bad_images: checking the %d %s images once for the %s backend (header "
-                         "and end-of-file checks); the result is cached", len(split), split.name, backend)
-            bad = check_files(split.base, split.files, workers, desc=f"checking {split.name} images",
-                              progress=rank0, backend=backend)
+                log.info(
+                    "data.skip_bad_images: checking the %d %s images once for the %s backend (header "
+                    "and end-of-file checks); the result is cached",
+                    len(split),
+                    split.name,
+                    backend,
+                )
+            bad = check_files(
+                split.base, split.files, workers, desc=f"checking {split.name} images", progress=rank0, backend=backend
+            )
             return bad, save_scan(split, bad, full=False, backend=backend)
         finally:
             fcntl.flock(lock, fcntl.LOCK_UN)
 
 
-def check_dataset(root: str, workers: int = 0, full: bool = True, progress: bool = True,
-                  write_cache: bool = True, backend: str = "torchvision") -> dict:
+def check_dataset(
+    root: str,
+    workers: int = 0,
+    full: bool = True,
+    progress: bool = True,
+    write_cache: bool = True,
+    backend: str = "torchvision",
+) -> dict:
     """A report on a dataset in ImageNet layout, judged by what ``backend`` can read; never
     raises for bad images (they are listed)."""
     if not os.path.isdir(root):
@@ -245,17 +277,27 @@ def check_dataset(root: str, workers: int = 0, full: bool = True, progress: bool
         flat = list_images(d)
         if flat:
             report["problems"].append(f"{name}: {len(flat)} image(s) directly in {d}, outside class folders")
-        split = Split(name, d, [f"{c}/{f}" for c in classes for f in list_images(os.path.join(d, c))],
-                      np.asarray([i for i, c in enumerate(classes) for _ in range(per_class[c])], dtype=np.int64),
-                      d)
+        split = Split(
+            name,
+            d,
+            [f"{c}/{f}" for c in classes for f in list_images(os.path.join(d, c))],
+            np.asarray([i for i, c in enumerate(classes) for _ in range(per_class[c])], dtype=np.int64),
+            d,
+        )
         bad = check_files(d, split.files, workers, full=full, desc=f"{name}", progress=progress, backend=backend)
         if bad:
             report["problems"].append(f"{name}: {len(bad)} unreadable file(s)")
         if write_cache and split.files:
             save_scan(split, bad, full, backend)
         counts = list(per_class.values()) or [0]
-        report["splits"][name] = {"classes": len(classes), "images": len(split), "min_per_class": min(counts),
-                                  "max_per_class": max(counts), "per_class": per_class, "bad": bad}
+        report["splits"][name] = {
+            "classes": len(classes),
+            "images": len(split),
+            "min_per_class": min(counts),
+            "max_per_class": max(counts),
+            "per_class": per_class,
+            "bad": bad,
+        }
     if len(split_classes) == 2 and split_classes["train"] != split_classes["val"]:
         tr, va = set(split_classes["train"]), set(split_classes["val"])
         if tr - va:

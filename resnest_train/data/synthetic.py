@@ -8,6 +8,7 @@ a hash of (epoch, step); the labels are drawn per step on the target device from
 generator on that device (no host-to-device copy per step; on the CPU the same labels as a
 CPU generator, on a GPU the device's own stream of the same seed).
 """
+
 from __future__ import annotations
 
 import torch
@@ -39,6 +40,7 @@ def device_labels(num_classes: int, n: int, seed: int, device: torch.device) -> 
 
 class SyntheticTrain:
     """Random training batches (``common.TrainLoader``): a pure function of (seed, epoch, rank, step)."""
+
     def __init__(self, cfg, batch_size, rank, world_size, device, seed, channels_last):
         n = int(cfg.synthetic.train_images)
         check_enough(n, batch_size, world_size, "data.synthetic.train_images")
@@ -66,6 +68,7 @@ class SyntheticTrain:
 
 class SyntheticVal:
     """This rank's shard of the random validation set (``common.ValLoader``)."""
+
     def __init__(self, cfg, batch_size, rank, world_size, device, channels_last):
         n = int(cfg.synthetic.val_images)
         self.start, self.end = val_shard(n, rank, world_size)
@@ -84,8 +87,9 @@ class SyntheticVal:
             yield self.pool[b % POOL][:k], device_labels(self.num_classes, k, lo, self.device)
 
 
-def build(cfg: DataConfig, batch_size: int, rank: int, world_size: int, device: torch.device, seed: int,
-          channels_last: bool) -> tuple[SyntheticTrain, SyntheticVal, int, list[str]]:
+def build(
+    cfg: DataConfig, batch_size: int, rank: int, world_size: int, device: torch.device, seed: int, channels_last: bool
+) -> tuple[SyntheticTrain, SyntheticVal, int, list[str]]:
     """(train loader, val loader, val images in all, class names) of the synthetic data set."""
     if int(cfg.synthetic.num_classes) < 1:
         raise DataError("data.synthetic.num_classes must be at least 1.")

@@ -18,6 +18,7 @@ a DataError naming it. With ``true`` the pre-scan has already removed the bad fi
 find; a file that still fails to decode is replaced by the next readable sample of the
 dataset and counted in ``loaders.bad_images``.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -52,9 +53,11 @@ class _Bad:
 
 
 def _unreadable_message(path: str, reason: str) -> str:
-    return (f"Cannot read the image {path} ({reason}). Fix or delete the file (scripts/prepare_imagenet.py "
-            f"--check ROOT lists every unreadable file), or set data.skip_bad_images: true to skip unreadable "
-            f"files.")
+    return (
+        f"Cannot read the image {path} ({reason}). Fix or delete the file (scripts/prepare_imagenet.py "
+        f"--check ROOT lists every unreadable file), or set data.skip_bad_images: true to skip unreadable "
+        f"files."
+    )
 
 
 def train_transform(cfg):
@@ -62,14 +65,23 @@ def train_transform(cfg):
     colour jitter; the result stays uint8 HWC (normalised later, on the device).
     """
     import torchvision.transforms as T
-    ops = [T.RandomResizedCrop(cfg.train_crop, scale=tuple(cfg.rrc_scale), ratio=tuple(cfg.rrc_ratio),
-                               interpolation=T.InterpolationMode.BILINEAR, antialias=True)]
+
+    ops = [
+        T.RandomResizedCrop(
+            cfg.train_crop,
+            scale=tuple(cfg.rrc_scale),
+            ratio=tuple(cfg.rrc_ratio),
+            interpolation=T.InterpolationMode.BILINEAR,
+            antialias=True,
+        )
+    ]
     if cfg.hflip:
         ops.append(T.RandomHorizontalFlip())
     if cfg.autoaugment:
         interpolation = T.InterpolationMode(autoaugment_interpolation(cfg))
-        ops.append(T.AutoAugment(T.AutoAugmentPolicy.IMAGENET, interpolation=interpolation,
-                                 fill=[AUTOAUGMENT_FILL] * 3))
+        ops.append(
+            T.AutoAugment(T.AutoAugmentPolicy.IMAGENET, interpolation=interpolation, fill=[AUTOAUGMENT_FILL] * 3)
+        )
     if cfg.color_jitter > 0:
         s = float(cfg.color_jitter)
         ops.append(T.ColorJitter(brightness=s, contrast=s, saturation=s))
@@ -90,6 +102,7 @@ class EvalResizeCrop:
     def __call__(self, img):
         import torchvision.transforms.functional as F
         from torchvision.transforms import InterpolationMode
+
         w, h = img.size
         if w <= h:
             size = [int(h * self.short / w + 0.5), self.short]
@@ -116,6 +129,7 @@ def _to_hwc(img) -> torch.Tensor:
 
 class TrainSet(Dataset):
     """The training images of a split, each transformed with a seed from (seed, epoch, index)."""
+
     def __init__(self, split: Split, cfg, seed: int, skip_bad: bool):
         self.split, self.seed, self.skip_bad = split, int(seed), skip_bad
         self.transform = train_transform(cfg)
@@ -157,6 +171,7 @@ class TrainSet(Dataset):
 
 class EvalSet(Dataset):
     """This rank's shard ``[start, end)`` of the validation images, transformed for evaluation."""
+
     def __init__(self, split: Split, cfg, start: int, end: int):
         self.split, self.start, self.end = split, start, end
         self.transform = eval_transform(cfg)
@@ -201,7 +216,7 @@ class EpochBatchSampler:
     def __iter__(self):
         idx = epoch_indices(self.n, self.batch_size, self.rank, self.world_size, self.seed, self.epoch)
         for s in range(self.start_step, self.steps):
-            yield [(int(i), self.epoch) for i in idx[s * self.batch_size:(s + 1) * self.batch_size]]
+            yield [(int(i), self.epoch) for i in idx[s * self.batch_size : (s + 1) * self.batch_size]]
 
 
 class _Normalizer:
@@ -262,18 +277,32 @@ def _loader_kwargs(workers: int, device: torch.device) -> dict:
     return kw
 
 
-def build(cfg: DataConfig, train: Split, val: Split, batch_size: int, rank: int, world_size: int,
-          device: torch.device, seed: int, channels_last: bool) -> tuple[TrainLoader, _Loader]:
+def build(
+    cfg: DataConfig,
+    train: Split,
+    val: Split,
+    batch_size: int,
+    rank: int,
+    world_size: int,
+    device: torch.device,
+    seed: int,
+    channels_last: bool,
+) -> tuple[TrainLoader, _Loader]:
     """This rank's train and val loaders over ``train`` / ``val`` (``common.TrainLoader`` / ``ValLoader``)."""
     check_enough(len(train), batch_size, world_size, train.source)
     norm = _Normalizer(cfg, device, channels_last)
     workers = max(0, int(cfg.workers))
     sampler = EpochBatchSampler(len(train), batch_size, rank, world_size, seed)
-    train_dl = DataLoader(TrainSet(train, cfg, seed, cfg.skip_bad_images), batch_sampler=sampler,
-                          **_loader_kwargs(workers, device))
+    train_dl = DataLoader(
+        TrainSet(train, cfg, seed, cfg.skip_bad_images), batch_sampler=sampler, **_loader_kwargs(workers, device)
+    )
     start, end = val_shard(len(val), rank, world_size)
-    val_dl = DataLoader(EvalSet(val, cfg, start, end), batch_size=batch_size, shuffle=False, drop_last=False,
-                        **_loader_kwargs(min(workers, max(1, (end - start) // batch_size)) if workers else 0,
-                                         device))
+    val_dl = DataLoader(
+        EvalSet(val, cfg, start, end),
+        batch_size=batch_size,
+        shuffle=False,
+        drop_last=False,
+        **_loader_kwargs(min(workers, max(1, (end - start) // batch_size)) if workers else 0, device),
+    )
     n_val_batches = -(-(end - start) // batch_size)
     return TrainLoader(train_dl, norm, sampler, rank), _Loader(val_dl, norm, lambda: n_val_batches, rank)

@@ -16,6 +16,7 @@ The mask is drawn per sample and per channel: Gluon draws one (1, C, H, W) mask 
 the whole per-GPU batch; a per-sample mask is the DropBlock paper's, with the same
 expected drop rate.
 """
+
 from collections.abc import Mapping
 from typing import Any
 
@@ -60,7 +61,7 @@ class DropBlock(nn.Module):
         seeds = (torch.rand_like(x, dtype=torch.float32) < gamma).float()
         dropped = F.max_pool2d(seeds, (kh, kw), stride=1, padding=(kh // 2, kw // 2))
         if kh % 2 == 0 or kw % 2 == 0:  # even blocks pool one row/column too many
-            dropped = dropped[..., (kh + 1) % 2:, (kw + 1) % 2:]
+            dropped = dropped[..., (kh + 1) % 2 :, (kw + 1) % 2 :]
         keep = 1.0 - dropped
         return keep * (keep.sum().clamp(min=1.0).reciprocal() * keep.numel())
 
@@ -100,8 +101,7 @@ def parse_dropblock(cfg: Any | None) -> dict | None:
         raise ValueError(f"dropblock.prob must be in [0, 1), got {prob}")
     if schedule not in SCHEDULES:
         raise ValueError(f"dropblock.schedule must be one of {list(SCHEDULES)}, got {schedule!r}")
-    return dict(stages=sorted(set(stages)), sites=[s for s in SITES if s in sites],
-                block_size=block_size, prob=prob)
+    return dict(stages=sorted(set(stages)), sites=[s for s in SITES if s in sites], block_size=block_size, prob=prob)
 
 
 def set_dropblock_prob(model: nn.Module, prob: float) -> int:

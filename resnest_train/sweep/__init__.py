@@ -24,6 +24,7 @@ the pre-flight check), ``report`` (run states, summary.csv/.md, the dry-run plan
 (launching the runs). All but ``runner`` are pure functions of the sweep file and the files the
 runs wrote, so plans, commands and summaries are easy to test.
 """
+
 from .check import check
 from .plan import (
     LAUNCH_KEYS,
@@ -55,7 +56,31 @@ from .report import (
 )
 from .runner import run_sweep
 
-__all__ = ["LAUNCH_KEYS", "STATES", "STATUS_FILE", "SWEEP_KEYS", "Run", "Sweep", "SweepError", "check", "dotted",
-           "expand", "format_value", "is_done", "launch_argv", "load_sweep", "markdown", "override_args",
-           "parse_overrides", "plan_runs", "plan_text", "read_status", "run_names", "run_state", "run_sweep",
-           "short_keys", "summary_rows", "write_summary"]
+__all__ = [
+    "LAUNCH_KEYS",
+    "STATES",
+    "STATUS_FILE",
+    "SWEEP_KEYS",
+    "Run",
+    "Sweep",
+    "SweepError",
+    "check",
+    "dotted",
+    "expand",
+    "format_value",
+    "is_done",
+    "launch_argv",
+    "load_sweep",
+    "markdown",
+    "override_args",
+    "parse_overrides",
+    "plan_runs",
+    "plan_text",
+    "read_status",
+    "run_names",
+    "run_state",
+    "run_sweep",
+    "short_keys",
+    "summary_rows",
+    "write_summary",
+]

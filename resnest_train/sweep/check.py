@@ -1,4 +1,5 @@
 """Checking a sweep before it runs: every run's config through train.py's pre-flight check."""
+
 from __future__ import annotations
 
 from ..config_loader import load_config

@@ -3,6 +3,7 @@
 Pure functions of the sweep file (and the command line's extra overrides); the file format is in
 the package docstring (``resnest_train/sweep/__init__.py``).
 """
+
 from __future__ import annotations
 
 import itertools
@@ -19,8 +20,17 @@ from ..errors import UserError
 
 SWEEP_KEYS = ("name", "base", "overrides", "grid", "runs", "launch")
 # launch: keys -> launch.sh flags (--nproc N, ...)
-LAUNCH_KEYS = ("nproc", "nnodes", "node_rank", "master_addr", "master_port", "rdzv",
-               "rdzv_endpoint", "rdzv_id", "max_restarts")
+LAUNCH_KEYS = (
+    "nproc",
+    "nnodes",
+    "node_rank",
+    "master_addr",
+    "master_port",
+    "rdzv",
+    "rdzv_endpoint",
+    "rdzv_id",
+    "max_restarts",
+)
 LAUNCH_SH = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))), "launch.sh")
 
 
@@ -31,6 +41,7 @@ class SweepError(UserError):
 @dataclass(frozen=True)
 class Run:
     """One run of a sweep: its name, output folder, overrides (dotted key -> value) and the values that vary."""
+
     name: str
     output_dir: str
     overrides: dict  # dotted key -> value, as passed to train.py (output.dir last)
@@ -40,6 +51,7 @@ class Run:
 @dataclass
 class Sweep:
     """A planned sweep: its name, file, base config, root folder, launch.sh options and runs."""
+
     name: str
     file: str
     config: str  # the base config path, as a command line would write it
@@ -172,9 +184,11 @@ def plan_runs(spec: dict, root: str, where: str = "the sweep") -> list[Run]:
     grid = dotted(spec.get("grid") or {}, f"'grid' in {where}")
     for key, values in grid.items():
         if not isinstance(values, list) or not values:
-            raise SweepError(f"'grid' key '{key}' in {where} must be a non-empty list of values, got "
-                             f"{values!r}. Write e.g. {key}: [1, 2] (a list-valued key takes a list of "
-                             "lists: [[3, 4], [4]]).")
+            raise SweepError(
+                f"'grid' key '{key}' in {where} must be a non-empty list of values, got "
+                f"{values!r}. Write e.g. {key}: [1, 2] (a list-valued key takes a list of "
+                "lists: [[3, 4], [4]])."
+            )
     entries = spec.get("runs") or []
     if not isinstance(entries, list):
         raise SweepError(f"'runs' in {where} must be a list of override maps, got {entries!r}.")
@@ -184,37 +198,51 @@ def plan_runs(spec: dict, root: str, where: str = "the sweep") -> list[Run]:
         entry = dotted(entry or {}, f"'runs' entry {i + 1} in {where}")
         name = entry.pop("name", None)
         if name is not None and (not isinstance(name, (str, int)) or sanitize(str(name)) != str(name)):
-            raise SweepError(f"'runs' entry {i + 1} in {where} has name {name!r}; a name may hold only "
-                             "letters, digits, '.', '_' and '-'.")
+            raise SweepError(
+                f"'runs' entry {i + 1} in {where} has name {name!r}; a name may hold only "
+                "letters, digits, '.', '_' and '-'."
+            )
         explicit_entries.append(None if name is None else str(name))
         flat_entries.append(entry)
     for key in list(grid) + [k for e in flat_entries for k in e]:
         if key == "output.dir":
-            raise SweepError(f"{where} sets output.dir in 'grid' or 'runs'; each run's output.dir is "
-                             "<sweep root>/<run name>. Set the sweep root under 'overrides' instead.")
+            raise SweepError(
+                f"{where} sets output.dir in 'grid' or 'runs'; each run's output.dir is "
+                "<sweep root>/<run name>. Set the sweep root under 'overrides' instead."
+            )
 
     settings = expand(overrides, grid, flat_entries)
     n_points = len(settings) // max(len(flat_entries), 1)
     explicit = explicit_entries * n_points if flat_entries else [None] * len(settings)
     for name in set(n for n in explicit if n is not None):
         if explicit.count(name) > 1:
-            raise SweepError(f"The run name '{name}' in {where} is used by {explicit.count(name)} runs "
-                             "(a named 'runs' entry crossed with a grid); drop the name or the grid.")
+            raise SweepError(
+                f"The run name '{name}' in {where} is used by {explicit.count(name)} runs "
+                "(a named 'runs' entry crossed with a grid); drop the name or the grid."
+            )
     seen: dict[tuple, int] = {}
     for i, s in enumerate(settings):
         key = tuple(sorted((k, format_value(v)) for k, v in s.items()))
         if key in seen:
-            raise SweepError(f"Runs {seen[key] + 1} and {i + 1} of {where} have the same settings "
-                             f"({', '.join(f'{k}={format_value(v)}' for k, v in s.items()) or 'none'}); "
-                             "remove one or make them differ (e.g. train.seed).")
+            raise SweepError(
+                f"Runs {seen[key] + 1} and {i + 1} of {where} have the same settings "
+                f"({', '.join(f'{k}={format_value(v)}' for k, v in s.items()) or 'none'}); "
+                "remove one or make them differ (e.g. train.seed)."
+            )
         seen[key] = i
     keys = varying_keys(settings)
     names = run_names(settings, keys, explicit)
     runs = []
     for name, s in zip(names, settings):
         out_dir = os.path.join(root, name)
-        runs.append(Run(name=name, output_dir=out_dir, overrides={**s, "output.dir": out_dir},
-                        varying={k: s[k] for k in keys if k in s}))
+        runs.append(
+            Run(
+                name=name,
+                output_dir=out_dir,
+                overrides={**s, "output.dir": out_dir},
+                varying={k: s[k] for k in keys if k in s},
+            )
+        )
     return runs
 
 
@@ -230,8 +258,12 @@ def launch_flags(launch: dict) -> list[str]:
 
 def launch_argv(sweep: Sweep, run: Run, launch_sh: str | None = None) -> list[str]:
     """The command that trains one run: ``launch.sh [options] CONFIG key=value ...``."""
-    return [launch_sh or display_path(LAUNCH_SH, executable=True), *launch_flags(sweep.launch),
-            sweep.config, *override_args(run)]
+    return [
+        launch_sh or display_path(LAUNCH_SH, executable=True),
+        *launch_flags(sweep.launch),
+        sweep.config,
+        *override_args(run),
+    ]
 
 
 def display_path(path: str, executable: bool = False) -> str:
@@ -275,15 +307,18 @@ def load_sweep(path: str, extra_overrides: list[str] = ()) -> Sweep:
         raise SweepError(f"Sweep file {path} must hold a mapping with base:, overrides:, grid: and/or runs:.")
     unknown = [k for k in spec if k not in SWEEP_KEYS]
     if unknown:
-        raise SweepError(f"Sweep file {path} has unknown top-level key(s) {unknown}; a sweep file holds "
-                         f"{', '.join(SWEEP_KEYS)}. Config keys go under 'overrides:', 'grid:' or 'runs:'.")
+        raise SweepError(
+            f"Sweep file {path} has unknown top-level key(s) {unknown}; a sweep file holds "
+            f"{', '.join(SWEEP_KEYS)}. Config keys go under 'overrides:', 'grid:' or 'runs:'."
+        )
     base = spec.get("base")
     if not isinstance(base, str) or not base:
         raise SweepError(f"Sweep file {path} needs 'base: CONFIG' (a config path relative to the sweep file).")
     config = os.path.normpath(os.path.join(os.path.dirname(path), base))
     if not os.path.isfile(config):
-        raise SweepError(f"The base config {config} of sweep file {path} does not exist; 'base:' is "
-                         "relative to the sweep file.")
+        raise SweepError(
+            f"The base config {config} of sweep file {path} does not exist; 'base:' is relative to the sweep file."
+        )
     name = spec.get("name", os.path.splitext(os.path.basename(path))[0])
     if not isinstance(name, str) or sanitize(name) != name:
         raise SweepError(f"Sweep file {path} has name {name!r}; use letters, digits, '.', '_' and '-'.")
@@ -296,11 +331,17 @@ def load_sweep(path: str, extra_overrides: list[str] = ()) -> Sweep:
     launch = spec.get("launch") or {}
     if not isinstance(launch, dict) or any(k not in LAUNCH_KEYS for k in launch):
         bad = [k for k in launch] if isinstance(launch, dict) else launch
-        raise SweepError(f"'launch' in {path} may set {', '.join(LAUNCH_KEYS)} (launch.sh options); "
-                         f"got {bad!r}.")
+        raise SweepError(f"'launch' in {path} may set {', '.join(LAUNCH_KEYS)} (launch.sh options); got {bad!r}.")
     runs = plan_runs(spec, root, where=path)
     keys = []
     for run in runs:
         keys += [k for k in run.varying if k not in keys]
-    return Sweep(name=name, file=path, config=config, root=os.path.normpath(root), launch=dict(launch),
-                 runs=runs, varying_keys=keys)
+    return Sweep(
+        name=name,
+        file=path,
+        config=config,
+        root=os.path.normpath(root),
+        launch=dict(launch),
+        runs=runs,
+        varying_keys=keys,
+    )

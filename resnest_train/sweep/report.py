@@ -3,6 +3,7 @@
 Pure functions of the files the runs (``run_state.json``, ``metrics.jsonl``) and the sweep
 (``sweep_status.json``) wrote.
 """
+
 from __future__ import annotations
 
 import csv
@@ -66,16 +67,18 @@ def summary_rows(sweep: Sweep) -> list[dict]:
         last = metrics[-1] if metrics else {}
         row = {"run": run.name}
         row.update({k: format_value(run.varying[k]) if k in run.varying else "" for k in sweep.varying_keys})
-        row.update({
-            "state": run_state(run, status),
-            "epoch": saved.get("epoch", last.get("epoch")),
-            "epochs": saved.get("epochs"),
-            "best_val_top1": best,
-            "final_val_top1": last.get("val_top1"),
-            "final_train_loss": last.get("train_loss"),
-            "images_per_sec": statistics.median(speeds) if speeds else None,
-            "output_dir": run.output_dir,
-        })
+        row.update(
+            {
+                "state": run_state(run, status),
+                "epoch": saved.get("epoch", last.get("epoch")),
+                "epochs": saved.get("epochs"),
+                "best_val_top1": best,
+                "final_val_top1": last.get("val_top1"),
+                "final_train_loss": last.get("train_loss"),
+                "images_per_sec": statistics.median(speeds) if speeds else None,
+                "output_dir": run.output_dir,
+            }
+        )
         rows.append(row)
     return rows
 
@@ -105,17 +108,24 @@ def markdown(sweep: Sweep, rows: list[dict]) -> str:
         f"# Sweep {sweep.name}",
         "",
         f"Base config `{sweep.config}`, {len(rows)} runs under `{sweep.root}`: "
-        + ", ".join(f"{n} {s}" for s, n in counts.items() if n) + ".",
-        f"Compare them with `tensorboard --logdir {shlex.quote(sweep.root)}`. "
-        "images/s is the median over epochs.",
+        + ", ".join(f"{n} {s}" for s, n in counts.items() if n)
+        + ".",
+        f"Compare them with `tensorboard --logdir {shlex.quote(sweep.root)}`. images/s is the median over epochs.",
         "",
         "| " + " | ".join(head) + " |",
         "|" + "|".join("---" if i < 1 + len(sweep.varying_keys) + 1 else "---:" for i in range(len(head))) + "|",
     ]
     for r in rows:
         done = f"{r['epoch']}/{r['epochs']}" if r["epochs"] is not None else _fmt(r["epoch"], 0)
-        cells = [r["run"], *(r[k] or "-" for k in sweep.varying_keys), r["state"], done,
-                 _fmt(r["best_val_top1"], 2), _fmt(r["final_train_loss"], 4), _fmt(r["images_per_sec"], 1)]
+        cells = [
+            r["run"],
+            *(r[k] or "-" for k in sweep.varying_keys),
+            r["state"],
+            done,
+            _fmt(r["best_val_top1"], 2),
+            _fmt(r["final_train_loss"], 4),
+            _fmt(r["images_per_sec"], 1),
+        ]
         lines.append("| " + " | ".join(str(c).replace("|", "\\|") for c in cells) + " |")
     return "\n".join(lines) + "\n"
 
@@ -123,8 +133,18 @@ def markdown(sweep: Sweep, rows: list[dict]) -> str:
 def write_summary(sweep: Sweep) -> tuple[str, str, list[dict]]:
     """Write <root>/summary.csv and <root>/summary.md; return their paths and the rows."""
     rows = summary_rows(sweep)
-    columns = ["run", *sweep.varying_keys, "state", "epoch", "epochs", "best_val_top1", "final_val_top1",
-               "final_train_loss", "images_per_sec", "output_dir"]
+    columns = [
+        "run",
+        *sweep.varying_keys,
+        "state",
+        "epoch",
+        "epochs",
+        "best_val_top1",
+        "final_val_top1",
+        "final_train_loss",
+        "images_per_sec",
+        "output_dir",
+    ]
     os.makedirs(sweep.root, exist_ok=True)
     csv_path = os.path.join(sweep.root, "summary.csv")
     md_path = os.path.join(sweep.root, "summary.md")

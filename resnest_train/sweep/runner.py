@@ -1,4 +1,5 @@
 """Running a sweep: one launch.sh process per unfinished run, one after another, with signals passed on."""
+
 from __future__ import annotations
 
 import os
@@ -24,13 +25,21 @@ from .report import (
 
 def _record(root: str, name: str, exit_code: int, seconds: float) -> None:
     data = read_json(os.path.join(root, STATUS_FILE)) or {}
-    data.setdefault("runs", {})[name] = {"exit_code": exit_code, "seconds": round(seconds, 1),
-                                         "ended": time.strftime("%Y-%m-%dT%H:%M:%S")}
+    data.setdefault("runs", {})[name] = {
+        "exit_code": exit_code,
+        "seconds": round(seconds, 1),
+        "ended": time.strftime("%Y-%m-%dT%H:%M:%S"),
+    }
     write_json(os.path.join(root, STATUS_FILE), data, indent=2)
 
 
-def run_sweep(sweep: Sweep, launch_sh: str | None = None, env: dict | None = None,
-              echo: Callable[[str], None] | None = None, epochs: dict | None = None) -> int:
+def run_sweep(
+    sweep: Sweep,
+    launch_sh: str | None = None,
+    env: dict | None = None,
+    echo: Callable[[str], None] | None = None,
+    epochs: dict | None = None,
+) -> int:
     """Launch the runs that are not finished, one after another; write the summary.
     ``epochs``: each run's train.epochs (from ``check``), so a longer schedule is resumed.
 
