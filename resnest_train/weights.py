@@ -22,14 +22,16 @@ from . import checkpoint
 from .config import Config
 from .config_loader import config_from_dict, load_config
 from .errors import UserError
+from .rundir import RunDir
 
 
 def weights_file(path: str, best: bool = False) -> str:
     """The checkpoint file ``path`` names: a run directory's ``checkpoints/last.pth`` (with
     ``best``, ``best.pth``: the best val top-1), or ``path`` itself. Raises UserError."""
     if os.path.isdir(path):
-        name = "best.pth" if best else "last.pth"
-        found = os.path.join(checkpoint.checkpoint_dir(path), name)
+        run = RunDir(path)
+        found = run.best_checkpoint if best else run.last_checkpoint
+        name = os.path.basename(found)
         if not os.path.isfile(found):
             raise UserError(
                 f"{path} is a folder without checkpoints/{name}: give a run directory (a run's "
