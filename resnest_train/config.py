@@ -94,19 +94,28 @@ class DataConfig:
 
 @dataclass
 class OptimConfig:
-    """``optim``: SGD with Nesterov momentum, weight decay and the warm-up + cosine LR schedule.
+    """``optim``: the optimizer, weight decay and the warm-up + decay LR schedule.
 
-    LRs are per 256 images (``base_lr``): the peak LR is ``base_lr x global_batch / 256`` (Goyal et al.).
+    The paper's recipe: SGD with Nesterov momentum, then cosine to 0. LRs are per 256 images
+    (``base_lr``): the peak LR is ``base_lr x global_batch / 256`` (Goyal et al.), for every
+    optimizer and schedule. LAMB and LARS are timm's (``optim.build_optimizer``); the schedule
+    is ``optim.lr_at``.
     """
 
+    name: str = "sgd"  # sgd (the paper) | lamb | lars: timm's Lamb / Lars, for large batches
     base_lr: float = 0.1  # per 256 images: peak LR = base_lr * global_batch / 256
-    momentum: float = 0.9
-    nesterov: bool = True
+    momentum: float = 0.9  # sgd and lars
+    nesterov: bool = True  # sgd and lars
+    betas: list[float] = field(default_factory=lambda: [0.9, 0.999])  # lamb: the moment decay rates (timm's)
+    trust_coeff: float = 0.001  # lars: the trust coefficient of the layer-wise LR (timm's, MLPerf's)
     weight_decay: float = 1e-4
-    no_decay_norm_bias: bool = True
+    no_decay_norm_bias: bool = True  # also keeps norm/bias out of lamb's and lars's trust ratio
+    schedule: str = "cosine"  # after warm-up: cosine (the paper; to final_lr) | step
     warmup_epochs: float = 5.0
     warmup_start_lr: float = 0.0
-    final_lr: float = 0.0
+    final_lr: float = 0.0  # the LR floor after warm-up: cosine ends at it, step decay stops at it
+    step_epochs: list[int] = field(default_factory=lambda: [30, 60, 90])  # step: LR x step_gamma at each
+    step_gamma: float = 0.1
     clip_grad_norm: float | None = None
 
 

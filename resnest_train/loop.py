@@ -27,7 +27,7 @@ from .errors import UserError
 from .models import dropblock_prob, set_dropblock_prob
 from .monitor import Monitor, hparam_values
 from .optim import lr_at, peak_lr, set_lr
-from .preflight import check_steps_per_epoch
+from .preflight import check_final_lr, check_steps_per_epoch
 from .rundir import RunDir
 from .trainer import Trainer, autocast, step_seed
 
@@ -57,10 +57,12 @@ class Plan:
 def make_plan(cfg: Config, world_size: int, batches_per_epoch: int) -> Plan:
     """The plan of a run on ``world_size`` processes whose train loader yields ``batches_per_epoch``.
 
-    Raises ConfigError (``preflight.check_steps_per_epoch``) when an epoch holds no optimizer step.
+    Raises ConfigError (``preflight.check_steps_per_epoch``) when an epoch holds no optimizer step,
+    and (``preflight.check_final_lr``) when ``optim.final_lr`` is above the peak LR.
     """
     global_batch = cfg.train.batch_size * world_size * cfg.train.accum_steps
     steps = check_steps_per_epoch(cfg, world_size, batches_per_epoch)
+    check_final_lr(cfg, peak_lr(cfg.optim.base_lr, global_batch), global_batch)
     return Plan(
         world_size=world_size,
         batch_size=cfg.train.batch_size,
@@ -82,6 +84,9 @@ def schedule_lr(step: int, plan: Plan, optim_cfg) -> float:
         peak=plan.peak_lr,
         warmup_start=optim_cfg.warmup_start_lr,
         final=optim_cfg.final_lr,
+        schedule=optim_cfg.schedule,
+        step_epochs=optim_cfg.step_epochs,
+        step_gamma=optim_cfg.step_gamma,
     )
 
 

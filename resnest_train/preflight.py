@@ -13,7 +13,8 @@ the way train.py will) accept and refuse exactly the same configs. It checks, in
 
 It needs neither the dataset nor the device. The rules that do stay apart and run where the
 trainer knows them: ``check_device`` (fp16 and SyncBN need CUDA; SyncBN's batch is the
-global one) and ``check_steps_per_epoch`` (an epoch must hold an optimizer step).
+global one), ``check_steps_per_epoch`` (an epoch must hold an optimizer step) and
+``check_final_lr`` (the LR floor at most the peak LR, which depends on the global batch).
 """
 
 from __future__ import annotations
@@ -46,6 +47,8 @@ CHOICES = {
     "data.backend": ("auto", "dali", "torchvision", "synthetic"),
     "data.autoaugment_interpolation": ("nearest", "bilinear"),  # both backends sample these alike
     "data.dali.device": ("auto", "cpu", "gpu"),
+    "optim.name": ("sgd", "lamb", "lars"),
+    "optim.schedule": ("cosine", "step"),
     "train.amp": ("none", "bf16", "fp16"),
     "dist.backend": ("auto", "nccl", "gloo"),
     "output.progress": ("auto", "bar", "lines"),
@@ -181,11 +184,29 @@ RANGES: dict[str, Range] = {
     "optim.base_lr": Range(
         0, low_open=True, why="the LR per 256 images: peak LR = base_lr x global batch / 256; the paper uses 0.1"
     ),
-    "optim.momentum": Range(0, 1, high_open=True, why="SGD momentum; the paper uses 0.9"),
+    "optim.momentum": Range(0, 1, high_open=True, why="SGD's and LARS's momentum; the paper uses 0.9"),
+    "optim.betas": Range(
+        0,
+        1,
+        high_open=True,
+        length=2,
+        why="LAMB's decay rates of the gradient's first and second moments (Adam's beta1, beta2); "
+        "timm's default [0.9, 0.999]",
+    ),
+    "optim.trust_coeff": Range(
+        0,
+        low_open=True,
+        why="LARS's trust coefficient: a layer's LR is lr x trust_coeff x |w| / (|g| + weight_decay x |w|); "
+        "timm's and MLPerf's 0.001",
+    ),
     "optim.weight_decay": Range(0, why="the paper uses 1e-4"),
     "optim.warmup_epochs": Range(0, why="linear warm-up length; longer than train.epochs never reaches the peak LR"),
     "optim.warmup_start_lr": NONNEG,
-    "optim.final_lr": NONNEG,
+    "optim.final_lr": Range(0, why="the LR floor after warm-up, at most the peak LR; 0 is the paper's cosine to 0"),
+    "optim.step_epochs": Range(1, why="the epochs (from the start of the run) at which step decay multiplies the LR"),
+    "optim.step_gamma": Range(
+        0, 1, low_open=True, why="step decay's factor at each of optim.step_epochs; torchvision's references use 0.1"
+    ),
     "optim.clip_grad_norm": Range(0, low_open=True, why="the max gradient norm; null turns clipping off"),
     # train
     "train.epochs": POSITIVE_INT,
@@ -264,12 +285,38 @@ def mixup_pairs(cfg: Config) -> None:
 
 
 def nesterov_momentum(cfg: Config) -> None:
-    """torch.optim.SGD refuses Nesterov momentum without momentum."""
-    if cfg.optim.nesterov and cfg.optim.momentum == 0:
+    """torch.optim.SGD and timm's Lars refuse Nesterov momentum without momentum (LAMB uses neither)."""
+    if cfg.optim.name in ("sgd", "lars") and cfg.optim.nesterov and cfg.optim.momentum == 0:
         raise ConfigError(
             "Config key 'optim.nesterov' is true but 'optim.momentum' is 0: Nesterov momentum needs a "
-            "momentum (torch.optim.SGD refuses it). Set optim.momentum > 0 (the paper: 0.9) or "
-            "optim.nesterov=false."
+            f"momentum ({'torch.optim.SGD' if cfg.optim.name == 'sgd' else 'timm.optim.Lars'} refuses it). "
+            "Set optim.momentum > 0 (the paper: 0.9) or optim.nesterov=false."
+        )
+
+
+def lars_excludes_norm_bias(cfg: Config) -> None:
+    """MLPerf's LARS leaves norm parameters and biases out of weight decay and of the trust
+    ratio. timm's Lars adapts every group with weight decay, so it needs them in their own
+    no-decay group (``optim.param_groups``)."""
+    if cfg.optim.name == "lars" and not cfg.optim.no_decay_norm_bias:
+        raise ConfigError(
+            "Config key 'optim.no_decay_norm_bias' is false with optim.name=lars: LARS (as in MLPerf's "
+            "reference) leaves norm parameters and biases out of both weight decay and its layer-wise "
+            "trust ratio, and timm's Lars applies the trust ratio to every parameter that decays, so "
+            "decaying norm parameters and biases would be adapted too. Set optim.no_decay_norm_bias=true."
+        )
+
+
+def step_decay_after_warmup(cfg: Config) -> None:
+    """Step decay's milestones fall after the warm-up: one inside it would cut the LR the
+    moment warm-up reaches the peak."""
+    o = cfg.optim
+    early = [e for e in o.step_epochs if e <= o.warmup_epochs]
+    if o.schedule == "step" and early:
+        raise ConfigError(
+            f"Config key 'optim.step_epochs' is {o.step_epochs}, but {early[0]} does not come after the "
+            f"warm-up (optim.warmup_epochs={o.warmup_epochs:g}): step decay starts from the peak LR once "
+            "warm-up ends. Set every optim.step_epochs item above optim.warmup_epochs, or shorten the warm-up."
         )
 
 
@@ -294,6 +341,8 @@ CROSS_KEY_RULES: tuple[Callable[[Config], None], ...] = (
     batch_norm_batch,
     mixup_pairs,
     nesterov_momentum,
+    lars_excludes_norm_bias,
+    step_decay_after_warmup,
     freezing_needs_weights,
 )
 
@@ -448,3 +497,16 @@ def check_steps_per_epoch(cfg: Config, world_size: int, batches_per_epoch: int) 
             "Lower train.batch_size or train.accum_steps, or use fewer processes."
         )
     return steps
+
+
+def check_final_lr(cfg: Config, peak: float, global_batch: int) -> None:
+    """``optim.final_lr`` is a floor only at or below the peak LR: above it the cosine would climb
+    from the peak to it. Raises ConfigError naming both LRs."""
+    o = cfg.optim
+    if o.final_lr > peak:
+        raise ConfigError(
+            f"Config key 'optim.final_lr' is {o.final_lr:g}, above the peak LR {peak:.6g} (optim.base_lr "
+            f"{o.base_lr:g} x global batch {global_batch} / 256): the LR after warm-up would rise to it "
+            "instead of decaying. Set optim.final_lr at most the peak LR (0: the paper's cosine to 0), or "
+            "raise optim.base_lr."
+        )

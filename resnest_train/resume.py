@@ -9,7 +9,7 @@ epoch when the global batch changed).
 from __future__ import annotations
 
 from . import checkpoint
-from .config import Config
+from .config import Config, OptimConfig
 from .config_loader import config_to_dict
 from .distributed import DistInfo, all_gather_object, broadcast_object
 from .errors import UserError
@@ -59,7 +59,8 @@ def restore(trainer: Trainer, saved: dict, cfg: Config, path: str) -> None:
     """Put a checkpoint's model, optimizer, scaler and counters into `trainer` (its bare model).
 
     The EMA is not touched: `Trainer.enable_ema` makes it afterwards from the restored weights and
-    the checkpoint's EMA state. Raises UserError when the config's model differs from the checkpoint's.
+    the checkpoint's EMA state. Raises UserError when the config's model (or what shapes the
+    optimizer: fine-tuning's groups, ``optim.name``) differs from the checkpoint's.
     """
     current = config_to_dict(cfg)["model"]
     previous = dict(saved["config"]["model"])
@@ -72,10 +73,13 @@ def restore(trainer: Trainer, saved: dict, cfg: Config, path: str) -> None:
     diffs += checkpoint.model_differences(
         saved["config"].get("finetune", defaults), config_to_dict(cfg)["finetune"], prefix="finetune"
     )
+    # and the optimizer's state only fits the optimizer that wrote it (momentum vs. Adam moments)
+    saved_optim = saved["config"].get("optim", {}).get("name", OptimConfig.name)
+    diffs += checkpoint.model_differences({"name": saved_optim}, {"name": cfg.optim.name}, prefix="optim")
     if diffs:
         raise UserError(
-            f"Cannot resume from {path}: the model in the config differs from the checkpoint's "
-            f"({'; '.join(diffs)}). Use the checkpoint's model settings, or a new output.dir "
+            f"Cannot resume from {path}: the model or optimizer in the config differs from the checkpoint's "
+            f"({'; '.join(diffs)}). Use the checkpoint's settings, or a new output.dir "
             "(or resume=none) to start a different run."
         )
     trainer.load_state_dict(saved)

@@ -49,10 +49,14 @@ CASES = {
     "data.synthetic.num_classes": ([1], [0]),
     "optim.base_lr": ([1e-6], [0.0, -0.1, float("nan"), float("inf")]),
     "optim.momentum": ([(0.0, {"optim.nesterov": False}), 0.99], [-0.01, 1.0]),
+    "optim.betas": ([[0.0, 0.0], [0.9, 0.999]], [[0.9], [0.9, 1.0], [-0.01, 0.999]]),
+    "optim.trust_coeff": ([1e-6], [0.0, -0.001]),
     "optim.weight_decay": ([0.0], [-1e-4]),
     "optim.warmup_epochs": ([0.0], [-0.5]),
     "optim.warmup_start_lr": ([0.0], [-0.01]),
     "optim.final_lr": ([0.0], [-0.01]),
+    "optim.step_epochs": ([[1], [], [90, 30]], [[0], [30, -1]]),
+    "optim.step_gamma": ([1e-6, 1.0], [0.0, 1.01]),
     "optim.clip_grad_norm": ([0.01, None], [0.0]),
     "train.epochs": ([1], [0]),
     "train.batch_size": ([2, (1, {"train.mixup_alpha": 0, "train.sync_bn": True})], [0, (1, {"train.mixup_alpha": 0})]),
@@ -172,6 +176,30 @@ def test_odd_batch_with_mixup_and_nesterov_without_momentum():
         torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=0.1, momentum=0.0, nesterov=True)
 
 
+def test_optimizer_and_schedule_rules():
+    # timm's Lars adapts every group that decays, so MLPerf's exclusion needs the no-decay group
+    with pytest.raises(ConfigError) as e:
+        load_config(None, ["optim.name=lars", "optim.no_decay_norm_bias=false"])
+    assert str(e.value).startswith("Config key 'optim.no_decay_norm_bias' is false with optim.name=lars: ")
+    assert load_config(None, ["optim.name=lamb", "optim.no_decay_norm_bias=false"]).optim.name == "lamb"
+    # Nesterov without momentum: refused where momentum is used (SGD, LARS), not for LAMB
+    with pytest.raises(ConfigError, match=r"'optim.momentum' is 0: .*\(timm.optim.Lars refuses it\)"):
+        load_config(None, ["optim.name=lars", "optim.momentum=0"])
+    assert load_config(None, ["optim.name=lamb", "optim.momentum=0"]).optim.momentum == 0
+    # step decay's milestones come after the warm-up (warmup_epochs 5 by default)
+    with pytest.raises(ConfigError) as e:
+        load_config(None, ["optim.schedule=step", "optim.step_epochs=[30, 5]"])
+    assert str(e.value).startswith(
+        "Config key 'optim.step_epochs' is [30, 5], but 5 does not come after the warm-up (optim.warmup_epochs=5)"
+    )
+    assert load_config(None, ["optim.schedule=step", "optim.step_epochs=[30, 6]"]).optim.step_epochs == [30, 6]
+    assert load_config(None, ["optim.step_epochs=[5]"]).optim.schedule == "cosine"  # unused by cosine
+    with pytest.raises(ConfigError, match="'optim.name' is 'adamw', which is not one of 'sgd', 'lamb', 'lars'"):
+        load_config(None, ["optim.name=adamw"])
+    with pytest.raises(ConfigError, match="'optim.schedule' is 'linear', which is not one of 'cosine', 'step'"):
+        load_config(None, ["optim.schedule=linear"])
+
+
 def test_choices_include_autoaugment_interpolation_and_list_items():
     with pytest.raises(ConfigError) as e:
         load_config(None, ["data.autoaugment_interpolation=bicubic"])
@@ -213,7 +241,7 @@ def test_every_shipped_config_and_sweep_run_passes():
                 load_config(path)
     from resnest_train import sweep as sw
 
-    for name in ("cpu_smoke.yaml", "radix_cardinality.yaml"):
+    for name in ("cpu_smoke.yaml", "radix_cardinality.yaml", "recipe_ablation.yaml"):
         sweep = sw.load_sweep(os.path.join(folder, "sweeps", name))
         assert len(sw.check(sweep)) == len(sweep.runs)
 
@@ -238,6 +266,19 @@ def test_device_rules_are_apart_from_the_config_check():
     check_device(cfg, cuda, 2)  # SyncBN normalises over the global batch of 2
 
 
+def test_final_lr_above_the_peak_lr_is_refused_once_the_global_batch_is_known():
+    from resnest_train.loop import make_plan
+
+    # base_lr 0.1 at a global batch of 8 x 2 processes: peak LR 0.00625
+    cfg = load_config(None, ["train.batch_size=8", "optim.final_lr=0.00625"])
+    assert make_plan(cfg, world_size=2, batches_per_epoch=10).peak_lr == 0.00625  # a floor at the peak is fine
+    with pytest.raises(ConfigError) as e:
+        make_plan(cfg, world_size=1, batches_per_epoch=10)  # peak LR 0.003125
+    assert str(e.value).startswith(
+        "Config key 'optim.final_lr' is 0.00625, above the peak LR 0.003125 (optim.base_lr 0.1 x global batch 8 / 256)"
+    )
+
+
 def test_steps_per_epoch_rule():
     cfg = load_config(None, ["train.accum_steps=4", "train.max_steps_per_epoch=3"])
     assert check_steps_per_epoch(cfg, 1, 20) == 3  # 20 // 4 = 5, capped at 3
@@ -257,6 +298,7 @@ BAD_CONFIGS = [
     (["data.mean=[0.5]"], "data.mean"),
     (["optim.base_lr=-0.1"], "optim.base_lr"),
     (["data.autoaugment_interpolation=bicubic"], "data.autoaugment_interpolation"),
+    (["optim.name=lars", "optim.no_decay_norm_bias=false"], "optim.no_decay_norm_bias"),
     (["model.dropblock.block_size=0"], "model.dropblock.block_size"),
     (["train.batch_size=7"], "train.batch_size"),
     (["model.cardinality=3", "model.bottleneck_width=10"], "model.cardinality=3"),

@@ -286,6 +286,45 @@ def test_dry_run_prints_the_plan_and_creates_nothing(tmp_path):
     assert os.listdir(tmp_path) == []
 
 
+RECIPE_LADDER = ["baseline", "label_smoothing", "mixup", "autoaugment", "dropblock"]
+PAPER_LADDER = ["resnet50d", "resnet50d_mixup", "resnet50d_mixup_autoaugment", "resnest50_fast"]
+NEW_OPTIONS = ["lamb", "lars", "step_decay", "cosine_floor"]
+
+
+@pytest.mark.slow
+def test_recipe_ablation_sweep_passes_its_dry_run(tmp_path):
+    path = os.path.join(SWEEPS, "recipe_ablation.yaml")
+    result = sweep_cli(path, "data.root=/data/imagenet", "--dry-run", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    names = RECIPE_LADDER + PAPER_LADDER + NEW_OPTIONS
+    assert f"Sweep recipe_ablation: {len(names)} run(s) of {BASE} under runs/recipe_ablation" in result.stdout
+    for i, name in enumerate(names, 1):  # every config loaded and every model built (on meta)
+        assert f"[{i}/{len(names)}] {name}: pending, would start" in result.stdout
+    assert os.listdir(tmp_path) == []
+    # each rung of the ladder switches on one more technique; the last is the recipe itself
+    from resnest_train.config_loader import load_config
+
+    sweep = sw.load_sweep(path)
+    cfgs = {run.name: load_config(sweep.config, sw.override_args(run)) for run in sweep.runs}
+    techniques = [
+        (c.train.label_smoothing, c.train.mixup_alpha, c.data.autoaugment, c.model.dropblock.prob)
+        for c in (cfgs[n] for n in RECIPE_LADDER)
+    ]
+    assert techniques == [
+        (0.0, 0.0, False, 0.0),
+        (0.1, 0.0, False, 0.0),
+        (0.1, 0.2, False, 0.0),
+        (0.1, 0.2, True, 0.0),
+        (0.1, 0.2, True, 0.1),
+    ]
+    assert cfgs["dropblock"] == load_config(BASE, [f"output.dir={cfgs['dropblock'].output.dir}"])
+    assert (cfgs["lamb"].optim.name, cfgs["lars"].optim.name, cfgs["step_decay"].optim.schedule) == (
+        "lamb",
+        "lars",
+        "step",
+    )
+
+
 FAKE_TRAIN = textwrap.dedent("""\
     # A stand-in for train.py: records its call, then behaves by train.seed:
     # 13 crashes, 99 waits for SIGTERM and exits 143 as preempted, anything else finishes.
