@@ -328,7 +328,7 @@ SCHEDULE = "data.train_crop_schedule"
         ({"start_crop": 16, "step": 16}, "'data.train_crop_schedule.start_crop' is 16: ResNeSt's total stride is 32"),
         ({"start_crop": 256}, "'data.train_crop_schedule.start_crop' is 256, larger than data.train_crop=224"),
         ({"start_crop": 160, "step": 48}, "'data.train_crop_schedule.start_crop' is 160, not a multiple of"),
-        ({"start_crop": 96, "step": 48}, "'data.train_crop' is 224, not a multiple of data.train_crop_schedule.step=48"),
+        ({"start_crop": 96, "step": 48}, "'data.train_crop' is 224, not a multiple of data.train_crop_schedule.step"),
         ({"start_crop": 128, "start_ramp": 5, "end_ramp": 4}, "'data.train_crop_schedule.start_ramp' is 5, after"),
         ({"start_crop": 128, "end_ramp": 10}, "'data.train_crop_schedule.end_ramp' is 10, but train.epochs=10"),
     ],
@@ -343,4 +343,3 @@ def test_crop_schedule_within_the_rules_loads():
     keys = {"start_crop": 128, "start_ramp": 2, "end_ramp": 9, "step": 32}
     cfg = load_config(None, BASE + ["train.epochs=10"] + [f"{SCHEDULE}.{k}={v}" for k, v in keys.items()])
     assert dataclasses.asdict(cfg.data.train_crop_schedule) == keys
-
