@@ -67,6 +67,22 @@ class SyntheticConfig:
 
 
 @dataclass
+class CropScheduleConfig:
+    """``data.train_crop_schedule``: progressive resizing, FFCV's ``ProgressiveResizing`` rule
+    (ffcv-imagenet ``train_imagenet.py``: ``min_res``, ``max_res``, ``start_ramp``, ``end_ramp``).
+
+    Epoch ``e`` (0-based) trains at ``start_crop`` up to ``start_ramp``, at ``data.train_crop`` from
+    ``end_ramp`` on, and in between at the linear interpolation rounded to a multiple of ``step``
+    (FFCV: 32); ``common.train_crop_at`` is the formula. ``start_crop: 0`` turns it off.
+    """
+
+    start_crop: int = 0  # 0: off; else the first epochs' crop (FFCV's min_res)
+    start_ramp: int = 0  # the last epoch (0-based) at start_crop
+    end_ramp: int = 0  # the first epoch (0-based) at data.train_crop (FFCV's max_res)
+    step: int = 32  # crops in the ramp are multiples of step
+
+
+@dataclass
 class DataConfig:
     """``data``: the dataset, the backend, and the train/eval transforms (crop sizes in pixels)."""
 
@@ -77,6 +93,7 @@ class DataConfig:
     skip_bad_images: bool = False
     workers: int = 8  # torchvision DataLoader workers per process
     train_crop: int = 224
+    train_crop_schedule: CropScheduleConfig = field(default_factory=CropScheduleConfig)  # off by default
     eval_crop: int | None = None  # None: same as train_crop
     eval_ratio: float = 0.875  # eval resizes the short side to eval_crop / eval_ratio
     rrc_scale: list[float] = field(default_factory=lambda: [0.08, 1.0])
@@ -86,6 +103,7 @@ class DataConfig:
     autoaugment_interpolation: str = "nearest"  # rotate/shear sampling: nearest (torchvision, official) | bilinear
     color_jitter: float = 0.0  # brightness/contrast/saturation strength
     lighting: float = 0.0  # AlexNet-style PCA lighting noise std
+    repeated_aug: int = 1  # N > 1: each sampled image N times per epoch, on N ranks (DeiT's RASampler)
     mean: list[float] = field(default_factory=lambda: [0.485, 0.456, 0.406])
     std: list[float] = field(default_factory=lambda: [0.229, 0.224, 0.225])
     dali: DaliConfig = field(default_factory=DaliConfig)

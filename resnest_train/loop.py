@@ -22,6 +22,7 @@ from . import checkpoint
 from .config import Config
 from .config_loader import config_to_dict
 from .data import Loaders, TrainLoader, ValLoader
+from .data.common import train_crop_at
 from .distributed import DistInfo, all_reduce_sum, average_bn_stats, state_checksums
 from .errors import UserError
 from .models import dropblock_prob, set_dropblock_prob
@@ -446,6 +447,8 @@ def _epochs(
             "images_per_sec": images_per_sec,
             "dropblock_prob": drop,
         }
+        if cfg.data.train_crop_schedule.start_crop:  # progressive resizing: the crop this epoch trained at
+            record["train_crop"] = train_crop_at(cfg.data, epoch)
         if dist.enabled:
             if not cfg.train.sync_bn:  # the EMA's BN statistics too: each rank's follow its own model's
                 average_bn_stats(trainer.model)

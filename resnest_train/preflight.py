@@ -136,6 +136,17 @@ RANGES: dict[str, Range] = {
     # data
     "data.workers": NONNEG,
     "data.train_crop": CROP,
+    "data.train_crop_schedule.start_crop": Range(
+        0, why="0 turns progressive resizing off; else the crop of the first epochs (FFCV's min_res)"
+    ),
+    "data.train_crop_schedule.start_ramp": Range(0, why="the last epoch (0-based) trained at start_crop"),
+    "data.train_crop_schedule.end_ramp": Range(0, why="the first epoch (0-based) trained at data.train_crop"),
+    "data.train_crop_schedule.step": Range(
+        1, why="crops in the ramp are rounded to multiples of step (FFCV uses 32, ResNeSt's total stride)"
+    ),
+    "data.repeated_aug": Range(
+        1, why="copies of each sampled image per epoch (DeiT uses 3); 1 turns repeated augmentation off"
+    ),
     "data.eval_crop": CROP,
     "data.eval_ratio": Range(
         0, 1, low_open=True, why="eval resizes the short side to eval_crop / eval_ratio; the paper uses 0.875 at 224 px"
@@ -337,6 +348,45 @@ def freezing_needs_weights(cfg: Config) -> None:
         )
 
 
+def crop_schedule(cfg: Config) -> None:
+    """``data.train_crop_schedule`` (FFCV's progressive resizing, ``data.common.train_crop_at``), when on:
+    the start crop is a crop the model takes (>= 32) no larger than ``data.train_crop``, both are
+    multiples of ``step`` (so every crop of the ramp lies between them), the ramp starts no later than
+    it ends, and it ends at a trained epoch (so the last epochs train at ``data.train_crop``)."""
+    s, d = cfg.data.train_crop_schedule, cfg.data
+    if not s.start_crop:
+        return
+    key = "data.train_crop_schedule"
+    if s.start_crop < CROP.low:
+        raise ConfigError(
+            f"Config key '{key}.start_crop' is {s.start_crop}: {CROP.why}. Set it to at least "
+            f"{_num(CROP.low)}, or to 0 to turn progressive resizing off."
+        )
+    if s.start_crop > d.train_crop:
+        raise ConfigError(
+            f"Config key '{key}.start_crop' is {s.start_crop}, larger than data.train_crop={d.train_crop}: the "
+            f"schedule grows the crop from start_crop to data.train_crop. Set start_crop <= {d.train_crop}."
+        )
+    for name, size in ((f"{key}.start_crop", s.start_crop), ("data.train_crop", d.train_crop)):
+        if size % s.step:
+            raise ConfigError(
+                f"Config key '{name}' is {size}, not a multiple of {key}.step={s.step}: the crops of the ramp "
+                f"are rounded to multiples of step, so both ends must be multiples too. Change {name} or "
+                f"set {key}.step to a divisor of both (FFCV uses 32)."
+            )
+    if s.start_ramp > s.end_ramp:
+        raise ConfigError(
+            f"Config key '{key}.start_ramp' is {s.start_ramp}, after end_ramp={s.end_ramp}: the crop grows "
+            f"from epoch start_ramp to epoch end_ramp. Set start_ramp <= end_ramp."
+        )
+    if s.end_ramp >= cfg.train.epochs:
+        raise ConfigError(
+            f"Config key '{key}.end_ramp' is {s.end_ramp}, but train.epochs={cfg.train.epochs} trains epochs "
+            f"0 to {cfg.train.epochs - 1}: the ramp would never reach data.train_crop={d.train_crop}. Set "
+            f"end_ramp <= {cfg.train.epochs - 1}."
+        )
+
+
 CROSS_KEY_RULES: tuple[Callable[[Config], None], ...] = (
     batch_norm_batch,
     mixup_pairs,
@@ -344,6 +394,7 @@ CROSS_KEY_RULES: tuple[Callable[[Config], None], ...] = (
     lars_excludes_norm_bias,
     step_decay_after_warmup,
     freezing_needs_weights,
+    crop_schedule,
 )
 
 

@@ -37,6 +37,11 @@ CASES = {
     "data.eval_ratio": ([0.01, 1.0], [0.0, 1.01]),
     "data.rrc_scale": ([[0.01, 1.0], [0.5, 0.5]], [[0.0, 1.0], [0.08, 1.01], [1.0, 0.08], [0.5]]),
     "data.rrc_ratio": ([[0.01, 100.0], [1.0, 1.0]], [[0.0, 1.0], [1.34, 0.75], [1.0, 1.0, 1.0]]),
+    "data.train_crop_schedule.start_crop": ([0, (32, {"train.epochs": 2})], [-1]),
+    "data.train_crop_schedule.start_ramp": ([0], [-1]),
+    "data.train_crop_schedule.end_ramp": ([0], [-1]),
+    "data.train_crop_schedule.step": ([1], [0]),
+    "data.repeated_aug": ([1, 3], [0]),
     "data.color_jitter": ([0.0], [-0.01]),
     "data.lighting": ([0.0], [-0.01]),
     "data.mean": ([[0.0, 0.0, 0.0], [1.0, 1.0, 1.0]], [[0.5], [-0.01, 0.5, 0.5], [123.675, 116.28, 103.53]]),
@@ -302,6 +307,7 @@ BAD_CONFIGS = [
     (["model.dropblock.block_size=0"], "model.dropblock.block_size"),
     (["train.batch_size=7"], "train.batch_size"),
     (["model.cardinality=3", "model.bottleneck_width=10"], "model.cardinality=3"),
+    (["data.train_crop_schedule.start_crop=32", "data.train_crop_schedule.end_ramp=2"], "end_ramp"),
 ]
 GOOD = TINY + ["train.max_steps_per_epoch=1"]
 
@@ -353,3 +359,29 @@ def test_a_good_config_passes_both_dry_runs(tmp_path, capsys):
     assert "global batch     8 = 8 per process x 1 x 1 accumulation" in result.stdout
     code, out, err, _ = sweep_dry_run(tmp_path, [], capsys)
     assert code == 0 and "[2/2] bad: pending, would start" in out, err
+
+
+SCHEDULE = "data.train_crop_schedule"
+
+
+@pytest.mark.parametrize(
+    "settings,message",
+    [
+        ({"start_crop": 16, "step": 16}, "'data.train_crop_schedule.start_crop' is 16: ResNeSt's total stride is 32"),
+        ({"start_crop": 256}, "'data.train_crop_schedule.start_crop' is 256, larger than data.train_crop=224"),
+        ({"start_crop": 160, "step": 48}, "'data.train_crop_schedule.start_crop' is 160, not a multiple of"),
+        ({"start_crop": 96, "step": 48}, "'data.train_crop' is 224, not a multiple of data.train_crop_schedule.step"),
+        ({"start_crop": 128, "start_ramp": 5, "end_ramp": 4}, "'data.train_crop_schedule.start_ramp' is 5, after"),
+        ({"start_crop": 128, "end_ramp": 10}, "'data.train_crop_schedule.end_ramp' is 10, but train.epochs=10"),
+    ],
+)
+def test_crop_schedule_rules_name_the_key_and_the_fix(settings, message):
+    with pytest.raises(ConfigError) as e:
+        load_config(None, BASE + ["train.epochs=10"] + [f"{SCHEDULE}.{k}={v}" for k, v in settings.items()])
+    assert message in str(e.value) and "\n" not in str(e.value)
+
+
+def test_crop_schedule_within_the_rules_loads():
+    keys = {"start_crop": 128, "start_ramp": 2, "end_ramp": 9, "step": 32}
+    cfg = load_config(None, BASE + ["train.epochs=10"] + [f"{SCHEDULE}.{k}={v}" for k, v in keys.items()])
+    assert dataclasses.asdict(cfg.data.train_crop_schedule) == keys

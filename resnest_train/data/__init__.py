@@ -19,6 +19,8 @@ batch_size)``); global batch k is the k-th run of ``world_size * batch_size`` of
 between the ranks in order, so it holds the same images for any world size; the remainder, fewer than one global
 batch, is dropped for that epoch only (a different random remainder every epoch). So every
 rank runs exactly ``steps`` full batches and DDP never waits for a rank that ran out.
+``data.repeated_aug: N`` repeats each entry of the permutation N times and deals the copies
+to different ranks, as DeiT's ``RASampler`` does, with ``steps`` unchanged (see ``common.py``).
 ``set_epoch(e, start_step=k)`` yields exactly the batches ``k..steps-1`` that an
 uninterrupted epoch ``e`` would have yielded: order and augmentation are pure functions of
 (seed, epoch, sample) in torchvision and synthetic; DALI replays the epoch's pipeline from
@@ -28,7 +30,8 @@ its seed (see ``dali.py``).
 partial, nothing padded or repeated: over all ranks every val image is seen exactly once
 (``loaders.val_images`` of them) for any world size.
 
-Augmentation (dali and torchvision alike): RandomResizedCrop at ``train_crop`` with
+Augmentation (dali and torchvision alike): RandomResizedCrop at the epoch's crop
+(``train_crop``, or ``common.train_crop_at`` under ``data.train_crop_schedule``) with
 ``rrc_scale`` / ``rrc_ratio`` (bilinear, antialiased) -> horizontal flip -> torchvision's
 AutoAugment ImageNet policy (pad 128, ``autoaugment_interpolation``) -> ColorJitter(``color_jitter``) for
 brightness/contrast/saturation -> AlexNet PCA lighting (``lighting`` std) -> mean/std.

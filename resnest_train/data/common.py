@@ -13,6 +13,17 @@ backend reads the files):
   the permutation changes every epoch, a different random remainder is dropped each time
   and every sample is seen equally often in expectation.
 * Every rank therefore runs exactly ``steps`` steps: DDP never waits on a rank that ran out.
+* Repeated augmentation (``data.repeated_aug: N > 1``, the sampler of DeiT's ``RASampler``,
+  torchvision's references and timm's ``RepeatAugSampler``): each entry of the permutation
+  is repeated ``N`` times in a row and the epoch keeps the first ``world_size * steps *
+  batch_size`` of that sequence, so ``steps`` is unchanged and about ``1/N`` of the images
+  are seen, each ``N`` times (the last one kept may have fewer copies when ``N`` does not
+  divide the kept length). Position ``p`` of the sequence goes to rank ``p % world_size``, as
+  in those samplers (rank ``r`` takes ``sequence[r::world_size]`` and keeps its first
+  ``steps * batch_size``): the ``N`` copies of an image land on ``N`` different ranks when
+  ``world_size >= N``. Global batch ``k`` still holds positions ``k*W*B .. (k+1)*W*B - 1``, so
+  it holds the same images for any world size with the same global batch. Copy ``c`` of a
+  sample (``p % N``) gets its own augmentation (``sample_seed`` takes the copy number).
 
 Validation: the sorted list of validation samples is cut into ``world_size`` contiguous
 shards whose sizes differ by at most one; no sample is padded or repeated, so the union of
@@ -130,14 +141,70 @@ def check_enough(n: int, batch_size: int, world_size: int, what: str) -> int:
     return steps
 
 
-def epoch_indices(n: int, batch_size: int, rank: int, world_size: int, seed: int, epoch: int) -> np.ndarray:
-    """This rank's sample indices for one epoch, in order: ``steps * batch_size`` of them."""
+def epoch_samples(
+    n: int, batch_size: int, rank: int, world_size: int, seed: int, epoch: int, repeats: int = 1
+) -> tuple[np.ndarray, np.ndarray]:
+    """This rank's samples for one epoch, in order: (sample indices, copy numbers), ``steps * batch_size``
+    of each. Copy numbers are 0 without repeated augmentation (``repeats`` = ``data.repeated_aug``,
+    see the module docstring); with it, copy ``c`` of a sample is its ``c``-th repeat (0 .. repeats - 1).
+    """
     steps = train_steps(n, batch_size, world_size)
     perm = np.random.default_rng([int(seed) & 0xFFFFFFFF, int(epoch), 0x5EED]).permutation(n)
-    # Global batch k is perm[k*W*B:(k+1)*W*B], rank r taking the r-th B of it: so a global
-    # batch holds the same images whatever the world size, and 2 x 8 computes what 1 x 16 does.
-    kept = perm[: steps * world_size * batch_size].reshape(steps, world_size, batch_size)
-    return kept[:, rank, :].reshape(-1)
+    positions = np.arange(steps * world_size * batch_size)
+    if repeats == 1:
+        # Global batch k is perm[k*W*B:(k+1)*W*B], rank r taking the r-th B of it: so a global
+        # batch holds the same images whatever the world size, and 2 x 8 computes what 1 x 16 does.
+        mine = positions.reshape(steps, world_size, batch_size)[:, rank, :]
+    else:
+        # Position p goes to rank p % W (RASampler's sequence[r::W]): consecutive copies on different ranks.
+        mine = positions.reshape(steps, batch_size, world_size)[:, :, rank]
+    mine = mine.reshape(-1)
+    return perm[mine // repeats], mine % repeats
+
+
+def epoch_indices(
+    n: int, batch_size: int, rank: int, world_size: int, seed: int, epoch: int, repeats: int = 1
+) -> np.ndarray:
+    """This rank's sample indices for one epoch, in order: ``steps * batch_size`` of them (``epoch_samples``)."""
+    return epoch_samples(n, batch_size, rank, world_size, seed, epoch, repeats)[0]
+
+
+def repeated_aug(cfg, world_size: int, rank: int) -> int:
+    """``data.repeated_aug``, checked: copies of each sampled image per epoch (1: off).
+
+    With fewer ranks than copies some copies of an image share a rank (and its BatchNorm
+    statistics), as in DeiT's sampler; a line says so. Raises DataError below 1.
+    """
+    repeats = int(cfg.repeated_aug)
+    if repeats < 1:
+        raise DataError(f"data.repeated_aug must be at least 1 (1 turns it off), got {repeats}.")
+    if world_size < repeats:
+        log_once(
+            f"data.repeated_aug={repeats} on {world_size} process(es): copies of an image share a rank "
+            f"(they sit on {repeats} different ranks only with at least {repeats} processes).",
+            rank,
+        )
+    return repeats
+
+
+def train_crop_at(cfg, epoch: int) -> int:
+    """The train crop (pixels) of ``epoch`` (0-based) under ``data.train_crop_schedule``.
+
+    FFCV's ``ProgressiveResizing`` (ffcv-imagenet ``get_resolution``): ``start_crop`` up to and including
+    ``start_ramp``, ``data.train_crop`` from ``end_ramp`` on, and in between
+    ``round(interp(epoch, [start_ramp, end_ramp], [start_crop, train_crop]) / step) * step`` (numpy's
+    rounding, half to even, as FFCV). ``start_crop: 0`` (the default) is ``data.train_crop`` every epoch.
+    """
+    s = cfg.train_crop_schedule
+    final = int(cfg.train_crop)
+    if not s.start_crop:
+        return final
+    if epoch <= s.start_ramp:
+        return int(s.start_crop)
+    if epoch >= s.end_ramp:
+        return final
+    size = np.interp([epoch], [s.start_ramp, s.end_ramp], [s.start_crop, final])[0]
+    return int(np.round(size / s.step)) * int(s.step)
 
 
 def check_start_step(start_step: int, steps: int) -> int:
@@ -152,9 +219,12 @@ def val_shard(n: int, rank: int, world_size: int) -> tuple[int, int]:
     return (n * rank) // world_size, (n * (rank + 1)) // world_size
 
 
-def sample_seed(seed: int, epoch: int, index: int) -> int:
-    """A 63-bit seed that is a pure function of (seed, epoch, sample index)."""
-    ss = np.random.SeedSequence([int(seed) & 0xFFFFFFFF, int(epoch), int(index), 0xA06])
+def sample_seed(seed: int, epoch: int, index: int, copy: int = 0) -> int:
+    """A 63-bit seed that is a pure function of (seed, epoch, sample index, copy number).
+
+    ``copy`` numbers the repeats of repeated augmentation; copy 0 has the seed it had before that existed.
+    """
+    ss = np.random.SeedSequence([int(seed) & 0xFFFFFFFF, int(epoch), int(index), 0xA06] + ([int(copy)] if copy else []))
     return int(ss.generate_state(2, dtype=np.uint64)[0] >> np.uint64(1))
 
 

@@ -8,7 +8,7 @@ index); ``cpu`` decodes with libjpeg-turbo and runs CPU operators with ``device_
 
 Train pipeline: ``fn.readers.file`` over this rank's file list for the epoch ->
 ``fn.decoders.image_random_crop`` (region-of-interest decoding at ``rrc_scale`` /
-``rrc_ratio``) -> ``fn.resize`` to ``train_crop`` (bilinear, antialiased) -> AutoAugment ->
+``rrc_ratio``) -> ``fn.resize`` to the epoch's crop (bilinear, antialiased) -> AutoAugment ->
 colour jitter (``fn.color_twist``) -> ``fn.crop_mirror_normalize`` (random mirror, mean/std;
 the PCA lighting offset is folded into a per-sample mean). A CPU pipeline feeding a CUDA
 trainer (``ship_uint8``) stops before the normalisation: it ships uint8 crops (a quarter of
@@ -29,11 +29,20 @@ deals this rank's batches round-robin to its pipelines (on the CPU, ``data.dali.
 single-threaded pipelines; on the GPU, one), writes each pipeline's files to a
 ``file_list`` and starts it with a seed that is a function of (seed, epoch, rank, pipeline);
 the reader does not shuffle (the order is already shuffled) and each list holds exactly
-that pipeline's batches, so the sharding is exact and every rank runs ``steps`` steps. The
+that pipeline's batches, so the sharding is exact and every rank runs ``steps`` steps. With
+``data.repeated_aug`` a file appears in the lists of several ranks (or several times in one),
+and each copy takes its own draws from its pipeline's random stream. The
 graph is defined once per process and deserialized per pipeline and epoch (0.03-0.1 s
 each). The random draws therefore depend on ``data.dali.threads`` on the CPU (the sample
 order does not), as they would on the number of DataLoader workers without per-sample
 seeding: resume with the same setting to continue bit for bit.
+
+Progressive resizing (``data.train_crop_schedule``): the crop is a constant of the graph, one
+serialized graph per crop size (defined the first time an epoch needs that size, ~0.8 s).
+The pipelines are deserialized anew at every epoch start anyway, so an epoch at another size
+costs nothing more; feeding the size as an argument input instead (``fn.external_source`` into
+``fn.resize(size=...)``) would add an operator fed at every iteration for a value fixed for the
+epoch, and the graph without a schedule would no longer be the same as before.
 
 Mid-epoch resume: ``set_epoch(e, start_step=k)`` rebuilds epoch ``e``'s pipelines and runs
 (and discards) their batches before step ``k`` before yielding, so it yields bit-identical
@@ -84,7 +93,9 @@ from .common import (
     check_start_step,
     epoch_indices,
     eval_sizes,
+    repeated_aug,
     stream_seed,
+    train_crop_at,
     train_steps,
     val_shard,
 )
@@ -587,8 +598,9 @@ class DaliTrainLoader(_Base):
         self.pipelines = min(threads, self.steps) if dali_device == "cpu" else 1
         self.threads_per_pipeline = 1 if dali_device == "cpu" else threads
         self.aa_interp = autoaugment_interpolation(cfg)  # checked here: the graph is built at the first epoch
+        self.repeats = repeated_aug(cfg, world_size, rank)
         self.epoch, self.start_step = 0, 0
-        self._serialized = None
+        self._serialized = {}  # crop size -> the serialized graph at that size
 
     def __len__(self):
         return self.steps
@@ -602,23 +614,27 @@ class DaliTrainLoader(_Base):
     def build_pipelines(self, epoch: int):
         """Epoch ``epoch``'s built pipelines and, for each, its samples in the order it reads them.
 
-        The graph is defined once per process and serialized; each pipeline of each epoch
-        is deserialized from it with its own seed (under 0.1 s instead of the ~0.8 s that defining
-        the AutoAugment graph takes) after its file list has been written to the graph's
-        list path (DALI reads the list when the pipeline is built). Every epoch, first or
-        not, goes through the same path, so a resumed process reproduces it exactly.
+        The graph is defined once per process and crop size and serialized; each pipeline of
+        each epoch is deserialized from the graph of the epoch's crop (``data.train_crop_schedule``)
+        with its own seed (under 0.1 s instead of the ~0.8 s that defining the AutoAugment graph
+        takes) after its file list has been written to the graph's list path (DALI reads the
+        list when the pipeline is built). Every epoch, first or not, goes through the same path,
+        so a resumed process reproduces it exactly.
         """
-        order = epoch_indices(len(self.split), self.batch_size, self.rank, self.world_size, self.seed, epoch)
+        order = epoch_indices(
+            len(self.split), self.batch_size, self.rank, self.world_size, self.seed, epoch, self.repeats
+        )
         batches = np.asarray(order).reshape(self.steps, self.batch_size)
         list_path = os.path.join(self.tmpdir, f"train_rank{self.rank}.txt")
-        if self._serialized is None:
+        crop = train_crop_at(self.cfg, epoch)
+        if crop not in self._serialized:
             _write_list(list_path, self.split, batches[0])
             c = self.cfg
             template = train_pipeline(
                 file_list=list_path,
                 file_root=LIST_ROOT,
                 device=self.dali_device,
-                crop=int(c.train_crop),
+                crop=crop,
                 area=[float(v) for v in c.rrc_scale],
                 ratio=[float(v) for v in c.rrc_ratio],
                 hflip=bool(c.hflip),
@@ -635,7 +651,7 @@ class DaliTrainLoader(_Base):
             )
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore", DeprecationWarning)
-                self._serialized = template.serialize()
+                self._serialized[crop] = template.serialize()
             del template
         from nvidia.dali import Pipeline
 
@@ -645,7 +661,7 @@ class DaliTrainLoader(_Base):
             _write_list(list_path, self.split, mine)
             seed = stream_seed(self.seed, epoch, self.rank, 0xDA11, p)
             pipe = Pipeline.deserialize(
-                serialized_pipeline=self._serialized, **self._pipe_kwargs(seed, self.threads_per_pipeline)
+                serialized_pipeline=self._serialized[crop], **self._pipe_kwargs(seed, self.threads_per_pipeline)
             )
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore", DeprecationWarning)

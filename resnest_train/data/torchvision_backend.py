@@ -1,9 +1,11 @@
 """The torchvision backend: PIL decoding and torchvision transforms in DataLoader workers.
 
-Determinism: the sampler yields ``(index, epoch)`` keys and every sample seeds torch's RNG
-from ``(seed, epoch, index)`` before its transforms run, so augmentation does not depend on
-which worker ran it or what ran before; ``set_epoch(e, start_step=k)`` therefore yields
-bit-identical batches to steps k.. of an uninterrupted epoch.
+Determinism: the sampler yields ``(index, epoch, copy)`` keys (``copy``: the repeat of
+``data.repeated_aug``, else 0) and every sample seeds torch's RNG from ``(seed, epoch, index,
+copy)`` before its transforms run, so augmentation does not depend on which worker ran it or
+what ran before; ``set_epoch(e, start_step=k)`` therefore yields bit-identical batches to
+steps k.. of an uninterrupted epoch. The crop size of an epoch (``data.train_crop_schedule``)
+is a function of the epoch too (``common.train_crop_at``), so every batch has one size.
 
 Workers return uint8 HWC crops (plus the per-sample lighting offset); the conversion to
 float, lighting and mean/std normalisation happen on the target device in the main
@@ -34,11 +36,13 @@ from .common import (
     autoaugment_interpolation,
     check_enough,
     check_start_step,
-    epoch_indices,
+    epoch_samples,
     eval_sizes,
     lighting_offset,
     log_once,
+    repeated_aug,
     sample_seed,
+    train_crop_at,
     train_steps,
     val_shard,
 )
@@ -60,15 +64,16 @@ def _unreadable_message(path: str, reason: str) -> str:
     )
 
 
-def train_transform(cfg):
-    """The PIL training transforms: RandomResizedCrop, flip, AutoAugment (torchvision's ImageNet policy),
-    colour jitter; the result stays uint8 HWC (normalised later, on the device).
+def train_transform(cfg, crop: int | None = None):
+    """The PIL training transforms: RandomResizedCrop to ``crop`` pixels (None: ``data.train_crop``), flip,
+    AutoAugment (torchvision's ImageNet policy), colour jitter; the result stays uint8 HWC (normalised
+    later, on the device).
     """
     import torchvision.transforms as T
 
     ops = [
         T.RandomResizedCrop(
-            cfg.train_crop,
+            crop or cfg.train_crop,
             scale=tuple(cfg.rrc_scale),
             ratio=tuple(cfg.rrc_ratio),
             interpolation=T.InterpolationMode.BILINEAR,
@@ -128,18 +133,28 @@ def _to_hwc(img) -> torch.Tensor:
 
 
 class TrainSet(Dataset):
-    """The training images of a split, each transformed with a seed from (seed, epoch, index)."""
+    """The training images of a split, each transformed with a seed from (seed, epoch, index, copy)
+    at the epoch's crop size (``common.train_crop_at``)."""
 
     def __init__(self, split: Split, cfg, seed: int, skip_bad: bool):
         self.split, self.seed, self.skip_bad = split, int(seed), skip_bad
-        self.transform = train_transform(cfg)
+        self.cfg = cfg
+        self.transforms = {}  # crop size -> train_transform at that size, built on first use
         self.lighting = float(cfg.lighting)
+        self.transform(0)  # a bad setting stops the build, not the first batch
+
+    def transform(self, epoch: int):
+        """The training transform of ``epoch``: at its crop size under ``data.train_crop_schedule``."""
+        crop = train_crop_at(self.cfg, epoch)
+        if crop not in self.transforms:
+            self.transforms[crop] = train_transform(self.cfg, crop)
+        return self.transforms[crop]
 
     def __len__(self):
         return len(self.split)
 
     def _sample(self, key):
-        index, epoch = key
+        index, epoch, copy = key
         bad = ""
         img = None
         for attempt in range(len(self.split) if self.skip_bad else 1):
@@ -155,8 +170,8 @@ class TrainSet(Dataset):
                 bad = bad or path
         if img is None:
             return _Bad(self.split.base, "no readable image in the whole split")
-        torch.default_generator.manual_seed(sample_seed(self.seed, epoch, index))
-        img = self.transform(img)
+        torch.default_generator.manual_seed(sample_seed(self.seed, epoch, index, copy))
+        img = self.transform(epoch)(img)
         off = torch.zeros(3)
         if self.lighting > 0:
             off = torch.from_numpy(lighting_offset(lambda: torch.randn(3).numpy(), self.lighting))
@@ -203,10 +218,12 @@ def collate(batch):
 
 
 class EpochBatchSampler:
-    """Batches of ``(index, epoch)`` keys: this rank's share of the epoch plan, from ``start_step``."""
+    """Batches of ``(index, epoch, copy)`` keys: this rank's share of the epoch plan, from ``start_step``;
+    ``repeats`` is ``data.repeated_aug``."""
 
-    def __init__(self, n, batch_size, rank, world_size, seed):
+    def __init__(self, n, batch_size, rank, world_size, seed, repeats: int = 1):
         self.n, self.batch_size, self.rank, self.world_size, self.seed = n, batch_size, rank, world_size, seed
+        self.repeats = repeats
         self.steps = train_steps(n, batch_size, world_size)
         self.epoch, self.start_step = 0, 0
 
@@ -214,9 +231,12 @@ class EpochBatchSampler:
         return self.steps - self.start_step
 
     def __iter__(self):
-        idx = epoch_indices(self.n, self.batch_size, self.rank, self.world_size, self.seed, self.epoch)
+        idx, copies = epoch_samples(
+            self.n, self.batch_size, self.rank, self.world_size, self.seed, self.epoch, self.repeats
+        )
         for s in range(self.start_step, self.steps):
-            yield [(int(i), self.epoch) for i in idx[s * self.batch_size : (s + 1) * self.batch_size]]
+            batch = slice(s * self.batch_size, (s + 1) * self.batch_size)
+            yield [(int(i), self.epoch, int(c)) for i, c in zip(idx[batch], copies[batch])]
 
 
 class _Normalizer:
@@ -292,7 +312,7 @@ def build(
     check_enough(len(train), batch_size, world_size, train.source)
     norm = _Normalizer(cfg, device, channels_last)
     workers = max(0, int(cfg.workers))
-    sampler = EpochBatchSampler(len(train), batch_size, rank, world_size, seed)
+    sampler = EpochBatchSampler(len(train), batch_size, rank, world_size, seed, repeated_aug(cfg, world_size, rank))
     train_dl = DataLoader(
         TrainSet(train, cfg, seed, cfg.skip_bad_images), batch_sampler=sampler, **_loader_kwargs(workers, device)
     )
