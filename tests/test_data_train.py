@@ -57,7 +57,7 @@ def test_train_py_names_an_unreadable_file_or_skips_it(tmp_path, data):
         f"data.root={data}",
         "data.backend=dali",
         f"output.dir={out}",
-        "data.autoaugment=false",
+        "data.augment=none",
         *TINY,
         check=False,
     )
@@ -70,7 +70,7 @@ def test_train_py_names_an_unreadable_file_or_skips_it(tmp_path, data):
         f"data.root={data}",
         "data.backend=dali",
         "data.skip_bad_images=true",
-        "data.autoaugment=false",
+        "data.augment=none",
         f"output.dir={tmp_path / 'run2'}",
         *TINY,
     )
