@@ -69,7 +69,8 @@ def test_batches_follow_the_contract(data, backend):
 @pytest.mark.slow
 @pytest.mark.parametrize("backend", BACKENDS + ["synthetic"])
 def test_mid_epoch_resume_is_bit_identical(data, backend):
-    c = cfg(data, backend=backend, augment="autoaugment" if backend == "dali" else "none", color_jitter=0.4, lighting=0.1)
+    augment = "autoaugment" if backend == "dali" else "none"
+    c = cfg(data, backend=backend, augment=augment, color_jitter=0.4, lighting=0.1, random_erasing=0.5)
     c.synthetic.train_images, c.synthetic.num_classes = 20, 3
     L = build_loaders(c, batch_size=3, device=torch.device("cpu"), seed=7)
     full = epoch(L.train, 2)
@@ -356,7 +357,9 @@ def test_autoaugment_interpolation_is_a_setting_of_both_backends(data, backend):
     differ = (xs["nearest"] - xs["bilinear"]).abs().flatten(1).amax(1) > 0
     assert 0 < int(differ.sum()) < len(differ)
     with pytest.raises(DataError, match="autoaugment_interpolation='bicubic' is not one of nearest, bilinear"):
-        build_loaders(cfg(data, backend=backend, augment="autoaugment", autoaugment_interpolation="bicubic"), batch_size=4)
+        build_loaders(
+            cfg(data, backend=backend, augment="autoaugment", autoaugment_interpolation="bicubic"), batch_size=4
+        )
 
 
 def test_dali_gpu_runner_orders_outputs_on_torchs_stream(monkeypatch):
