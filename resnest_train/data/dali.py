@@ -8,21 +8,27 @@ index); ``cpu`` decodes with libjpeg-turbo and runs CPU operators with ``device_
 
 Train pipeline: ``fn.readers.file`` over this rank's file list for the epoch ->
 ``fn.decoders.image_random_crop`` (region-of-interest decoding at ``rrc_scale`` /
-``rrc_ratio``) -> ``fn.resize`` to ``train_crop`` (bilinear, antialiased) -> AutoAugment ->
-colour jitter (``fn.color_twist``) -> ``fn.crop_mirror_normalize`` (random mirror, mean/std;
-the PCA lighting offset is folded into a per-sample mean). A CPU pipeline feeding a CUDA
-trainer (``ship_uint8``) stops before the normalisation: it ships uint8 crops (a quarter of
-the bytes) plus, with lighting, each sample's mean, copied to the GPU from pinned memory,
-where torch applies the same ``(x - mean) / std`` (as the torchvision backend normalises on
-the device). Every step before it already rounds to uint8, so without lighting both ways
-give the same batches up to float32 rounding (tests/test_gpu_path2.py: within 1e-5). With
+``rrc_ratio``) -> ``fn.resize`` to ``train_crop`` (bilinear, antialiased) -> the policy of
+``data.augment`` -> colour jitter (``fn.color_twist``) -> ``fn.crop_mirror_normalize`` (random
+mirror, mean/std; the PCA lighting offset is folded into a per-sample mean) -> random erasing
+(``fn.erase``, ``erasing_region``). A CPU pipeline feeding a CUDA trainer (``ship_uint8``)
+stops before the normalisation: it ships uint8 crops (a quarter of the bytes) plus, with
+lighting, each sample's mean and, with erasing, its rectangle, copied to the GPU from pinned
+memory, where torch applies the same ``(x - mean) / std`` (as the torchvision backend
+normalises on the device) and zeroes the rectangle. Every step before it already rounds to
+uint8, so without lighting both ways give the same batches up to float32 rounding
+(tests/test_gpu_path2.py, tests/test_data_random_erasing.py: within 1e-5). With
 lighting the graph's operators are listed in another order (the per-sample mean is an
 output rather than an input of the last operator), and DALI seeds operators in that order:
 the mirror and lighting draws then differ from the float pipeline's, with the same
-distribution, and stay a function of the seed. The AutoAugment policy is
-torchvision's ``AutoAugmentPolicy.IMAGENET`` table (25 sub-policies, 10 magnitude bins,
-the same magnitude ranges) built with ``nvidia.dali.auto_aug``; DALI's own ``image_net``
-policy is a different table (the TF "v0" one), so it is not used.
+distribution, and stay a function of the seed. The policies are torchvision's tables built
+with ``nvidia.dali.auto_aug``: AutoAugment's ``AutoAugmentPolicy.IMAGENET`` (25 sub-policies,
+10 magnitude bins), RandAugment's and TrivialAugmentWide's 14 operations over 31 bins, each
+operation's magnitudes read from torchvision's ``_augmentation_space`` (``torchvision_ops``).
+DALI's own ``image_net`` policy is a different table (the TF "v0" one), and its RandAugment and
+TrivialAugment suites differ from torchvision's too (RandAugment translates up to 100 px, not
+150/331 of the image; solarize thresholds run 256..0; TrivialAugment's enhance factors start at
+0.01; shears run the other way), so none is used.
 
 Epoch order: the same epoch plan as the other backends (see ``common.py``). Each epoch
 deals this rank's batches round-robin to its pipelines (on the CPU, ``data.dali.threads``
