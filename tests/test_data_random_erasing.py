@@ -86,6 +86,7 @@ def test_erased_pixels_are_zero_after_normalisation(data, backend, uint8):
     assert x.shape == (12, 3, 32, 32)
     for img in x:
         top, left, h, w = erased_rectangle(img)  # every image: p = 1
+        # 2-33% of the 32 x 32 area, give or take the rounding of h and w (half a pixel each)
         assert 0.02 * 1024 - 0.5 * (h + w) <= h * w <= 0.33 * 1024 + 0.5 * (h + w) + 1 and h < 32 and w < 32
 
 

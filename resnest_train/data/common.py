@@ -21,6 +21,7 @@ the shards is every validation image exactly once for any world size.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import logging
 from collections.abc import Callable, Iterable, Iterator
@@ -75,6 +76,7 @@ def erasing_probability(cfg) -> float:
     return p
 
 
+@functools.cache
 def erasing_rule() -> tuple[tuple[float, float], tuple[float, float]]:
     """(scale, ratio) of the erased rectangle: torchvision's ``RandomErasing`` defaults, (0.02, 0.33)
     of the image area and aspect ratios (0.3, 3.3)."""
