@@ -99,13 +99,16 @@ class DataConfig:
     rrc_scale: list[float] = field(default_factory=lambda: [0.08, 1.0])
     rrc_ratio: list[float] = field(default_factory=lambda: [0.75, 4.0 / 3.0])
     hflip: bool = True
-    autoaugment: bool = True  # the ImageNet policy
+    augment: str = "autoaugment"  # autoaugment (the ImageNet policy) | randaugment | trivialaugment | none
+    randaugment_num_ops: int = 2  # RandAugment: operations per image (torchvision's default)
+    randaugment_magnitude: int = 9  # RandAugment: magnitude bin of 0..30 (torchvision's default)
     autoaugment_interpolation: str = "nearest"  # rotate/shear sampling: nearest (torchvision, official) | bilinear
     color_jitter: float = 0.0  # brightness/contrast/saturation strength
     lighting: float = 0.0  # AlexNet-style PCA lighting noise std
     repeated_aug: int = 1  # N > 1: each sampled image N times per epoch, on N ranks (DeiT's RASampler)
     mean: list[float] = field(default_factory=lambda: [0.485, 0.456, 0.406])
     std: list[float] = field(default_factory=lambda: [0.229, 0.224, 0.225])
+    random_erasing: float = 0.0  # probability of torchvision's RandomErasing after normalisation; 0: off
     dali: DaliConfig = field(default_factory=DaliConfig)
     synthetic: SyntheticConfig = field(default_factory=SyntheticConfig)
 

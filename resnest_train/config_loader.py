@@ -15,6 +15,7 @@ import difflib
 import os
 import types
 import typing
+from collections.abc import Callable
 from typing import Any, Union
 
 import yaml
@@ -54,11 +55,13 @@ def config_to_yaml(cfg: Config) -> str:
 
 def config_from_dict(data: dict, where: str = "a checkpoint", overrides: typing.Sequence[str] = ()) -> Config:
     """A ``Config`` from nested dicts (a checkpoint's ``config``) with command-line ``overrides``
-    on top, type-checked and pre-flight checked as ``load_config`` does.
+    on top, type-checked and pre-flight checked as ``load_config`` does. Keys a checkpoint
+    saved before they were replaced (``REPLACED_KEYS``) are read as their replacement: a
+    checkpoint cannot be edited, and the old value has one meaning in the new key.
 
     Raises ConfigError naming ``where`` (or the override) and the key.
     """
-    merged = copy.deepcopy(data)
+    merged = _upgrade_replaced_keys(copy.deepcopy(data))
     _build(Config, merged, where=where, prefix="")  # a mistake in the saved config names its source
     _apply_overrides(merged, overrides)
     return _preflight(_build(Config, merged, where=where, prefix=""))
@@ -68,6 +71,46 @@ def _preflight(cfg: Config) -> Config:
     from .preflight import preflight  # it imports this module (coerce, field_type)
 
     return preflight(cfg)
+
+
+# Keys that were replaced by others: old dotted key -> (new dotted key, the new value for an old one).
+REPLACED_KEYS: dict[str, tuple[str, Callable[[Any], Any]]] = {
+    "data.autoaugment": ("data.augment", lambda old: "autoaugment" if old else "none"),
+}
+
+
+def _replaced_key_message(key: str, value: Any, where: str) -> str:
+    """Why ``key`` (an entry of REPLACED_KEYS) is refused, and the line to write instead."""
+    from .preflight import CHOICES  # it imports this module
+
+    new_key, convert = REPLACED_KEYS[key]
+    section, name = new_key.rsplit(".", 1)
+    choices = f" ({', '.join(CHOICES[new_key])})" if new_key in CHOICES else ""
+    if isinstance(value, bool):
+        new = convert(value)
+        fix = f"write '{name}: {new}' under '{section}:' (or {new_key}={new} on the command line)"
+    else:
+        fix = (
+            f"write {new_key} instead ('{name}: {convert(True)}' for the old true, "
+            f"'{name}: {convert(False)}' for false)"
+        )
+    return f"Config key '{key}' in {where} was replaced by '{new_key}'{choices}: {fix}, and remove '{key}'."
+
+
+def _upgrade_replaced_keys(data: dict) -> dict:
+    """``data`` (nested dicts of a saved config) with each old key of REPLACED_KEYS moved to its
+    replacement, unless that is set too or the old value is not a true/false one."""
+    for old, (new, convert) in REPLACED_KEYS.items():
+        old_section, old_name = old.rsplit(".", 1)
+        new_section, new_name = new.rsplit(".", 1)
+        section = data.get(old_section)
+        if not isinstance(section, dict) or not isinstance(section.get(old_name), bool):
+            continue
+        value = section.pop(old_name)
+        target = data.setdefault(new_section, {})
+        if isinstance(target, dict):
+            target.setdefault(new_name, convert(value))
+    return data
 
 
 def get_key(cfg: Any, dotted: str) -> Any:
@@ -182,6 +225,8 @@ def _check_keys(data: dict, cls: type, where: str, prefix: str = "") -> None:
     names = {f.name for f in dataclasses.fields(cls)}
     for key, value in data.items():
         full = prefix + str(key)
+        if key not in names and full in REPLACED_KEYS:
+            raise ConfigError(_replaced_key_message(full, value, where))
         if key not in names:
             candidates = _all_keys(Config)
             close = difflib.get_close_matches(full, candidates, n=1, cutoff=0.5) or difflib.get_close_matches(

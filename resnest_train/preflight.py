@@ -31,6 +31,7 @@ from torch.overrides import TorchFunctionMode
 
 from .config import Config
 from .config_loader import coerce, field_type, get_key
+from .data.common import AUGMENT_POLICIES
 from .errors import ConfigError
 from .models import create_model
 from .models.dropblock import SCHEDULES, SITES
@@ -45,6 +46,7 @@ CHOICES = {
     "model.dropblock.schedule": SCHEDULES,
     "model.dropblock.sites": SITES,
     "data.backend": ("auto", "dali", "torchvision", "synthetic"),
+    "data.augment": AUGMENT_POLICIES,
     "data.autoaugment_interpolation": ("nearest", "bilinear"),  # both backends sample these alike
     "data.dali.device": ("auto", "cpu", "gpu"),
     "optim.name": ("sgd", "lamb", "lars"),
@@ -171,6 +173,15 @@ RANGES: dict[str, Range] = {
         why="brightness/contrast/saturation factors are drawn from [max(0, 1 - s), 1 + s] (torchvision's ColorJitter)",
     ),
     "data.lighting": Range(0, why="the standard deviation of AlexNet's PCA lighting noise; the paper uses 0.1"),
+    "data.randaugment_num_ops": Range(
+        1, why="RandAugment's operations applied in turn to each image; torchvision's default is 2"
+    ),
+    "data.randaugment_magnitude": Range(
+        0, 30, why="RandAugment's magnitude bin of torchvision's 31 (0..30); torchvision's default is 9"
+    ),
+    "data.random_erasing": Range(
+        0, 1, why="the probability that a training image gets an erased rectangle (torchvision's RandomErasing)"
+    ),
     "data.mean": Range(
         0,
         1,

@@ -48,7 +48,7 @@ def test_paper_configs_hold_the_recipe(name, crop, ratio, drop, jitter):
     assert cfg.optim.weight_decay == 1e-4 and cfg.train.label_smoothing == 0.1
     db = cfg.model.dropblock
     assert (db.stages, db.sites, db.block_size, db.prob) == ([3, 4], ["bn1", "splat", "bn3"], 3, 0.1)
-    assert cfg.data.autoaugment and cfg.model.zero_init_last
+    assert cfg.data.augment == "autoaugment" and cfg.data.random_erasing == 0 and cfg.model.zero_init_last
 
 
 def test_every_ablation_config_loads():
@@ -74,6 +74,34 @@ def test_unknown_key_names_file_key_and_closest(tmp_path):
     with pytest.raises(ConfigError) as e:
         load_config(None, ["optim.base_rl=0.1"])
     assert "optim.base_rl=0.1" in str(e.value) and "'optim.base_lr'" in str(e.value)
+
+
+@pytest.mark.parametrize("old,new", [("true", "autoaugment"), ("false", "none")])
+def test_the_replaced_autoaugment_key_names_data_augment(tmp_path, old, new):
+    path = write(tmp_path / "old.yaml", f"data:\n  autoaugment: {old}\n")
+    with pytest.raises(ConfigError) as e:
+        load_config(path)
+    assert str(e.value) == (
+        f"Config key 'data.autoaugment' in {path} was replaced by 'data.augment' (autoaugment, randaugment, "
+        f"trivialaugment, none): write 'augment: {new}' under 'data:' (or data.augment={new} on the command "
+        "line), and remove 'data.autoaugment'."
+    )
+    with pytest.raises(ConfigError, match=f"'data.autoaugment' in command-line override 'data.autoaugment={old}' "):
+        load_config(None, [f"data.autoaugment={old}"])
+
+
+@pytest.mark.parametrize("old,new", [(True, "autoaugment"), (False, "none")])
+def test_a_checkpoints_saved_autoaugment_reads_as_data_augment(old, new):
+    """A checkpoint cannot be edited: its saved config's old key is read as the new one."""
+    from resnest_train.config import Config
+    from resnest_train.config_loader import config_from_dict, config_to_dict
+
+    saved = config_to_dict(Config())
+    del saved["data"]["augment"]
+    saved["data"]["autoaugment"] = old
+    assert config_from_dict(saved).data.augment == new
+    with pytest.raises(ConfigError, match="'data.autoaugment' in command-line override"):  # a user's override is not
+        config_from_dict(saved, overrides=["data.autoaugment=true"])
 
 
 def test_wrong_type_names_expected_type(tmp_path):

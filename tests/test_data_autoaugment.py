@@ -38,7 +38,7 @@ def images():
     return imgs
 
 
-def run_dali(aug, imgs, magnitude_bin, negative):
+def run_dali(aug, imgs, magnitude_bin, negative, num_magnitude_bins=10):
     import nvidia.dali.fn as fn
     import nvidia.dali.types as types
     from nvidia.dali import pipeline_def
@@ -56,7 +56,7 @@ def run_dali(aug, imgs, magnitude_bin, negative):
             mb = signed_bin(magnitude_bin, sign)
         else:
             mb = magnitude_bin
-        return aug(data, magnitude_bin=mb, num_magnitude_bins=10, **kwargs)
+        return aug(data, magnitude_bin=mb, num_magnitude_bins=num_magnitude_bins, **kwargs)
 
     p = pipe()
     p.build()
@@ -64,12 +64,14 @@ def run_dali(aug, imgs, magnitude_bin, negative):
     return [np.array(out[i]) for i in range(len(imgs))]
 
 
-def run_torchvision(name, imgs, magnitude_bin, negative):
+def run_torchvision(name, imgs, magnitude_bin, negative, space=None):
+    """torchvision's ``_apply_op`` at bin ``magnitude_bin`` of ``space`` (default: AutoAugment's table)."""
     import torchvision.transforms as T
     from PIL import Image
     from torchvision.transforms.autoaugment import _apply_op
 
-    mags, signed = T.AutoAugment()._augmentation_space(10, (H, W))[name]
+    space = space or T.AutoAugment()._augmentation_space(10, (H, W))
+    mags, signed = space[name]
     magnitude = float(mags[magnitude_bin]) if mags.ndim > 0 else 0.0
     if signed and negative:
         magnitude = -magnitude

@@ -15,7 +15,7 @@ BACKENDS = ["torchvision", "dali"]
 
 
 def build(root, backend="torchvision", **kw):
-    return build_loaders(cfg(root, backend=backend, autoaugment=False, **kw), batch_size=2)
+    return build_loaders(cfg(root, backend=backend, augment="none", **kw), batch_size=2)
 
 
 def run_all(loaders):
@@ -154,7 +154,7 @@ def test_file_lists(tmp_path):
         c = cfg(
             "",
             backend=backend,
-            autoaugment=False,
+            augment="none",
             train_list=str(tmp_path / "train.txt"),
             val_list=str(tmp_path / "val.txt"),
         )

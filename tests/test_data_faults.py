@@ -29,7 +29,7 @@ MEAN = torch.tensor([0.485, 0.456, 0.406]).view(1, 3, 1, 1)
 
 def val_tensors(root, backend, **kw):
     """The eval-path tensors of every val image, in split order (deterministic)."""
-    loaders = build_loaders(cfg(root, backend=backend, autoaugment=False, eval_ratio=1.0, **kw), batch_size=4)
+    loaders = build_loaders(cfg(root, backend=backend, augment="none", eval_ratio=1.0, **kw), batch_size=4)
     return torch.cat([x for x, _ in loaders.val]), loaders
 
 
@@ -52,7 +52,7 @@ def gif_root(tmp_path):
 
 def test_gif_named_jpg_stops_dali_with_its_path(gif_root):
     gif = gif_root / "train" / "bee" / "bee_gif.jpg"
-    loaders = build_loaders(cfg(gif_root, backend="dali", autoaugment=False), batch_size=13)  # one batch: all
+    loaders = build_loaders(cfg(gif_root, backend="dali", augment="none"), batch_size=13)  # one batch: all
     with pytest.raises(DataError) as e:
         run_epoch(loaders)
     msg = str(e.value)
@@ -66,12 +66,12 @@ def test_gif_named_jpg_is_decoded_or_skipped_by_what_the_backend_reads(gif_root,
     gif = str(gif_root / "train" / "bee" / "bee_gif.jpg")
     assert check_image(gif, backend="torchvision") is None and check_image(gif, full=True) is None
     assert "GIF image" in check_image(gif, backend="dali")
-    loaders = build_loaders(cfg(gif_root, backend=backend, autoaugment=False, skip_bad_images=True), batch_size=2)
+    loaders = build_loaders(cfg(gif_root, backend=backend, augment="none", skip_bad_images=True), batch_size=2)
     expect_bad = 1 if backend == "dali" else 0
     assert loaders.bad_images == expect_bad and len(loaders.train) == (13 - expect_bad) // 2
     assert run_epoch(loaders) == (len(loaders.train), 9)
     if backend == "torchvision":  # PIL reads it: it trains without skip mode too
-        assert run_epoch(build_loaders(cfg(gif_root, backend=backend, autoaugment=False), batch_size=13)) == (1, 9)
+        assert run_epoch(build_loaders(cfg(gif_root, backend=backend, augment="none"), batch_size=13)) == (1, 9)
 
 
 def test_check_judges_by_the_backend_in_use(gif_root, capsys):
@@ -140,7 +140,7 @@ def test_exif_orientation_on_the_train_path(tmp_path):
         c = cfg(
             root,
             backend=b,
-            autoaugment=False,
+            augment="none",
             hflip=False,
             color_jitter=0.0,
             lighting=0.0,
@@ -253,7 +253,7 @@ def test_file_names_that_are_not_utf8_train_in_both_backends(tmp_path, backend, 
         folder = os.fsencode(root / split / cls)
         for name in (b"caf\xe9.jpg", b"with space.jpg"):
             Image.fromarray(rgb).save(os.path.join(folder, name), format="JPEG", quality=90)
-    loaders = build_loaders(cfg(root, backend=backend, autoaugment=False, skip_bad_images=skip), batch_size=3)
+    loaders = build_loaders(cfg(root, backend=backend, augment="none", skip_bad_images=skip), batch_size=3)
     assert loaders.bad_images == 0 and len(loaders.train) == 14 // 3
     assert run_epoch(loaders) == (4, 11)
     x, _ = val_tensors(root, backend, skip_bad_images=skip, train_crop=40)  # 40 px short sides: no resize
@@ -275,12 +275,12 @@ def test_a_file_name_dali_lists_cannot_hold(tmp_path):
     bad = root / "train" / "bee" / "line\nbreak.jpg"
     Image.fromarray(smooth_image(np.random.default_rng(2), 40, 48)).save(bad, format="JPEG")
     with pytest.raises(DataError) as e:
-        run_epoch(build_loaders(cfg(root, backend="dali", autoaugment=False), batch_size=2))
+        run_epoch(build_loaders(cfg(root, backend="dali", augment="none"), batch_size=2))
     msg = str(e.value)
     assert "line\\nbreak.jpg" in msg and "line break" in msg and "rename" in msg and "skip_bad_images" in msg
-    loaders = build_loaders(cfg(root, backend="dali", autoaugment=False, skip_bad_images=True), batch_size=2)
+    loaders = build_loaders(cfg(root, backend="dali", augment="none", skip_bad_images=True), batch_size=2)
     assert loaders.bad_images == 1 and run_epoch(loaders) == (6, 9)
-    loaders = build_loaders(cfg(root, backend="torchvision", autoaugment=False), batch_size=2)
+    loaders = build_loaders(cfg(root, backend="torchvision", augment="none"), batch_size=2)
     assert run_epoch(loaders) == (6, 9)
 
 
@@ -344,7 +344,7 @@ def test_label_and_list_files_with_a_byte_order_mark(tmp_path):
             cfg(
                 "",
                 backend=backend,
-                autoaugment=False,
+                augment="none",
                 train_list=str(tmp_path / "train.txt"),
                 val_list=str(tmp_path / "val.txt"),
             ),

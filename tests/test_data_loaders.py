@@ -38,7 +38,7 @@ def epoch(loader, e, start=0):
 
 @pytest.mark.parametrize("backend", BACKENDS + ["synthetic"])
 def test_batches_follow_the_contract(data, backend):
-    c = cfg(data, backend=backend, autoaugment=False)
+    c = cfg(data, backend=backend, augment="none")
     c.synthetic.train_images, c.synthetic.val_images, c.synthetic.num_classes = 15, 7, 3
     L = build_loaders(c, batch_size=4, device=torch.device("cpu"), seed=1)
     assert L.backend == backend
@@ -69,7 +69,8 @@ def test_batches_follow_the_contract(data, backend):
 @pytest.mark.slow
 @pytest.mark.parametrize("backend", BACKENDS + ["synthetic"])
 def test_mid_epoch_resume_is_bit_identical(data, backend):
-    c = cfg(data, backend=backend, autoaugment=backend == "dali", color_jitter=0.4, lighting=0.1)
+    augment = "autoaugment" if backend == "dali" else "none"
+    c = cfg(data, backend=backend, augment=augment, color_jitter=0.4, lighting=0.1, random_erasing=0.5)
     c.synthetic.train_images, c.synthetic.num_classes = 20, 3
     L = build_loaders(c, batch_size=3, device=torch.device("cpu"), seed=7)
     full = epoch(L.train, 2)
@@ -89,7 +90,7 @@ def test_mid_epoch_resume_is_bit_identical(data, backend):
 # DALI's threads held (seen when test-fast deselects the tests between), so only the full suite runs it
 @pytest.mark.slow
 def test_torchvision_workers_do_not_change_the_batches(data):
-    c = cfg(data, backend="torchvision", autoaugment=True, color_jitter=0.4, lighting=0.1)
+    c = cfg(data, backend="torchvision", augment="autoaugment", color_jitter=0.4, lighting=0.1)
     serial = epoch(build_loaders(c, batch_size=4, seed=3).train, 1)
     c.workers = 2
     parallel = epoch(build_loaders(c, batch_size=4, seed=3).train, 1)
@@ -145,7 +146,7 @@ def test_epoch_plan_is_shared_and_sharded_exactly():
 @pytest.mark.parametrize("backend", BACKENDS + ["synthetic"])
 def test_a_batch_kept_by_the_caller_is_not_overwritten_by_later_ones(data, backend):
     """DALI hands its own output buffers to torch (no copy): a batch held on to must stay intact."""
-    c = cfg(data, backend=backend, autoaugment=False)
+    c = cfg(data, backend=backend, augment="none")
     c.synthetic.train_images, c.synthetic.val_images, c.synthetic.num_classes = 15, 7, 3
     L = build_loaders(c, batch_size=4, seed=8)
     cloned = epoch(L.train, 2)
@@ -160,14 +161,14 @@ def test_a_batch_kept_by_the_caller_is_not_overwritten_by_later_ones(data, backe
 def test_both_backends_read_the_same_samples_in_the_same_order(data):
     labels = {}
     for backend in BACKENDS:
-        L = build_loaders(cfg(data, backend=backend, autoaugment=False), batch_size=2, seed=11)
+        L = build_loaders(cfg(data, backend=backend, augment="none"), batch_size=2, seed=11)
         labels[backend] = torch.cat([y for _, y in epoch(L.train, 4)])
     assert torch.equal(labels["torchvision"], labels["dali"])
 
 
 @pytest.mark.parametrize("backend", BACKENDS + ["synthetic"])
 def test_train_steps_equal_on_every_rank_and_val_shards_are_exact(data, backend):
-    c = cfg(data, backend=backend, autoaugment=False)
+    c = cfg(data, backend=backend, augment="none")
     c.synthetic.train_images, c.synthetic.val_images, c.synthetic.num_classes = 15, 9, 3
     whole = build_loaders(c, batch_size=2, rank=0, world_size=1)
     ref_x = torch.cat([x for x, _ in whole.val])
@@ -234,7 +235,7 @@ def test_eval_transforms_of_both_backends_agree(bigval):
 
 @pytest.mark.parametrize("backend", BACKENDS + ["synthetic"])
 def test_channels_last(data, backend):
-    c = cfg(data, backend=backend, autoaugment=False)
+    c = cfg(data, backend=backend, augment="none")
     c.synthetic.train_images, c.synthetic.val_images, c.synthetic.num_classes = 8, 4, 3
     plain = build_loaders(c, batch_size=4, seed=2)
     cl = build_loaders(c, batch_size=4, seed=2, channels_last=True)
@@ -246,7 +247,7 @@ def test_channels_last(data, backend):
 
 
 def test_dali_with_every_augmentation_and_an_abandoned_val_pass(data):
-    c = cfg(data, backend="dali", autoaugment=True, color_jitter=0.4, lighting=0.1)
+    c = cfg(data, backend="dali", augment="autoaugment", color_jitter=0.4, lighting=0.1)
     L = build_loaders(c, batch_size=4, seed=0)
     xs = epoch(L.train, 0)
     assert len(xs) == 3 and all(torch.isfinite(x).all() for x, _ in xs)
@@ -275,7 +276,7 @@ def test_dali_gpu_pipeline_graph_builds_without_a_gpu(tmp_path):
             area=[0.08, 1.0],
             ratio=[0.75, 4 / 3],
             hflip=True,
-            autoaugment=True,
+            augment="autoaugment",
             aa_interp="nearest",
             jitter=0.4,
             lighting=0.1,
@@ -317,10 +318,8 @@ def test_dali_autoaugment_policy_is_torchvisions():
     assert len(policy.sub_policies) == len(table) == 25 and policy.num_magnitude_bins == 10
     for ours, theirs in zip(policy.sub_policies, table):
         assert [(p, m) for _, p, m in ours] == [(p, m) for _, p, m in theirs]
-    tv_bits = 8 - (torch.arange(10) / ((10 - 1) / 4)).round().int()  # torchvision's bits kept per bin
-    for m in range(10):
-        mask = int(_posterize_mask(np.linspace(0, 4, 10)[m]))
-        assert mask == (0xFF << (8 - int(tv_bits[m]))) & 0xFF
+    for bits in range(9):  # the magnitude of torchvision's Posterize: the high bits it keeps
+        assert int(_posterize_mask(bits)) == (0xFF << (8 - bits)) & 0xFF
 
 
 def test_skip_log_line_and_count(tmp_path, caplog):
@@ -340,7 +339,7 @@ def test_more_ranks_than_val_images(tmp_path, backend):
     root = make_dataset(tmp_path, classes=("a", "b"), train_per_class=6, val_per_class=1, specials=False)
     seen = []
     for r in range(3):  # 2 val images over 3 ranks: one rank gets none
-        L = build_loaders(cfg(root, backend=backend, autoaugment=False), batch_size=1, rank=r, world_size=3)
+        L = build_loaders(cfg(root, backend=backend, augment="none"), batch_size=1, rank=r, world_size=3)
         seen.append(sum(x.shape[0] for x, _ in L.val))
         assert L.val_images == 2 and len(L.train) == 4
     assert sorted(seen) == [0, 1, 1]
@@ -352,13 +351,15 @@ def test_autoaugment_interpolation_is_a_setting_of_both_backends(data, backend):
 
     xs = {}
     for interp in ("nearest", "bilinear"):
-        c = cfg(data, backend=backend, autoaugment=True, autoaugment_interpolation=interp)
+        c = cfg(data, backend=backend, augment="autoaugment", autoaugment_interpolation=interp)
         xs[interp] = torch.cat([x for x, _ in epoch(build_loaders(c, batch_size=4, seed=3).train, 0)])
     # same seed, same draws: only the images that drew a rotate or shear differ
     differ = (xs["nearest"] - xs["bilinear"]).abs().flatten(1).amax(1) > 0
     assert 0 < int(differ.sum()) < len(differ)
     with pytest.raises(DataError, match="autoaugment_interpolation='bicubic' is not one of nearest, bilinear"):
-        build_loaders(cfg(data, backend=backend, autoaugment=True, autoaugment_interpolation="bicubic"), batch_size=4)
+        build_loaders(
+            cfg(data, backend=backend, augment="autoaugment", autoaugment_interpolation="bicubic"), batch_size=4
+        )
 
 
 def test_dali_gpu_runner_orders_outputs_on_torchs_stream(monkeypatch):

@@ -47,6 +47,31 @@ def test_train_py_runs_on_real_files_with_dali(tmp_path, data):
     assert backend in r.stdout + r.stderr
 
 
+@pytest.mark.parametrize("policy,backend", [("randaugment", "dali"), ("trivialaugment", "torchvision")])
+def test_train_py_runs_each_augmentation_policy_with_random_erasing(tmp_path, data, policy, backend):
+    """One short run per new policy (AutoAugment: the runs above), each backend once, erasing on."""
+    import math
+
+    import yaml
+
+    out = tmp_path / "run"
+    train(
+        "--config",
+        "configs/quickstart.yaml",
+        f"data.root={data}",
+        f"data.backend={backend}",
+        f"data.augment={policy}",
+        "data.randaugment_num_ops=3",
+        "data.random_erasing=0.25",
+        f"output.dir={out}",
+        *TINY,
+    )
+    m = metrics(out)
+    assert len(m) == 1 and m[0]["val_images"] == 9 and math.isfinite(m[0]["train_loss"])
+    saved = yaml.safe_load((out / "config.yaml").read_text())["data"]
+    assert (saved["augment"], saved["randaugment_num_ops"], saved["random_erasing"]) == (policy, 3, 0.25)
+
+
 def test_train_py_names_an_unreadable_file_or_skips_it(tmp_path, data):
     bad = data / "train" / "bee" / "bee_002.JPEG"
     corrupt(bad, "truncated")
@@ -57,7 +82,7 @@ def test_train_py_names_an_unreadable_file_or_skips_it(tmp_path, data):
         f"data.root={data}",
         "data.backend=dali",
         f"output.dir={out}",
-        "data.autoaugment=false",
+        "data.augment=none",
         *TINY,
         check=False,
     )
@@ -70,7 +95,7 @@ def test_train_py_names_an_unreadable_file_or_skips_it(tmp_path, data):
         f"data.root={data}",
         "data.backend=dali",
         "data.skip_bad_images=true",
-        "data.autoaugment=false",
+        "data.augment=none",
         f"output.dir={tmp_path / 'run2'}",
         *TINY,
     )

@@ -79,11 +79,11 @@ def test_cpu_suite_essentials_pass_with_a_gpu_visible():
 # (b) DALI on the GPU ---------------------------------------------------------------------------
 
 
-def _dali_loaders(root, device_name, batch=8, channels_last=False, autoaugment=False):
+def _dali_loaders(root, device_name, batch=8, channels_last=False, augment="none"):
     from resnest_train.config import DataConfig
     from resnest_train.data import build_loaders
 
-    cfg = DataConfig(root=root, backend="dali", train_crop=32, eval_ratio=0.875, autoaugment=autoaugment)
+    cfg = DataConfig(root=root, backend="dali", train_crop=32, eval_ratio=0.875, augment=augment)
     cfg.dali.device = device_name
     return build_loaders(cfg, batch_size=batch, device=torch.device("cuda"), channels_last=channels_last)
 
@@ -123,7 +123,7 @@ def test_dali_gpu_batch_read_late_is_not_overwritten(demo_root):
 def test_dali_gpu_set_epoch_cycles_keep_build_time_and_memory_flat(demo_root):
     """Also measures what rebuilding the GPU pipelines cold every epoch costs (issue 16, item 9):
     the build time per epoch is reported in pytest's warnings summary (scripts/gpu_check.sh log)."""
-    loaders = _dali_loaders(demo_root, "gpu", autoaugment=True)
+    loaders = _dali_loaders(demo_root, "gpu", augment="autoaugment")
     times, used, build_s = [], [], []
     build = loaders.train.build_pipelines
 

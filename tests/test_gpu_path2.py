@@ -104,7 +104,7 @@ def test_dali_uint8_crops_normalised_by_torch_equal_the_float_pipeline(data):
     DALI step before normalisation already rounds to uint8, so only float32 rounding differs."""
     pytest.importorskip("nvidia.dali")
     for channels_last in (False, True):
-        c = cfg(data, backend="dali", autoaugment=True, color_jitter=0.4)
+        c = cfg(data, backend="dali", augment="autoaugment", color_jitter=0.4)
         floats = build_loaders(c, batch_size=4, seed=0, channels_last=channels_last)
         uint8_train, uint8_val = _uint8_build(c, channels_last)
         assert uint8_train.uint8 and not floats.train.uint8

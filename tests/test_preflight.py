@@ -44,6 +44,9 @@ CASES = {
     "data.repeated_aug": ([1, 3], [0]),
     "data.color_jitter": ([0.0], [-0.01]),
     "data.lighting": ([0.0], [-0.01]),
+    "data.randaugment_num_ops": ([1], [0]),
+    "data.randaugment_magnitude": ([0, 30], [-1, 31]),
+    "data.random_erasing": ([0.0, 1.0], [-0.01, 1.01]),
     "data.mean": ([[0.0, 0.0, 0.0], [1.0, 1.0, 1.0]], [[0.5], [-0.01, 0.5, 0.5], [123.675, 116.28, 103.53]]),
     "data.std": ([[0.01, 0.01, 0.01], [1.0, 1.0, 1.0]], [[0.0, 0.2, 0.2], [0.2, 0.2], [58.395, 57.12, 57.375]]),
     "data.dali.threads": ([1], [0]),
@@ -212,6 +215,12 @@ def test_choices_include_autoaugment_interpolation_and_list_items():
         "Config key 'data.autoaugment_interpolation' is 'bicubic', which is not one of "
         "'nearest', 'bilinear'. Set it to one of those."
     )
+    with pytest.raises(ConfigError) as e:
+        load_config(None, ["data.augment=randaug"])
+    assert str(e.value) == (
+        "Config key 'data.augment' is 'randaug', which is not one of "
+        "'autoaugment', 'randaugment', 'trivialaugment', 'none'. Set it to one of those."
+    )
     with pytest.raises(ConfigError, match=r"'model.dropblock.sites' is \['bn1', 'bn2'\]: 'bn2' is not one of"):
         load_config(None, ["model.dropblock.sites=[bn1, bn2]"])
 
@@ -304,6 +313,8 @@ BAD_CONFIGS = [
     (["optim.base_lr=-0.1"], "optim.base_lr"),
     (["data.autoaugment_interpolation=bicubic"], "data.autoaugment_interpolation"),
     (["optim.name=lars", "optim.no_decay_norm_bias=false"], "optim.no_decay_norm_bias"),
+    (["data.augment=randaug"], "data.augment"),
+    (["data.autoaugment=false"], "data.augment=none"),  # the replaced key names its replacement
     (["model.dropblock.block_size=0"], "model.dropblock.block_size"),
     (["train.batch_size=7"], "train.batch_size"),
     (["model.cardinality=3", "model.bottleneck_width=10"], "model.cardinality=3"),

@@ -288,7 +288,8 @@ def test_dry_run_prints_the_plan_and_creates_nothing(tmp_path):
 
 RECIPE_LADDER = ["baseline", "label_smoothing", "mixup", "autoaugment", "dropblock"]
 PAPER_LADDER = ["resnet50d", "resnet50d_mixup", "resnet50d_mixup_autoaugment", "resnest50_fast"]
-NEW_OPTIONS = ["lamb", "lars", "step_decay", "cosine_floor"]
+NEW_DATA_OPTIONS = ["randaugment", "trivialaugment", "random_erasing", "repeated_aug", "progressive_resizing"]
+NEW_OPTIONS = ["lamb", "lars", "step_decay", "cosine_floor"] + NEW_DATA_OPTIONS
 
 
 @pytest.mark.slow
@@ -307,15 +308,15 @@ def test_recipe_ablation_sweep_passes_its_dry_run(tmp_path):
     sweep = sw.load_sweep(path)
     cfgs = {run.name: load_config(sweep.config, sw.override_args(run)) for run in sweep.runs}
     techniques = [
-        (c.train.label_smoothing, c.train.mixup_alpha, c.data.autoaugment, c.model.dropblock.prob)
+        (c.train.label_smoothing, c.train.mixup_alpha, c.data.augment, c.model.dropblock.prob)
         for c in (cfgs[n] for n in RECIPE_LADDER)
     ]
     assert techniques == [
-        (0.0, 0.0, False, 0.0),
-        (0.1, 0.0, False, 0.0),
-        (0.1, 0.2, False, 0.0),
-        (0.1, 0.2, True, 0.0),
-        (0.1, 0.2, True, 0.1),
+        (0.0, 0.0, "none", 0.0),
+        (0.1, 0.0, "none", 0.0),
+        (0.1, 0.2, "none", 0.0),
+        (0.1, 0.2, "autoaugment", 0.0),
+        (0.1, 0.2, "autoaugment", 0.1),
     ]
     assert cfgs["dropblock"] == load_config(BASE, [f"output.dir={cfgs['dropblock'].output.dir}"])
     assert (cfgs["lamb"].optim.name, cfgs["lars"].optim.name, cfgs["step_decay"].optim.schedule) == (
@@ -323,6 +324,10 @@ def test_recipe_ablation_sweep_passes_its_dry_run(tmp_path):
         "lars",
         "step",
     )
+    new = {n: cfgs[n].data for n in NEW_DATA_OPTIONS}
+    assert (new["randaugment"].augment, new["trivialaugment"].augment) == ("randaugment", "trivialaugment")
+    assert (new["random_erasing"].random_erasing, new["repeated_aug"].repeated_aug) == (0.25, 3)
+    assert new["progressive_resizing"].train_crop_schedule.start_crop == 160
 
 
 FAKE_TRAIN = textwrap.dedent("""\

@@ -131,7 +131,8 @@ def build(root, backend, args, autoaugment):
     from resnest_train.config import DataConfig
     from resnest_train.data import build_loaders
 
-    cfg = DataConfig(root=root, backend=backend, workers=args.workers, train_crop=args.crop, autoaugment=autoaugment)
+    augment = "autoaugment" if autoaugment else "none"
+    cfg = DataConfig(root=root, backend=backend, workers=args.workers, train_crop=args.crop, augment=augment)
     cfg.dali.threads = args.workers
     cfg.dali.device = args.dali_device
     return build_loaders(cfg, batch_size=args.batch, device=torch.device(args.device), seed=0)

@@ -142,7 +142,8 @@ def dali_rows(args) -> list[dict]:
     with tempfile.TemporaryDirectory() as root:
         bench_data.make_jpegs(root, images=args.dali_images, unique=min(args.dali_images, 640))
         for autoaugment in (False, True):
-            cfg = DataConfig(root=root, backend="dali", train_crop=224, autoaugment=autoaugment)
+            augment = "autoaugment" if autoaugment else "none"
+            cfg = DataConfig(root=root, backend="dali", train_crop=224, augment=augment)
             cfg.dali.device = "gpu"
             cfg.dali.threads = 8
             loaders = build_loaders(cfg, batch_size=args.batch, device=torch.device("cuda"), channels_last=True)

@@ -33,8 +33,10 @@ partial, nothing padded or repeated: over all ranks every val image is seen exac
 Augmentation (dali and torchvision alike): RandomResizedCrop at the epoch's crop
 (``train_crop``, or ``common.train_crop_at`` under ``data.train_crop_schedule``) with
 ``rrc_scale`` / ``rrc_ratio`` (bilinear, antialiased) -> horizontal flip -> torchvision's
-AutoAugment ImageNet policy (pad 128, ``autoaugment_interpolation``) -> ColorJitter(``color_jitter``) for
-brightness/contrast/saturation -> AlexNet PCA lighting (``lighting`` std) -> mean/std.
+policy of ``augment``: AutoAugment's ImageNet policy, RandAugment (``randaugment_num_ops``,
+``randaugment_magnitude``) or TrivialAugmentWide (pad 128, ``autoaugment_interpolation``) ->
+ColorJitter(``color_jitter``) for brightness/contrast/saturation -> AlexNet PCA lighting
+(``lighting`` std) -> mean/std -> torchvision's RandomErasing (``random_erasing``, value 0).
 Eval: resize the short side to ``round(eval_crop / eval_ratio)`` (bilinear, antialiased),
 centre crop ``eval_crop``, mean/std. Mixup is the trainer's.
 

@@ -32,6 +32,7 @@ the shards is every validation image exactly once for any world size.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import logging
 from collections.abc import Callable, Iterable, Iterator
@@ -51,12 +52,23 @@ PCA_EIGVEC = np.array(
     [[-0.5675, 0.7192, 0.4009], [-0.5808, -0.0045, -0.8140], [-0.5836, -0.6948, 0.4203]], dtype=np.float32
 )
 
-# Pad value of AutoAugment's geometric ops (rotate, shear) in both backends.
+# Pad value of the augmentation policies' geometric ops (rotate, shear, translate) in both backends.
 AUTOAUGMENT_FILL = 128
+
+# data.augment: torchvision's AutoAugment (ImageNet policy), RandAugment, TrivialAugmentWide, or none.
+AUGMENT_POLICIES = ("autoaugment", "randaugment", "trivialaugment", "none")
+
+
+def augment_policy(cfg) -> str:
+    """``data.augment``, checked: the augmentation policy of both backends (``AUGMENT_POLICIES``)."""
+    name = str(cfg.augment)
+    if name not in AUGMENT_POLICIES:
+        raise DataError(f"data.augment={name!r} is not one of {', '.join(AUGMENT_POLICIES)}.")
+    return name
 
 
 def autoaugment_interpolation(cfg) -> str:
-    """``data.autoaugment_interpolation``, checked: how rotate/shear sample in both backends.
+    """``data.autoaugment_interpolation``, checked: how every policy's rotate/shear/translate sample in both backends.
 
     nearest is torchvision's AutoAugment default and what the official ResNeSt code did
     (PIL's default); bilinear is kinder to tiny crops (the 48 px quick start: 81% vs 74%).
@@ -65,6 +77,54 @@ def autoaugment_interpolation(cfg) -> str:
     if name not in ("nearest", "bilinear"):
         raise DataError(f"data.autoaugment_interpolation={name!r} is not one of nearest, bilinear.")
     return name
+
+
+def erasing_probability(cfg) -> float:
+    """``data.random_erasing``, checked: the probability that a training image gets an erased rectangle."""
+    p = float(cfg.random_erasing)
+    if not 0.0 <= p <= 1.0:
+        raise DataError(f"data.random_erasing={p!r} is not a probability in [0, 1].")
+    return p
+
+
+@functools.cache
+def erasing_rule() -> tuple[tuple[float, float], tuple[float, float]]:
+    """(scale, ratio) of the erased rectangle: torchvision's ``RandomErasing`` defaults, (0.02, 0.33)
+    of the image area and aspect ratios (0.3, 3.3)."""
+    import torchvision.transforms as T
+
+    erasing = T.RandomErasing()
+    return tuple(erasing.scale), tuple(erasing.ratio)
+
+
+def erasing_rectangle(p: float, height: int, width: int) -> torch.Tensor:
+    """torchvision's ``RandomErasing(p, value=0)`` rectangle for one ``height`` x ``width`` image,
+    drawn from torch's global RNG in ``RandomErasing.forward``'s order (``torch.rand(1) < p``, then
+    ``RandomErasing.get_params``): int64 ``[top, left, h, w]``, all 0 when nothing is erased (no
+    draw below ``p``, or none of the 10 attempts fitted in the image)."""
+    import torchvision.transforms as T
+
+    if not torch.rand(1) < p:
+        return torch.zeros(4, dtype=torch.int64)
+    scale, ratio = erasing_rule()
+    image = torch.empty(3, height, width)  # only its size is read
+    top, left, h, w, _ = T.RandomErasing.get_params(image, scale=scale, ratio=ratio, value=[0.0])
+    if h >= height or w >= width:  # get_params' "no rectangle fitted": the whole image, erased with itself
+        return torch.zeros(4, dtype=torch.int64)
+    return torch.tensor([top, left, h, w], dtype=torch.int64)
+
+
+def erase_rectangles(images: torch.Tensor, rects: torch.Tensor) -> torch.Tensor:
+    """Set rectangle ``rects[b] = [top, left, h, w]`` of image ``b`` of the normalised batch
+    ``images`` (float ``[B, C, H, W]``, any memory format) to 0 in place, as torchvision's
+    ``F.erase`` with value 0 does; an ``h`` or ``w`` of 0 erases nothing. Returns ``images``."""
+    top, left, h, w = rects.to(images.device).view(-1, 4).unbind(1)
+    rows = torch.arange(images.shape[-2], device=images.device).view(1, -1)
+    cols = torch.arange(images.shape[-1], device=images.device).view(1, -1)
+    in_rows = (rows >= top.view(-1, 1)) & (rows < (top + h).view(-1, 1))
+    in_cols = (cols >= left.view(-1, 1)) & (cols < (left + w).view(-1, 1))
+    inside = in_rows.unsqueeze(2) & in_cols.unsqueeze(1)  # [B, H, W]
+    return images.masked_fill_(inside.unsqueeze(1), 0.0)
 
 
 Batch = tuple[torch.Tensor, torch.Tensor]

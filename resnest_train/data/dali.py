@@ -8,21 +8,27 @@ index); ``cpu`` decodes with libjpeg-turbo and runs CPU operators with ``device_
 
 Train pipeline: ``fn.readers.file`` over this rank's file list for the epoch ->
 ``fn.decoders.image_random_crop`` (region-of-interest decoding at ``rrc_scale`` /
-``rrc_ratio``) -> ``fn.resize`` to the epoch's crop (bilinear, antialiased) -> AutoAugment ->
-colour jitter (``fn.color_twist``) -> ``fn.crop_mirror_normalize`` (random mirror, mean/std;
-the PCA lighting offset is folded into a per-sample mean). A CPU pipeline feeding a CUDA
-trainer (``ship_uint8``) stops before the normalisation: it ships uint8 crops (a quarter of
-the bytes) plus, with lighting, each sample's mean, copied to the GPU from pinned memory,
-where torch applies the same ``(x - mean) / std`` (as the torchvision backend normalises on
-the device). Every step before it already rounds to uint8, so without lighting both ways
-give the same batches up to float32 rounding (tests/test_gpu_path2.py: within 1e-5). With
+``rrc_ratio``) -> ``fn.resize`` to the epoch's crop (bilinear, antialiased) -> the policy of
+``data.augment`` -> colour jitter (``fn.color_twist``) -> ``fn.crop_mirror_normalize`` (random
+mirror, mean/std; the PCA lighting offset is folded into a per-sample mean) -> random erasing
+(``fn.erase``, ``erasing_region``). A CPU pipeline feeding a CUDA trainer (``ship_uint8``)
+stops before the normalisation: it ships uint8 crops (a quarter of the bytes) plus, with
+lighting, each sample's mean and, with erasing, its rectangle, copied to the GPU from pinned
+memory, where torch applies the same ``(x - mean) / std`` (as the torchvision backend
+normalises on the device) and zeroes the rectangle. Every step before it already rounds to
+uint8, so without lighting both ways give the same batches up to float32 rounding
+(tests/test_gpu_path2.py, tests/test_data_random_erasing.py: within 1e-5). With
 lighting the graph's operators are listed in another order (the per-sample mean is an
 output rather than an input of the last operator), and DALI seeds operators in that order:
 the mirror and lighting draws then differ from the float pipeline's, with the same
-distribution, and stay a function of the seed. The AutoAugment policy is
-torchvision's ``AutoAugmentPolicy.IMAGENET`` table (25 sub-policies, 10 magnitude bins,
-the same magnitude ranges) built with ``nvidia.dali.auto_aug``; DALI's own ``image_net``
-policy is a different table (the TF "v0" one), so it is not used.
+distribution, and stay a function of the seed. The policies are torchvision's tables built
+with ``nvidia.dali.auto_aug``: AutoAugment's ``AutoAugmentPolicy.IMAGENET`` (25 sub-policies,
+10 magnitude bins), RandAugment's and TrivialAugmentWide's 14 operations over 31 bins, each
+operation's magnitudes read from torchvision's ``_augmentation_space`` (``torchvision_ops``).
+DALI's own ``image_net`` policy is a different table (the TF "v0" one), and its RandAugment and
+TrivialAugment suites differ from torchvision's too (RandAugment translates up to 100 px, not
+150/331 of the image; solarize thresholds run 256..0; TrivialAugment's enhance factors start at
+0.01; shears run the other way), so none is used.
 
 Epoch order: the same epoch plan as the other backends (see ``common.py``). Each epoch
 deals this rank's batches round-robin to its pipelines (on the CPU, ``data.dali.threads``
@@ -88,10 +94,13 @@ from .common import (
     AUTOAUGMENT_FILL,
     PCA_EIGVAL,
     PCA_EIGVEC,
+    augment_policy,
     autoaugment_interpolation,
     check_enough,
     check_start_step,
     epoch_indices,
+    erase_rectangles,
+    erasing_probability,
     eval_sizes,
     repeated_aug,
     stream_seed,
@@ -109,94 +118,209 @@ import nvidia.dali.types as types  # noqa: E402
 from nvidia.dali import pipeline_def  # noqa: E402
 
 # ---------------------------------------------------------------------------------------
-# AutoAugment: torchvision's ImageNet policy, expressed with DALI's auto_aug building blocks
+# Augmentation policies: torchvision's tables, expressed with DALI's auto_aug building blocks
 # ---------------------------------------------------------------------------------------
 
 _POLICIES = {}
 
 
-def _posterize_mask(removed_bits):
-    # torchvision keeps 8 - round(m * 4 / 9) bits at magnitude bin m; the bin's value here is
-    # m * 4 / 9, so round it and clear that many low bits.
-    n = int(np.clip(np.round(removed_bits), 0, 8))
+def _posterize_mask(bits_kept):
+    # torchvision's Posterize keeps the `bits_kept` high bits (its magnitude): clear the others.
+    n = 8 - int(np.clip(np.round(bits_kept), 0, 8))
     return np.array(np.uint8(255) ^ np.uint8((1 << n) - 1), dtype=np.uint8)
 
 
-def torchvision_imagenet_policy(device: str = "cpu"):
-    """torchvision's AutoAugmentPolicy.IMAGENET as a DALI auto_aug Policy for ``device`` data.
+def _shear_x(m):
+    return np.array([-m, 0], dtype=np.float32)  # DALI shears the other way for the same sign
+
+
+def _shear_y(m):
+    return np.array([0, -m], dtype=np.float32)
+
+
+def _translate_x(m):
+    return np.array([int(m), 0], dtype=np.float32)  # torchvision shifts by int(magnitude) pixels
+
+
+def _translate_y(m):
+    return np.array([0, int(m)], dtype=np.float32)
+
+
+def _operations(device: str) -> dict:
+    """Every operation of torchvision's policies, by torchvision's name, as a DALI augmentation
+    for ``device`` data and the function from torchvision's magnitude to its parameter (None:
+    the magnitude itself, or an operation without one).
 
     Where DALI's stock augmentation is slow on the CPU, an equivalent is written here with
     DALI's fast kernels: contrast with ``brightness_contrast`` around PIL's rounded luma mean
     (DALI's stock one evaluates a float expression over every pixel: 0.9 ms vs 0.25 ms per
     224 px image on one core), solarize and invert as XORs with 255 (same results).
     """
-    if device in _POLICIES:
-        return _POLICIES[device]
     import nvidia.dali.math as dmath
-    import torchvision.transforms as T
     from nvidia.dali.auto_aug import augmentations as A
-    from nvidia.dali.auto_aug.core import Policy, augmentation
+    from nvidia.dali.auto_aug.core import augmentation
 
     u8_255 = types.Constant(255, dtype=types.UINT8)
 
-    @augmentation(mag_range=(0, 4), mag_to_param=_posterize_mask, param_device="auto", name="posterize_tv")
+    @augmentation(param_device="auto")
     def posterize(data, mask):
         return data & mask
 
-    @augmentation(name="equalize_tv")
+    @augmentation
     def equalize(data, _):
         return fn.equalize(data)
 
-    @augmentation(
-        mag_range=(0, 0.9),
-        randomly_negate=True,
-        mag_to_param=A.sharpness_kernel,
-        param_device="auto",
-        name="sharpness_tv",
-    )
+    @augmentation(param_device="auto")
     def sharpness(data, kernel):
         return fn.filter(data, kernel)  # DALI's own sharpness calls the deprecated experimental alias
 
-    @augmentation(mag_range=(255, 0), param_device="auto", name="solarize_tv")
+    @augmentation(param_device="auto")
     def solarize(data, threshold):
         return data ^ ((data >= threshold) * u8_255)  # PIL inverts values >= threshold
 
-    @augmentation(name="invert_tv")
+    @augmentation
     def invert(data, _):
         return data ^ u8_255
 
-    @augmentation(mag_range=(0, 0.9), randomly_negate=True, mag_to_param=A.shift_enhance_range, name="contrast_tv")
+    @augmentation
     def contrast(data, factor):
         # PIL blends with a grey image at the rounded mean of the L (luma) image
         mean = fn.reductions.mean(data, axis_names="HW")
         center = dmath.floor(mean[0] * 0.299 + mean[1] * 0.587 + mean[2] * 0.114 + 0.5)
         return fn.brightness_contrast(data, contrast=factor, contrast_center=center)
 
-    ops = {
-        # every operation of the ImageNet table: DALI augmentation with torchvision's magnitude
-        # range over the 10 bins (tests/test_data_autoaugment.py compares each with torchvision's)
-        # (DALI shears the other way for the same sign, hence the negative range)
-        "ShearX": A.shear_x.augmentation(mag_range=(0, -0.3), randomly_negate=True),
-        "Rotate": A.rotate.augmentation(mag_range=(0, 30), randomly_negate=True),
-        "Color": A.color.augmentation(mag_range=(0, 0.9), randomly_negate=True),
+    return {
+        "Identity": (A.identity, None),
+        "ShearX": (A.shear_x, _shear_x),
+        "ShearY": (A.shear_y, _shear_y),
+        "TranslateX": (A.translate_x_no_shape, _translate_x),
+        "TranslateY": (A.translate_y_no_shape, _translate_y),
+        "Rotate": (A.rotate, None),
+        "Brightness": (A.brightness, A.shift_enhance_range),
+        "Color": (A.color, A.shift_enhance_range),
         # the contrast centre is computed from the image, and a GPU node cannot be a named argument
-        "Contrast": contrast if device == "cpu" else A.contrast.augmentation(mag_range=(0, 0.9), randomly_negate=True),
-        "Sharpness": sharpness,
-        "Posterize": posterize,
-        "Solarize": solarize,  # threshold linspace(255, 0, 10)
-        "AutoContrast": A.auto_contrast,
-        "Equalize": equalize,
-        "Invert": invert,
+        "Contrast": (contrast if device == "cpu" else A.contrast, A.shift_enhance_range),
+        "Sharpness": (sharpness, A.sharpness_kernel),
+        "Posterize": (posterize, _posterize_mask),
+        "Solarize": (solarize, None),  # the magnitude is the threshold
+        "AutoContrast": (A.auto_contrast, None),
+        "Equalize": (equalize, None),
+        "Invert": (invert, None),
     }
-    table = T.AutoAugment(T.AutoAugmentPolicy.IMAGENET).policies
+
+
+def torchvision_ops(space: dict, device: str = "cpu") -> dict:
+    """One policy's operations as DALI augmentations, keyed (and named) by torchvision's names.
+
+    ``space`` is the policy's torchvision table, ``_augmentation_space``: name -> (magnitude of
+    each bin, whether its sign is random). Each augmentation gets exactly those magnitudes (DALI's
+    ``mag_range`` as an array) and sign rule; operations without a magnitude take none.
+    tests/test_data_autoaugment.py compares each with torchvision's ``_apply_op``.
+    """
+    base = _operations(device)
+    ops = {}
+    for name, (magnitudes, signed) in space.items():
+        aug, to_param = base[name]
+        if magnitudes.ndim == 0:
+            ops[name] = aug.augmentation(name=name)
+        else:
+            mags = magnitudes.numpy().astype(np.float32)
+            ops[name] = aug.augmentation(mag_range=mags, randomly_negate=bool(signed), mag_to_param=to_param, name=name)
+    return ops
+
+
+def torchvision_imagenet_policy(device: str = "cpu"):
+    """torchvision's AutoAugmentPolicy.IMAGENET as a DALI auto_aug Policy for ``device`` data:
+    its 25 sub-policies (probabilities, magnitude bins) over ``torchvision_ops`` of its 10-bin table."""
+    if device in _POLICIES:
+        return _POLICIES[device]
+    import torchvision.transforms as T
+    from nvidia.dali.auto_aug.core import Policy
+
+    aa = T.AutoAugment(T.AutoAugmentPolicy.IMAGENET)
+    # the image size only sizes translations, which the ImageNet table does not use
+    ops = torchvision_ops(aa._augmentation_space(10, (1, 1)), device)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # the table has one p=0 entry, which DALI warns about
         _POLICIES[device] = Policy(
             "torchvision_imagenet",
             num_magnitude_bins=10,
-            sub_policies=[[(ops[name], p, mag) for name, p, mag in sub] for sub in table],
+            sub_policies=[[(ops[name], p, mag) for name, p, mag in sub] for sub in aa.policies],
         )
     return _POLICIES[device]
+
+
+def torchvision_policy_ops(policy: str, size: int, num_ops: int = 2, magnitude: int = 9, device: str = "cpu"):
+    """(operations, number of magnitude bins) of torchvision's ``RandAugment(num_ops, magnitude)``
+    or ``TrivialAugmentWide()`` (``policy`` randaugment / trivialaugment) for ``size`` x ``size``
+    images (RandAugment's translations are a share of the image size): ``torchvision_ops`` of
+    its table with its default 31 bins."""
+    import torchvision.transforms as T
+
+    if policy == "randaugment":
+        tv = T.RandAugment(num_ops=num_ops, magnitude=magnitude)
+        space = tv._augmentation_space(tv.num_magnitude_bins, (size, size))
+    elif policy == "trivialaugment":
+        tv = T.TrivialAugmentWide()
+        space = tv._augmentation_space(tv.num_magnitude_bins)
+    else:
+        raise ValueError(f"no operation table for the policy {policy!r}")
+    return torchvision_ops(space, device), tv.num_magnitude_bins
+
+
+def apply_policy(images, policy: str, device: str, size: int, num_ops: int, magnitude: int, interp):
+    """``images`` (uint8 HWC, ``size`` x ``size``, on ``device``) through torchvision's ``policy``
+    (``data.augment``) with DALI's samplers: AutoAugment picks one of the 25 sub-policies and runs
+    each of its steps with its probability; RandAugment applies ``num_ops`` operations drawn
+    uniformly (with replacement) at bin ``magnitude``; TrivialAugmentWide one operation at a
+    uniform bin. Signed magnitudes get a random sign; geometric operations pad with
+    ``AUTOAUGMENT_FILL`` and sample with ``interp``."""
+    from nvidia.dali.auto_aug.auto_augment import apply_auto_augment
+    from nvidia.dali.auto_aug.rand_augment import apply_rand_augment
+    from nvidia.dali.auto_aug.trivial_augment import apply_trivial_augment
+
+    kwargs = dict(fill_value=AUTOAUGMENT_FILL, interp_type=interp)
+    if policy == "autoaugment":
+        return apply_auto_augment(torchvision_imagenet_policy(device), images, **kwargs)
+    ops, bins = torchvision_policy_ops(policy, size, num_ops, magnitude, device)
+    if policy == "randaugment":
+        return apply_rand_augment(list(ops.values()), images, n=num_ops, m=magnitude, num_magnitude_bins=bins, **kwargs)
+    return apply_trivial_augment(list(ops.values()), images, num_magnitude_bins=bins, **kwargs)
+
+
+def erasing_region(p: float, size: int):
+    """torchvision's ``RandomErasing(p)`` rectangle for each ``size`` x ``size`` image, drawn in
+    the graph: (anchor ``[top, left]``, shape ``[h, w]``), float32 pixels, shape 0 when nothing
+    is erased.
+
+    The rule of ``RandomErasing.get_params``: up to 10 attempts of an area drawn uniformly from
+    ``scale`` x the image area and an aspect ratio log-uniformly from ``ratio`` (``erasing_rule``),
+    ``h = round(sqrt(area * ratio))``, ``w = round(sqrt(area / ratio))``; the first with ``h`` and
+    ``w`` below the image size is used, its top-left corner uniform over the positions that fit;
+    none erases nothing. The 10 attempts are drawn at once and the first that fits is kept.
+    Rounding is half up here, half to even in Python's ``round`` (a tie has probability 0).
+    """
+    import math
+
+    import nvidia.dali.math as dmath
+
+    from .common import erasing_rule
+
+    scale, ratio = erasing_rule()
+    attempts = 10
+    area = fn.random.uniform(range=list(scale), shape=[attempts]) * float(size * size)
+    aspect = dmath.exp(fn.random.uniform(range=[math.log(ratio[0]), math.log(ratio[1])], shape=[attempts]))
+    h = dmath.floor(dmath.sqrt(area * aspect) + 0.5)
+    w = dmath.floor(dmath.sqrt(area / aspect) + 0.5)
+    fits = (h < size) & (w < size)
+    k = types.Constant(np.arange(attempts, dtype=np.float32))
+    first = k == fn.reductions.min(k + (fits ^ True) * float(attempts))  # one-hot; all false if none fits
+    erase = fn.random.coin_flip(probability=p)
+    h = fn.reductions.sum(h * first) * erase
+    w = fn.reductions.sum(w * first) * erase
+    top = dmath.floor(fn.random.uniform(range=[0, 1]) * (size - h + 1))
+    left = dmath.floor(fn.random.uniform(range=[0, 1]) * (size - w + 1))
+    return fn.stack(top, left), fn.stack(h, w)
 
 
 # ---------------------------------------------------------------------------------------
@@ -213,7 +337,7 @@ def train_pipeline(
     area,
     ratio,
     hflip,
-    autoaugment,
+    augment,
     aa_interp,
     jitter,
     lighting,
@@ -222,11 +346,15 @@ def train_pipeline(
     layout,
     hw_decoder_load,
     uint8=False,
+    randaugment=(2, 9),
+    erasing=0.0,
 ):
-    """The DALI training graph: read, decode the random crop's region, resize, flip, AutoAugment,
-    colour jitter and lighting, normalise; outputs float images (``layout``) and the labels. With
-    ``uint8`` it crops and mirrors only: uint8 images, the labels, and with lighting the per-sample
-    mean, normalised on the device (``_Normalize``).
+    """The DALI training graph: read, decode the random crop's region, resize, the augmentation
+    policy ``augment`` (``apply_policy``; ``randaugment`` = (num_ops, magnitude)), colour jitter
+    and lighting, flip and normalise, random erasing with probability ``erasing``; outputs float
+    images (``layout``) and the labels. With ``uint8`` it crops and mirrors only: uint8 images,
+    the labels, with lighting the per-sample mean, with erasing the rectangles ``[top, left, h,
+    w]`` (int32), normalised and erased on the device (``_Normalize``).
     """
     jpegs, labels = fn.readers.file(file_list=file_list, file_root=file_root, random_shuffle=False, name="Reader")
     decoder_args = {"hw_decoder_load": hw_decoder_load} if device == "gpu" else {}
@@ -240,13 +368,9 @@ def train_pipeline(
         **decoder_args,
     )
     images = fn.resize(images, size=[crop, crop], interp_type=types.INTERP_LINEAR, antialias=True)
-    if autoaugment:
-        from nvidia.dali.auto_aug.auto_augment import apply_auto_augment
-
+    if augment != "none":
         interp = types.INTERP_NN if aa_interp == "nearest" else types.INTERP_LINEAR
-        images = apply_auto_augment(
-            torchvision_imagenet_policy(device), images, fill_value=AUTOAUGMENT_FILL, interp_type=interp
-        )
+        images = apply_policy(images, augment, device, crop, *randaugment, interp)
     if jitter > 0:
         lo, hi = max(0.0, 1.0 - jitter), 1.0 + jitter
         images = fn.color_twist(
@@ -266,12 +390,19 @@ def train_pipeline(
         )
         mean255 = mean255 - offset * 255.0
     mirror = fn.random.coin_flip(probability=0.5) if hflip else 0
-    if uint8:  # crop and mirror only, plus the per-sample mean when lighting moves it: `_Normalize`
+    if uint8:  # crop and mirror only, plus the per-sample mean and rectangle when used: `_Normalize`
         images = fn.crop_mirror_normalize(images, dtype=types.UINT8, output_layout="HWC", mirror=mirror)
-        return (images, labels, mean255) if lighting > 0 else (images, labels)
+        outputs = (images, labels) + ((mean255,) if lighting > 0 else ())
+        if erasing > 0:
+            anchor, shape = erasing_region(erasing, crop)
+            outputs += (fn.cast(fn.cat(anchor, shape), dtype=types.INT32),)
+        return outputs
     images = fn.crop_mirror_normalize(
         images, dtype=types.FLOAT, output_layout=layout, mirror=mirror, mean=mean255, std=[s * 255.0 for s in std]
     )
+    if erasing > 0:  # after normalisation, as torchvision's RandomErasing: the rectangle is 0
+        anchor, shape = erasing_region(erasing, crop)
+        images = fn.erase(images, anchor=anchor, shape=shape, axis_names="HW", fill_value=0.0)
     return images, _labels_on(labels, device)
 
 
@@ -409,20 +540,28 @@ def _pinned(src: torch.Tensor) -> torch.Tensor:
 class _Normalize:
     """uint8 NHWC crops to the float batch on ``device``: ``(x - mean255) / (255 * std)``, the
     formula of the pipeline's ``crop_mirror_normalize``, with ``mean255`` the pipeline's
-    per-sample mean (lighting folded in) or, without lighting, ``255 * mean``."""
+    per-sample mean (lighting folded in) or, without lighting, ``255 * mean``; then, with
+    ``erasing``, each sample's rectangle set to 0 as the float pipeline's ``fn.erase`` does.
+    The pipeline's extra outputs come in that order: the mean with ``lighting``, the rectangle
+    with ``erasing``."""
 
-    def __init__(self, mean, std, device: torch.device, channels_last: bool):
-        self.device, self.channels_last = device, channels_last
+    def __init__(self, mean, std, device: torch.device, channels_last: bool, lighting=False, erasing=False):
+        self.device, self.channels_last, self.lighting, self.erasing = device, channels_last, lighting, erasing
         self.mean255 = (torch.tensor(mean, dtype=torch.float32) * 255.0).view(1, 3, 1, 1).to(device)
         self.inv_std255 = (1.0 / (torch.tensor(std, dtype=torch.float32) * 255.0)).view(1, 3, 1, 1).to(device)
 
-    def __call__(self, images: torch.Tensor, mean255: torch.Tensor | None = None) -> torch.Tensor:
+    def __call__(self, images: torch.Tensor, *extras: torch.Tensor) -> torch.Tensor:
         nb = self.device.type == "cuda"
         x = images.to(self.device, non_blocking=nb).permute(0, 3, 1, 2)  # NCHW view of NHWC memory
         if not self.channels_last:
             x = x.contiguous()
+        extras = list(extras)
+        mean255 = extras.pop(0) if self.lighting else None
         mean = self.mean255 if mean255 is None else mean255.to(self.device, non_blocking=nb).view(-1, 3, 1, 1)
-        return (x.float() - mean).mul_(self.inv_std255)
+        x = (x.float() - mean).mul_(self.inv_std255)
+        if self.erasing:
+            erase_rectangles(x, extras.pop(0).to(self.device, non_blocking=nb))
+        return x
 
 
 class _Runner:
@@ -464,7 +603,7 @@ class _Runner:
         nb = self.device.type == "cuda"
         labels = labels.to(self.device, non_blocking=nb).long()
         if self.normalize is not None:
-            return self.normalize(images, tensors[2] if len(tensors) > 2 else None), labels
+            return self.normalize(images, *tensors[2:]), labels
         if self.channels_last:
             images = images.permute(0, 3, 1, 2)  # NHWC memory = channels_last NCHW
         return images.to(self.device, non_blocking=nb), labels
@@ -516,8 +655,12 @@ class _Base:
         self.uint8 = ship_uint8(dali_device, device) if uint8 is None else bool(uint8)
         self.bad_images = 0
 
-    def _make_runner(self, pipe) -> _Runner:
-        normalize = _Normalize(self.cfg.mean, self.cfg.std, self.device, self.channels_last) if self.uint8 else None
+    def _make_runner(self, pipe, lighting: bool = False, erasing: bool = False) -> _Runner:
+        """A runner of ``pipe``; ``lighting`` / ``erasing``: its uint8 outputs carry the per-sample
+        mean / erased rectangle (a train pipeline with those on)."""
+        normalize = None
+        if self.uint8:
+            normalize = _Normalize(self.cfg.mean, self.cfg.std, self.device, self.channels_last, lighting, erasing)
         return _Runner(pipe, self.dali_device, self.device, self.channels_last, normalize)
 
     def _pipe_kwargs(self, seed: int, threads: int) -> dict:
@@ -597,7 +740,9 @@ class DaliTrainLoader(_Base):
         threads = max(1, int(cfg.dali.threads))
         self.pipelines = min(threads, self.steps) if dali_device == "cpu" else 1
         self.threads_per_pipeline = 1 if dali_device == "cpu" else threads
-        self.aa_interp = autoaugment_interpolation(cfg)  # checked here: the graph is built at the first epoch
+        # checked here: the graph is built at the first epoch
+        self.augment, self.aa_interp = augment_policy(cfg), autoaugment_interpolation(cfg)
+        self.erasing = erasing_probability(cfg)
         self.repeats = repeated_aug(cfg, world_size, rank)
         self.epoch, self.start_step = 0, 0
         self._serialized = {}  # crop size -> the serialized graph at that size
@@ -638,7 +783,7 @@ class DaliTrainLoader(_Base):
                 area=[float(v) for v in c.rrc_scale],
                 ratio=[float(v) for v in c.rrc_ratio],
                 hflip=bool(c.hflip),
-                autoaugment=bool(c.autoaugment),
+                augment=self.augment,
                 aa_interp=self.aa_interp,
                 jitter=float(c.color_jitter),
                 lighting=float(c.lighting),
@@ -647,6 +792,8 @@ class DaliTrainLoader(_Base):
                 layout=self.layout,
                 hw_decoder_load=float(c.dali.hw_decoder_load),
                 uint8=self.uint8,
+                randaugment=(int(c.randaugment_num_ops), int(c.randaugment_magnitude)),
+                erasing=self.erasing,
                 **self._pipe_kwargs(0, self.threads_per_pipeline),
             )
             with warnings.catch_warnings():
@@ -665,7 +812,7 @@ class DaliTrainLoader(_Base):
             )
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore", DeprecationWarning)
-                runners.append(self._make_runner(pipe))
+                runners.append(self._make_runner(pipe, float(self.cfg.lighting) > 0, self.erasing > 0))
             orders.append(mine)
         return runners, orders
 

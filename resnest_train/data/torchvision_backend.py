@@ -33,10 +33,14 @@ from ..config import DataConfig
 from ..errors import DataError
 from .common import (
     AUTOAUGMENT_FILL,
+    augment_policy,
     autoaugment_interpolation,
     check_enough,
     check_start_step,
     epoch_samples,
+    erase_rectangles,
+    erasing_probability,
+    erasing_rectangle,
     eval_sizes,
     lighting_offset,
     log_once,
@@ -64,9 +68,26 @@ def _unreadable_message(path: str, reason: str) -> str:
     )
 
 
+def augment_transform(cfg):
+    """torchvision's transform of ``data.augment`` (None for ``none``): AutoAugment's ImageNet policy,
+    RandAugment(``randaugment_num_ops``, ``randaugment_magnitude``) or TrivialAugmentWide, each
+    with ``autoaugment_interpolation`` and pad ``AUTOAUGMENT_FILL``."""
+    import torchvision.transforms as T
+
+    policy = augment_policy(cfg)
+    kwargs = dict(interpolation=T.InterpolationMode(autoaugment_interpolation(cfg)), fill=[AUTOAUGMENT_FILL] * 3)
+    if policy == "autoaugment":
+        return T.AutoAugment(T.AutoAugmentPolicy.IMAGENET, **kwargs)
+    if policy == "randaugment":
+        return T.RandAugment(num_ops=int(cfg.randaugment_num_ops), magnitude=int(cfg.randaugment_magnitude), **kwargs)
+    if policy == "trivialaugment":
+        return T.TrivialAugmentWide(**kwargs)
+    return None
+
+
 def train_transform(cfg, crop: int | None = None):
     """The PIL training transforms: RandomResizedCrop to ``crop`` pixels (None: ``data.train_crop``), flip,
-    AutoAugment (torchvision's ImageNet policy), colour jitter; the result stays uint8 HWC (normalised
+    the augmentation policy (``augment_transform``), colour jitter; the result stays uint8 HWC (normalised
     later, on the device).
     """
     import torchvision.transforms as T
@@ -82,11 +103,9 @@ def train_transform(cfg, crop: int | None = None):
     ]
     if cfg.hflip:
         ops.append(T.RandomHorizontalFlip())
-    if cfg.autoaugment:
-        interpolation = T.InterpolationMode(autoaugment_interpolation(cfg))
-        ops.append(
-            T.AutoAugment(T.AutoAugmentPolicy.IMAGENET, interpolation=interpolation, fill=[AUTOAUGMENT_FILL] * 3)
-        )
+    policy = augment_transform(cfg)
+    if policy is not None:
+        ops.append(policy)
     if cfg.color_jitter > 0:
         s = float(cfg.color_jitter)
         ops.append(T.ColorJitter(brightness=s, contrast=s, saturation=s))
@@ -132,15 +151,23 @@ def _to_hwc(img) -> torch.Tensor:
     return torch.from_numpy(np.array(img, dtype=np.uint8, copy=True))
 
 
+NO_ERASING = torch.zeros(4, dtype=torch.int64)
+
+
 class TrainSet(Dataset):
     """The training images of a split, each transformed with a seed from (seed, epoch, index, copy)
-    at the epoch's crop size (``common.train_crop_at``)."""
+    at the epoch's crop size (``common.train_crop_at``).
+
+    A sample is (uint8 HWC crop, label, lighting offset, erased rectangle, skipped path); the
+    rectangle (``common.erasing_rectangle``, drawn last) is erased after normalisation.
+    """
 
     def __init__(self, split: Split, cfg, seed: int, skip_bad: bool):
         self.split, self.seed, self.skip_bad = split, int(seed), skip_bad
         self.cfg = cfg
         self.transforms = {}  # crop size -> train_transform at that size, built on first use
         self.lighting = float(cfg.lighting)
+        self.erasing = erasing_probability(cfg)
         self.transform(0)  # a bad setting stops the build, not the first batch
 
     def transform(self, epoch: int):
@@ -175,7 +202,8 @@ class TrainSet(Dataset):
         off = torch.zeros(3)
         if self.lighting > 0:
             off = torch.from_numpy(lighting_offset(lambda: torch.randn(3).numpy(), self.lighting))
-        return _to_hwc(img), label, off, bad
+        rect = erasing_rectangle(self.erasing, img.height, img.width) if self.erasing > 0 else NO_ERASING
+        return _to_hwc(img), label, off, rect, bad
 
     def __getitem__(self, key):
         if torch.utils.data.get_worker_info() is None:
@@ -201,12 +229,12 @@ class EvalSet(Dataset):
             img = load_rgb(path)
         except Exception as e:  # noqa: BLE001
             return _Bad(path, f"{type(e).__name__}: {e}")
-        return _to_hwc(self.transform(img)), int(self.split.labels[i]), torch.zeros(3), ""
+        return _to_hwc(self.transform(img)), int(self.split.labels[i]), torch.zeros(3), NO_ERASING, ""
 
 
 def collate(batch):
-    """Stack samples into (uint8 images ``[B, H, W, 3]``, int64 labels, lighting offsets, skipped paths),
-    or pass on the first unreadable file (``_Bad``).
+    """Stack samples into (uint8 images ``[B, H, W, 3]``, int64 labels, lighting offsets, erased
+    rectangles ``[B, 4]``, skipped paths), or pass on the first unreadable file (``_Bad``).
     """
     bad = [b for b in batch if isinstance(b, _Bad)]
     if bad:
@@ -214,7 +242,8 @@ def collate(batch):
     images = torch.stack([b[0] for b in batch])
     labels = torch.tensor([b[1] for b in batch], dtype=torch.int64)
     offs = torch.stack([b[2] for b in batch])
-    return images, labels, offs, [b[3] for b in batch if b[3]]
+    rects = torch.stack([b[3] for b in batch])
+    return images, labels, offs, rects, [b[4] for b in batch if b[4]]
 
 
 class EpochBatchSampler:
@@ -247,13 +276,15 @@ class _Normalizer:
         self.scale = (1.0 / (255.0 * std)).to(device)
         self.mean, self.std = mean.to(device), std.to(device)
 
-    def __call__(self, images, labels, offs):
+    def __call__(self, images, labels, offs, rects):
         nb = self.device.type == "cuda"
         x = images.to(self.device, non_blocking=nb).permute(0, 3, 1, 2)  # NCHW view of NHWC memory
         if not self.channels_last:
             x = x.contiguous()
         bias = (offs.to(self.device, non_blocking=nb).view(-1, 3, 1, 1) - self.mean) / self.std
         x = x.float().mul_(self.scale).add_(bias)
+        if rects[:, 2].any():  # random erasing, after normalisation as torchvision's RandomErasing
+            erase_rectangles(x, rects.to(self.device, non_blocking=nb))
         return x, labels.to(self.device, non_blocking=nb)
 
 
@@ -271,11 +302,11 @@ class _Loader:
         for batch in self.dl:
             if isinstance(batch, _Bad):
                 raise DataError(_unreadable_message(batch.path, batch.reason))
-            images, labels, offs, bad = batch
+            images, labels, offs, rects, bad = batch
             for path in bad:
                 self.bad_images += 1
                 log_once(f"skipped unreadable image {path} (data.skip_bad_images: true)", self.rank)
-            yield self.norm(images, labels, offs)
+            yield self.norm(images, labels, offs, rects)
 
 
 class TrainLoader(_Loader):
