@@ -86,7 +86,8 @@ class CropScheduleConfig:
 class DataConfig:
     """``data``: the dataset, the backend, and the train/eval transforms (crop sizes in pixels)."""
 
-    root: str = ""  # ImageNet layout: root/train/<class>/*, root/val/<class>/*
+    root: str = ""  # ImageNet layout: root/train/<class>/*, root/val/<class>/*; or tar shards (make_shards)
+    format: str = "auto"  # auto (shards when root holds a shard manifest.json) | folder | shards
     backend: str = "auto"  # auto (dali when installed, else torchvision) | dali | torchvision | synthetic
     train_list: str = ""  # optional file list "relative/path label" (DALI file_list style)
     val_list: str = ""

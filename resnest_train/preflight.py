@@ -32,6 +32,7 @@ from torch.overrides import TorchFunctionMode
 from .config import Config
 from .config_loader import coerce, field_type, get_key
 from .data.common import AUGMENT_POLICIES
+from .data.shards import FORMATS
 from .errors import ConfigError
 from .models import create_model
 from .models.dropblock import SCHEDULES, SITES
@@ -46,6 +47,7 @@ CHOICES = {
     "model.dropblock.schedule": SCHEDULES,
     "model.dropblock.sites": SITES,
     "data.backend": ("auto", "dali", "torchvision", "synthetic"),
+    "data.format": FORMATS,
     "data.augment": AUGMENT_POLICIES,
     "data.autoaugment_interpolation": ("nearest", "bilinear"),  # both backends sample these alike
     "data.dali.device": ("auto", "cpu", "gpu"),

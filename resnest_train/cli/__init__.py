@@ -3,6 +3,7 @@
     resnest-train             train.py            train from a YAML config (cli/train.py)
     resnest-sweep             scripts/sweep.py    run a sweep of configs (cli/sweep.py)
     resnest-prepare-imagenet  scripts/prepare_imagenet.py  sort val/, check a dataset
+    resnest-make-shards       scripts/make_shards.py  write / check WebDataset tar shards
     resnest-benchmark         scripts/benchmark.py  models / data / gpu benchmarks (cli/bench_*.py)
     resnest-make-demo-data    scripts/make_demo_data.py  the quick-start data set (data/demo.py)
     resnest-models            python -m resnest_train.models  the model table (models/__main__.py)

@@ -452,13 +452,15 @@ def probe_pipeline():
 _probe = None  # this process's probe pipeline, built on first use
 
 
-def dali_decode(path: str) -> np.ndarray:
-    """``path`` decoded by DALI's CPU image decoder: HWC uint8 RGB. Raises DALI's error when it cannot."""
+def dali_decode(path: str | bytes) -> np.ndarray:
+    """``path`` (a file or an image's bytes) decoded by DALI's CPU image decoder: HWC uint8 RGB.
+    Raises DALI's error when it cannot."""
     global _probe
     if _probe is None:
         _probe = probe_pipeline()
         _probe.build()
-    _probe.feed_input("encoded", [np.fromfile(path, dtype=np.uint8)])
+    data = np.frombuffer(path, dtype=np.uint8) if isinstance(path, bytes) else np.fromfile(path, dtype=np.uint8)
+    _probe.feed_input("encoded", [data])
     try:
         (images,) = _probe.run()
     except Exception:  # noqa: BLE001 - DALI raises RuntimeError or IndexError; the pipeline is spent
@@ -467,7 +469,7 @@ def dali_decode(path: str) -> np.ndarray:
     return np.array(images.as_array()[0])
 
 
-def dali_decode_problem(path: str, compare: bool = True) -> str | None:
+def dali_decode_problem(path: str | bytes, compare: bool = True) -> str | None:
     """Why DALI's decoder cannot stand in for ``load_rgb`` on ``path``, or None.
 
     The file is decoded by DALI (CPU) and, with ``compare``, by ``load_rgb``; images more
@@ -475,9 +477,11 @@ def dali_decode_problem(path: str, compare: bool = True) -> str | None:
     sizes count as read differently. ``check_image`` compares the rare files that are not
     JPEG or PNG; for those two it only asks whether DALI can read them (``full`` checks).
     """
+    import io
+
     from PIL import Image
 
-    with Image.open(path) as im:
+    with Image.open(io.BytesIO(path) if isinstance(path, bytes) else path) as im:
         what = f"a {im.format} image (mode {im.mode})"
     fix = "convert it to JPEG or PNG, or use data.backend=torchvision"
     try:

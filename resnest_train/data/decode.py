@@ -52,12 +52,14 @@ def to_rgb(im):
     return im.convert("RGB")
 
 
-def load_rgb(path: str):
-    """Decode ``path`` to an RGB PIL image the way a person sees it: EXIF orientation applied
-    (``ImageOps.exif_transpose``, as DALI's decoder does by default), then ``to_rgb``.
-    Raises whatever PIL raises for a file it cannot read."""
+def load_rgb(path: str | bytes):
+    """Decode ``path`` (a file, or an image's bytes: a tar shard's member) to an RGB PIL image the way
+    a person sees it: EXIF orientation applied (``ImageOps.exif_transpose``, as DALI's decoder does by
+    default), then ``to_rgb``. Raises whatever PIL raises for a file it cannot read."""
+    import io
+
     from PIL import Image, ImageOps
 
-    with Image.open(path) as im:
+    with Image.open(io.BytesIO(path) if isinstance(path, bytes) else path) as im:
         ImageOps.exif_transpose(im, in_place=True)
         return to_rgb(im)

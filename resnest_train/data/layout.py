@@ -41,6 +41,10 @@ class Split:
         """The path of file ``i``."""
         return os.path.join(self.base, self.files[i])
 
+    def open(self, i: int) -> str:
+        """What ``decode.load_rgb`` reads for file ``i``: its path (a shard split gives the bytes)."""
+        return self.path(i)
+
     def subset(self, keep: np.ndarray) -> Split:
         """The split with only the files at the indices ``keep`` (int64)."""
         return Split(self.name, self.base, [self.files[i] for i in keep], self.labels[keep], self.source)
@@ -181,8 +185,35 @@ def read_list(path: str, name: str) -> Split:
     return Split(name, base, files, np.asarray(labels, dtype=np.int64), path)
 
 
+def data_format(cfg: DataConfig) -> str:
+    """``data.format`` resolved: ``auto`` is shards when ``data.root`` holds a shard manifest
+    (``shards.MANIFEST``), else folder. Raises DataError for an unknown name, and for shards with
+    list files or without a manifest."""
+    from .shards import FORMATS, MANIFEST, is_shards
+
+    fmt = str(cfg.format)
+    if fmt not in FORMATS:
+        raise DataError(f"data.format={fmt!r} is not one of {', '.join(FORMATS)}.")
+    if fmt == "auto":
+        fmt = "shards" if not (cfg.train_list or cfg.val_list) and is_shards(cfg.root) else "folder"
+    if fmt == "shards" and (cfg.train_list or cfg.val_list):
+        raise DataError("data.format=shards reads data.root's shards; leave data.train_list and data.val_list empty.")
+    if fmt == "shards" and not is_shards(cfg.root):
+        raise DataError(
+            f"data.format=shards but data.root={cfg.root or '(unset)'} holds no {MANIFEST}; make the shards "
+            f"with `python scripts/make_shards.py IMAGENET_ROOT OUT` and set data.root=OUT, or use "
+            f"data.format: folder."
+        )
+    return fmt
+
+
 def load_splits(cfg: DataConfig) -> tuple[list[str], Split, Split]:
-    """(classes, train, val) from a DataConfig: folder layout or list files."""
+    """(classes, train, val) from a DataConfig: folder layout, list files or tar shards
+    (``data.format``; a shard split is a ``shards.ShardSplit``)."""
+    if data_format(cfg) == "shards":
+        from .shards import load_shard_splits
+
+        return load_shard_splits(cfg.root)
     if cfg.train_list or cfg.val_list:
         if not (cfg.train_list and cfg.val_list):
             raise DataError(

@@ -34,7 +34,7 @@ SCAN_VERSION = 2  # 2: judged per backend
 DECODERS = ("torchvision", "dali")  # who judges whether a file can be read: PIL, or DALI's decoder
 
 
-def _decode(path: str) -> str | None:
+def _decode(path: str | bytes) -> str | None:
     try:
         load_rgb(path)
     except Exception as e:  # noqa: BLE001 - any decoder failure means the file is bad
@@ -52,8 +52,9 @@ def dali_name_problem(path: str) -> str | None:
     return None
 
 
-def check_image(path: str, full: bool = False, backend: str = "torchvision") -> str | None:
-    """None when ``backend`` can read ``path`` as an image, else a short reason.
+def check_image(path: str | bytes, full: bool = False, backend: str = "torchvision") -> str | None:
+    """None when ``backend`` can read ``path`` as an image, else a short reason. ``path`` is a file,
+    or an image's bytes (a member of a tar shard).
 
     Cheap unless ``full`` (every file decoded). ``backend='dali'`` also asks DALI's decoder:
     a file that is neither JPEG nor PNG is always decoded by DALI once and compared with
@@ -67,7 +68,7 @@ def check_image(path: str, full: bool = False, backend: str = "torchvision") -> 
     kind, reason = _check_pil(path, full)
     if reason or backend == "torchvision":
         return reason
-    reason = dali_name_problem(path)
+    reason = dali_name_problem(path) if isinstance(path, str) else None
     if reason is None and (full or kind not in ("jpeg", "png")):
         from .dali import dali_decode_problem
 
@@ -75,17 +76,24 @@ def check_image(path: str, full: bool = False, backend: str = "torchvision") -> 
     return reason
 
 
-def _check_pil(path: str, full: bool) -> tuple[str | None, str | None]:
+def _ends(path: str | bytes) -> tuple[int, bytes, bytes]:
+    """(size, first 32 bytes, last 4096 bytes) of a file or of bytes. Raises OSError."""
+    if isinstance(path, bytes):
+        return len(path), path[:32], path[-4096:]
+    size = os.path.getsize(path)
+    with open(path, "rb") as f:
+        head = f.read(32)
+        f.seek(max(0, size - 4096))
+        return size, head, f.read()
+
+
+def _check_pil(path: str | bytes, full: bool) -> tuple[str | None, str | None]:
     """(sniffed kind, reason PIL cannot read the file or None)."""
     kind = None
     try:
-        size = os.path.getsize(path)
+        size, head, tail = _ends(path)
         if size == 0:
             return kind, "empty file (0 bytes)"
-        with open(path, "rb") as f:
-            head = f.read(32)
-            f.seek(max(0, size - 4096))
-            tail = f.read()
     except OSError as e:
         return kind, f"cannot be read ({e.strerror or e})"
     kind = sniff(head)
@@ -101,10 +109,12 @@ def _check_pil(path: str, full: bool) -> tuple[str | None, str | None]:
     if suspicious:  # truncated, or valid with trailing bytes: a full decode decides
         reason = _decode(path)
         return kind, (f"truncated or corrupt: {reason}" if reason else None)
+    import io
+
     from PIL import Image
 
     try:
-        with Image.open(path) as im:
+        with Image.open(io.BytesIO(path) if isinstance(path, bytes) else path) as im:
             w, h = im.size
         if w <= 0 or h <= 0:
             return kind, f"invalid size {w}x{h}"
@@ -241,9 +251,13 @@ def find_bad_images(
                     split.name,
                     backend,
                 )
-            bad = check_files(
-                split.base, split.files, workers, desc=f"checking {split.name} images", progress=rank0, backend=backend
-            )
+            desc = f"checking {split.name} images"
+            from .shards import ShardSplit, check_members
+
+            if isinstance(split, ShardSplit):  # its tar members' bytes
+                bad = check_members(split, workers, desc=desc, progress=rank0, backend=backend)
+            else:
+                bad = check_files(split.base, split.files, workers, desc=desc, progress=rank0, backend=backend)
             return bad, save_scan(split, bad, full=False, backend=backend)
         finally:
             fcntl.flock(lock, fcntl.LOCK_UN)

@@ -12,6 +12,8 @@ float, lighting and mean/std normalisation happen on the target device in the ma
 process, which keeps the workers' CPU time for decoding. Stacking HWC gives channels_last
 for free when asked for.
 
+Reading: a file of the folder layout, or a tar shard's member with one ``pread`` at the offset its
+index file gives (``shards.ShardSplit.open``), so random access to any sample is exact.
 Decoding: ``decode.load_rgb``, the rule DALI's decoder follows (EXIF orientation, 16-bit
 and float samples scaled, alpha dropped), so the two backends see the same pixels.
 
@@ -188,7 +190,7 @@ class TrainSet(Dataset):
             i = (index + attempt) % len(self.split)
             path = self.split.path(i)
             try:
-                img = load_rgb(path)
+                img = load_rgb(self.split.open(i))
                 label = int(self.split.labels[i])
                 break
             except Exception as e:  # noqa: BLE001 - any decoder failure is a bad file
@@ -226,7 +228,7 @@ class EvalSet(Dataset):
         i += self.start
         path = self.split.path(i)
         try:
-            img = load_rgb(path)
+            img = load_rgb(self.split.open(i))
         except Exception as e:  # noqa: BLE001
             return _Bad(path, f"{type(e).__name__}: {e}")
         return _to_hwc(self.transform(img)), int(self.split.labels[i]), torch.zeros(3), NO_ERASING, ""
