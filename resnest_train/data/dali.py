@@ -72,6 +72,18 @@ in PIL). With ``data.skip_bad_images: true`` the pre-scan, judged by DALI's deco
 bad files before the pipelines are built; a file that fails anyway is added to the scan's
 skip list and the error says to run the same command again (resume picks up the checkpoint).
 
+Tar shards (``shards.ShardSplit``, ``data.format``): the val pipeline reads them with DALI's
+``fn.readers.webdataset``, given one index file per run of the rank's samples in one tar (the
+rank's contiguous share of the folder-ordered val shards: one per tar it touches), and parses the
+``.cls`` digits into labels. The train pipeline cannot: that reader returns the samples of its
+(tar, index) pairs in their concatenated order, so an epoch plan's random global order would take
+one pair per run of samples from the same tar, about one per sample (each one an open file and a
+memory map). Instead a ``_Feeder`` reads each batch's bytes at the indexed offsets (threads,
+``data.dali.threads``, reading ahead) and feeds the external sources ``encoded`` and ``labels``;
+the graph after them is the file graph. The samples of every batch are the folder's; the random
+draws are not the same as over the folder (DALI seeds operators by their position in the graph),
+and a function of the seed as always.
+
 File lists hold absolute paths as bytes (``file_root='/'``), so names that are not UTF-8
 reach DALI as the file system spells them.
 """
@@ -111,6 +123,7 @@ from .common import (
 from .decode import load_rgb
 from .layout import Split
 from .scan import add_bad_image, check_image, dali_name_problem
+from .shards import ShardSplit, write_dali_index
 
 # isort: split
 import nvidia.dali.fn as fn  # noqa: E402
@@ -354,9 +367,14 @@ def train_pipeline(
     and lighting, flip and normalise, random erasing with probability ``erasing``; outputs float
     images (``layout``) and the labels. With ``uint8`` it crops and mirrors only: uint8 images,
     the labels, with lighting the per-sample mean, with erasing the rectangles ``[top, left, h,
-    w]`` (int32), normalised and erased on the device (``_Normalize``).
+    w]`` (int32), normalised and erased on the device (``_Normalize``). ``file_list`` None: tar
+    shards, whose bytes and labels a ``_Feeder`` gives the external sources ``encoded`` and ``labels``.
     """
-    jpegs, labels = fn.readers.file(file_list=file_list, file_root=file_root, random_shuffle=False, name="Reader")
+    if file_list is None:
+        jpegs = fn.external_source(name="encoded", dtype=types.UINT8, ndim=1)
+        labels = fn.external_source(name="labels", dtype=types.INT32, ndim=1)
+    else:
+        jpegs, labels = fn.readers.file(file_list=file_list, file_root=file_root, random_shuffle=False, name="Reader")
     decoder_args = {"hw_decoder_load": hw_decoder_load} if device == "gpu" else {}
     images = fn.decoders.image_random_crop(
         jpegs,
@@ -407,13 +425,30 @@ def train_pipeline(
 
 
 @pipeline_def
-def val_pipeline(file_list, file_root, device, short, crop, mean, std, layout, hw_decoder_load, uint8=False):
+def val_pipeline(
+    file_list, file_root, device, short, crop, mean, std, layout, hw_decoder_load, uint8=False, shards=None
+):
     """The DALI evaluation graph: read in order, decode, resize the short side to ``short``, centre
     crop ``crop``, normalise; as torchvision's ``Resize`` + ``CenterCrop`` (tests/test_data_loaders.py).
+    ``shards`` = (tar paths, index paths, image extensions): read tar shards with DALI's
+    ``fn.readers.webdataset`` instead of the file list; the labels are then the ``.cls`` members'
+    ASCII digits (``_Runner`` parses them).
     """
-    jpegs, labels = fn.readers.file(
-        file_list=file_list, file_root=file_root, random_shuffle=False, pad_last_batch=True, name="Reader"
-    )
+    if shards is None:
+        jpegs, labels = fn.readers.file(
+            file_list=file_list, file_root=file_root, random_shuffle=False, pad_last_batch=True, name="Reader"
+        )
+    else:
+        paths, index_paths, exts = shards
+        jpegs, labels = fn.readers.webdataset(
+            paths=paths,
+            index_paths=index_paths,
+            ext=[";".join(exts), "cls"],
+            missing_component_behavior="error",
+            random_shuffle=False,
+            pad_last_batch=True,
+            name="Reader",
+        )
     decoder_args = {"hw_decoder_load": hw_decoder_load} if device == "gpu" else {}
     images = fn.decoders.image(
         jpegs, device="mixed" if device == "gpu" else "cpu", output_type=types.RGB, **decoder_args
@@ -434,7 +469,7 @@ def val_pipeline(file_list, file_root, device, short, crop, mean, std, layout, h
         mean=[m * 255.0 for m in mean],
         std=[s * 255.0 for s in std],
     )
-    return images, _labels_on(labels, device)
+    return images, labels if shards else _labels_on(labels, device)
 
 
 def _labels_on(labels, device: str):
@@ -568,6 +603,53 @@ class _Normalize:
         return x
 
 
+class _Ascii:
+    """Labels parsed from ``.cls`` members, standing in for the pipeline's labels output."""
+
+    def __init__(self, labels: torch.Tensor):
+        self.labels = labels
+
+
+class _Feeder:
+    """Fills a shard train pipeline's external sources before each of its runs: the image bytes and
+    labels of the next batch of ``order`` (this pipeline's samples, ``batch_size`` per iteration).
+
+    The first run schedules ``depth`` iterations (DALI's prefetch queue) and takes that many batches,
+    every later run one more; past the end the batches repeat from the start (iterations the loader
+    never asks for, as a file reader runs into its next epoch). Batches are read ``depth + 1`` ahead
+    on ``pool`` (threads: ``pread`` releases the GIL, so reads overlap on a network filesystem).
+    """
+
+    def __init__(self, split, order, batch_size: int, depth: int, pool):
+        self.split, self.batches = split, np.asarray(order).reshape(-1, batch_size)
+        self.depth, self.pool = depth, pool
+        self.next, self.started = 0, False
+        self.pending = []
+
+    def _read(self, b: int):
+        images, labels = [], []
+        for i in self.batches[b % len(self.batches)]:
+            try:
+                images.append(np.frombuffer(self.split.open(int(i)), dtype=np.uint8))
+            except OSError as e:
+                raise DataError(
+                    f"Cannot read {self.split.path(int(i))} ({e}). Copy the shard again or remake it "
+                    f"(scripts/make_shards.py --check ROOT checks every shard)."
+                ) from None
+            labels.append(np.array([self.split.labels[i]], dtype=np.int32))
+        return images, labels
+
+    def __call__(self, pipe) -> None:
+        for _ in range(1 if self.started else self.depth):
+            while len(self.pending) < self.depth + 1:
+                self.pending.append(self.pool.submit(self._read, self.next + len(self.pending)))
+            images, labels = self.pending.pop(0).result()
+            pipe.feed_input("encoded", images)
+            pipe.feed_input("labels", labels)
+            self.next += 1
+        self.started = True
+
+
 class _Runner:
     """Runs one DALI pipeline and turns its outputs into torch tensors on the target device.
 
@@ -580,15 +662,19 @@ class _Runner:
     turns them into the float batch on the device.
     """
 
-    def __init__(self, pipe, dali_device: str, device: torch.device, channels_last: bool, normalize=None):
+    def __init__(self, pipe, dali_device: str, device: torch.device, channels_last: bool, normalize=None, feeder=None):
         self.pipe, self.dali_device, self.device, self.channels_last = pipe, dali_device, device, channels_last
-        self.normalize = normalize
+        self.normalize, self.feeder = normalize, feeder
+        self.ascii_labels = False  # the labels output holds .cls members' digits (a shard val pipeline)
         pipe.build()
 
     def run(self):
         """The next batch's outputs. A GPU pipeline gets torch's current stream: its outputs are
         ordered on that stream, so DALI reuses their memory only after torch's kernels reading
-        them have run (without it, DALI releases them in its own stream's order)."""
+        them have run (without it, DALI releases them in its own stream's order). A ``feeder``
+        fills the pipeline's external sources first."""
+        if self.feeder is not None:
+            self.feeder(self.pipe)
         if self.dali_device == "gpu":
             return self.pipe.run(torch.cuda.current_stream(self.device))
         return self.pipe.run()
@@ -596,8 +682,15 @@ class _Runner:
     def to_torch(self, outputs, keep: int | None = None):
         """(images, labels) on the target device: float NCHW (channels_last memory if asked), int64 labels."""
         host_to_cuda = self.dali_device == "cpu" and self.device.type == "cuda"
+        if self.ascii_labels:
+            digits = outputs[1]
+            labels = torch.tensor([int(bytes(np.asarray(digits[i]))) for i in range(len(digits))])
+            outputs = [outputs[0], _Ascii(labels)] + list(outputs[2:])
         tensors = []
         for out in outputs:
+            if isinstance(out, _Ascii):
+                tensors.append(out.labels)
+                continue
             with torch.device(self.device if self.dali_device == "gpu" else "cpu"):
                 t = torch.from_dlpack(out.as_tensor())
             tensors.append(_pinned(t) if host_to_cuda else t)
@@ -659,13 +752,18 @@ class _Base:
         self.uint8 = ship_uint8(dali_device, device) if uint8 is None else bool(uint8)
         self.bad_images = 0
 
-    def _make_runner(self, pipe, lighting: bool = False, erasing: bool = False) -> _Runner:
+    @property
+    def shards(self) -> bool:
+        """Whether the split is tar shards (``shards.ShardSplit``) rather than files."""
+        return isinstance(self.split, ShardSplit)
+
+    def _make_runner(self, pipe, lighting: bool = False, erasing: bool = False, feeder=None) -> _Runner:
         """A runner of ``pipe``; ``lighting`` / ``erasing``: its uint8 outputs carry the per-sample
-        mean / erased rectangle (a train pipeline with those on)."""
+        mean / erased rectangle (a train pipeline with those on); ``feeder``: a shard train pipeline's."""
         normalize = None
         if self.uint8:
             normalize = _Normalize(self.cfg.mean, self.cfg.std, self.device, self.channels_last, lighting, erasing)
-        return _Runner(pipe, self.dali_device, self.device, self.channels_last, normalize)
+        return _Runner(pipe, self.dali_device, self.device, self.channels_last, normalize, feeder)
 
     def _pipe_kwargs(self, seed: int, threads: int) -> dict:
         dev = self.dali_device
@@ -694,19 +792,20 @@ class _Base:
             if self.split.files[i] in text:
                 found = (
                     self.split.files[i],
-                    check_image(self.split.path(i), full=True, backend="dali") or _dali_reason(err),
+                    check_image(self.split.open(i), full=True, backend="dali") or _dali_reason(err),
                 )
                 break
         if found is None:
             for i in candidates:
-                reason = check_image(self.split.path(i), full=True, backend="dali")
+                reason = check_image(self.split.open(i), full=True, backend="dali")
                 if reason:
                     found = (self.split.files[i], reason)
                     break
+        check = "make_shards.py --check" if self.shards else "prepare_imagenet.py --check"
         if found is None:
             return DataError(
                 f"DALI failed while reading {self.split.source}: {_dali_reason(err)}. "
-                f"scripts/prepare_imagenet.py --check ROOT lists unreadable files."
+                f"scripts/{check} ROOT lists unreadable files."
             )
         rel, reason = found
         path = os.path.join(self.split.base, rel)
@@ -719,7 +818,7 @@ class _Base:
             )
         return DataError(
             f"Cannot read the image {path} ({reason}). Fix or delete the file "
-            f"(scripts/prepare_imagenet.py --check ROOT lists every unreadable file), or set "
+            f"(scripts/{check} ROOT lists every unreadable file), or set "
             f"data.skip_bad_images: true to skip unreadable files."
         )
 
@@ -750,6 +849,7 @@ class DaliTrainLoader(_Base):
         self.repeats = repeated_aug(cfg, world_size, rank)
         self.epoch, self.start_step = 0, 0
         self._serialized = {}  # crop size -> the serialized graph at that size
+        self._pool = None  # shards: the threads that read the feeders' batches
 
     def __len__(self):
         return self.steps
@@ -774,10 +874,11 @@ class DaliTrainLoader(_Base):
             len(self.split), self.batch_size, self.rank, self.world_size, self.seed, epoch, self.repeats
         )
         batches = np.asarray(order).reshape(self.steps, self.batch_size)
-        list_path = os.path.join(self.tmpdir, f"train_rank{self.rank}.txt")
+        list_path = None if self.shards else os.path.join(self.tmpdir, f"train_rank{self.rank}.txt")
         crop = train_crop_at(self.cfg, epoch)
         if crop not in self._serialized:
-            _write_list(list_path, self.split, batches[0])
+            if list_path:
+                _write_list(list_path, self.split, batches[0])
             c = self.cfg
             template = train_pipeline(
                 file_list=list_path,
@@ -809,16 +910,28 @@ class DaliTrainLoader(_Base):
         runners, orders = [], []
         for p in range(self.pipelines):
             mine = batches[p :: self.pipelines].reshape(-1)
-            _write_list(list_path, self.split, mine)
+            feeder = None
+            if list_path:
+                _write_list(list_path, self.split, mine)
+            else:
+                feeder = _Feeder(self.split, mine, self.batch_size, max(1, int(self.cfg.dali.prefetch)), self._reader())
             seed = stream_seed(self.seed, epoch, self.rank, 0xDA11, p)
             pipe = Pipeline.deserialize(
                 serialized_pipeline=self._serialized[crop], **self._pipe_kwargs(seed, self.threads_per_pipeline)
             )
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore", DeprecationWarning)
-                runners.append(self._make_runner(pipe, float(self.cfg.lighting) > 0, self.erasing > 0))
+                runners.append(self._make_runner(pipe, float(self.cfg.lighting) > 0, self.erasing > 0, feeder))
             orders.append(mine)
         return runners, orders
+
+    def _reader(self):
+        """The thread pool that reads shard batches (``data.dali.threads`` threads), made on first use."""
+        if self._pool is None:
+            from concurrent.futures import ThreadPoolExecutor
+
+            self._pool = ThreadPoolExecutor(max(1, int(self.cfg.dali.threads)), thread_name_prefix="shard-reader")
+        return self._pool
 
     def __iter__(self):
         epoch, start, n = self.epoch, self.start_step, self.pipelines
@@ -854,8 +967,11 @@ class DaliValLoader(_Base):
         return self.batches
 
     def _build(self):
-        list_path = os.path.join(self.tmpdir, f"val_rank{self.rank}.txt")
-        _write_list(list_path, self.split, range(self.start, self.end))
+        list_path, shards = os.path.join(self.tmpdir, f"val_rank{self.rank}.txt"), None
+        if self.shards:
+            shards = self._shard_indexes()
+        else:
+            _write_list(list_path, self.split, range(self.start, self.end))
         short, crop = eval_sizes(self.cfg.train_crop, self.cfg.eval_crop, self.cfg.eval_ratio)
         c = self.cfg
         pipe = val_pipeline(
@@ -869,9 +985,25 @@ class DaliValLoader(_Base):
             layout=self.layout,
             hw_decoder_load=float(c.dali.hw_decoder_load),
             uint8=self.uint8,
+            shards=shards,
             **self._pipe_kwargs(0, max(1, int(c.dali.threads))),
         )
         self._runner = self._make_runner(pipe)
+        self._runner.ascii_labels = self.shards
+
+    def _shard_indexes(self):
+        """(tar paths, index paths, image extensions) for ``fn.readers.webdataset`` to read this rank's
+        val samples in order: one index file per run of consecutive samples in the same tar (one per
+        tar the rank's contiguous share touches, as val shards keep the folder's order)."""
+        order = np.arange(self.start, self.end)
+        cuts = np.flatnonzero(np.diff(self.split.shard[order])) + 1
+        paths, indexes = [], []
+        for j, run in enumerate(np.split(order, cuts)):
+            path = os.path.join(self.tmpdir, f"val_rank{self.rank}_{j}.idx")
+            write_dali_index(path, self.split, run)
+            paths.append(self.split.tars[int(self.split.shard[run[0]])])
+            indexes.append(path)
+        return paths, indexes, self.split.image_exts()
 
     def __iter__(self):
         if self.n == 0:
