@@ -1,4 +1,5 @@
-"""The loader contract, run for real: DALI on the CPU, torchvision, synthetic, on small generated JPEGs."""
+"""The loader contract, run for real: DALI on the CPU, torchvision, synthetic, on small generated JPEGs,
+as a folder and as tar shards made from it (``layout``)."""
 
 import logging
 
@@ -11,6 +12,8 @@ from resnest_train.data.common import epoch_indices, train_steps
 from test_data_helpers import cfg, make_dataset
 
 BACKENDS = ["torchvision", "dali"]
+# (backend, layout): the data-layout tests run over the folder and over tar shards of it
+LAYOUTS = [(b, "folder") for b in BACKENDS + ["synthetic"]] + [(b, "shards") for b in BACKENDS]
 MEAN = torch.tensor([0.485, 0.456, 0.406]).view(1, 3, 1, 1)
 STD = torch.tensor([0.229, 0.224, 0.225]).view(1, 3, 1, 1)
 
@@ -21,6 +24,16 @@ def data(tmp_path_factory):
     root = tmp_path_factory.mktemp("ds")
     make_dataset(root, train_per_class=4, val_per_class=3, size=(40, 48))
     return root
+
+
+@pytest.fixture(scope="module")
+def roots(data, tmp_path_factory):
+    """{layout: data.root}: the folder ``data`` and tar shards made from it (4 images a shard)."""
+    from resnest_train.data.shards import make_shards
+
+    out = tmp_path_factory.mktemp("shards") / "out"
+    make_shards(str(data), str(out), shard_size=4, progress=False)
+    return {"folder": data, "shards": out}
 
 
 @pytest.fixture(scope="module")
@@ -36,9 +49,9 @@ def epoch(loader, e, start=0):
     return [(x.clone(), y.clone()) for x, y in loader]
 
 
-@pytest.mark.parametrize("backend", BACKENDS + ["synthetic"])
-def test_batches_follow_the_contract(data, backend):
-    c = cfg(data, backend=backend, augment="none")
+@pytest.mark.parametrize("backend,layout", LAYOUTS)
+def test_batches_follow_the_contract(roots, backend, layout):
+    c = cfg(roots[layout], backend=backend, augment="none")
     c.synthetic.train_images, c.synthetic.val_images, c.synthetic.num_classes = 15, 7, 3
     L = build_loaders(c, batch_size=4, device=torch.device("cpu"), seed=1)
     assert L.backend == backend
@@ -67,10 +80,10 @@ def test_batches_follow_the_contract(data, backend):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("backend", BACKENDS + ["synthetic"])
-def test_mid_epoch_resume_is_bit_identical(data, backend):
+@pytest.mark.parametrize("backend,layout", LAYOUTS)
+def test_mid_epoch_resume_is_bit_identical(roots, backend, layout):
     augment = "autoaugment" if backend == "dali" else "none"
-    c = cfg(data, backend=backend, augment=augment, color_jitter=0.4, lighting=0.1, random_erasing=0.5)
+    c = cfg(roots[layout], backend=backend, augment=augment, color_jitter=0.4, lighting=0.1, random_erasing=0.5)
     c.synthetic.train_images, c.synthetic.num_classes = 20, 3
     L = build_loaders(c, batch_size=3, device=torch.device("cpu"), seed=7)
     full = epoch(L.train, 2)
@@ -166,9 +179,9 @@ def test_both_backends_read_the_same_samples_in_the_same_order(data):
     assert torch.equal(labels["torchvision"], labels["dali"])
 
 
-@pytest.mark.parametrize("backend", BACKENDS + ["synthetic"])
-def test_train_steps_equal_on_every_rank_and_val_shards_are_exact(data, backend):
-    c = cfg(data, backend=backend, augment="none")
+@pytest.mark.parametrize("backend,layout", LAYOUTS)
+def test_train_steps_equal_on_every_rank_and_val_shards_are_exact(roots, backend, layout):
+    c = cfg(roots[layout], backend=backend, augment="none")
     c.synthetic.train_images, c.synthetic.val_images, c.synthetic.num_classes = 15, 9, 3
     whole = build_loaders(c, batch_size=2, rank=0, world_size=1)
     ref_x = torch.cat([x for x, _ in whole.val])
