@@ -86,3 +86,16 @@ def test_bench_data_runs_and_reports_both_backends():
     assert row["dali_vs_torchvision"] > 0 and res["generated"]["avg_kb"] > 30
     assert res["generated"]["unique"] == 16 and row["dali"]["steps"] == 4 and row["dali"]["warm_batches"] == 2
     assert row["dali"]["epoch_images_per_sec"] > 0 and row["dali_vs_torchvision_whole_epoch"] > 0
+
+
+def test_bench_data_compares_folder_and_shards():
+    from resnest_train.cli import bench_data as bench
+
+    p = argparse.ArgumentParser()
+    bench.add_arguments(p)
+    argv = ["--images", "16", "--batch", "4", "--crop", "32", "--repeats", "1", "--autoaugment", "off"]
+    args = p.parse_args(argv + ["--backends", "torchvision,dali", "--format", "folder,shards", "--shard-size", "5"])
+    row = bench.run(args)["results"]["autoaugment_off"]
+    for backend in ("torchvision", "dali"):
+        assert row[f"{backend}/shards"]["images_per_sec"] > 0 and row[f"{backend}/shards"]["steps"] == 4
+        assert row[f"{backend}_shards_vs_folder"] > 0

@@ -61,6 +61,7 @@ def test_scripts_are_thin_wrappers_of_package_modules():
         "bench_overhead.py": "resnest_train.cli.bench_overhead",
         "benchmark.py": "resnest_train.cli.benchmark",
         "make_demo_data.py": "resnest_train.data.demo",
+        "make_shards.py": "resnest_train.cli.make_shards",
         "prepare_imagenet.py": "resnest_train.cli.prepare_imagenet",
         "sweep.py": "resnest_train.cli.sweep",
     }

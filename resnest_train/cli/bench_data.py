@@ -2,6 +2,7 @@
 
     python scripts/benchmark.py data                       # generated ImageNet-sized JPEGs, 2 workers
     python scripts/bench_data.py --root /data/imagenet --workers 8 --batch 128 --device cuda
+    python scripts/benchmark.py data --format folder,shards   # the same files as a folder and as tar shards
 
 Each backend reads the same files with the same number of worker processes (torchvision
 DataLoader) or threads (DALI), runs the training transforms (RandomResizedCrop at --crop,
@@ -12,6 +13,9 @@ busy and nothing banked (timing from the first batch would hand the DataLoader t
 its other workers finished meanwhile); on ImageNet an epoch is thousands of batches, so the
 steady rate is what a run sees. The whole-epoch rate (from asking for the epoch to its last
 batch, start-up included) and the first-batch latency are reported too.
+--format shards reads tar shards (data.format: shards): --root's own when it is a shard set, else
+shards made from the folder into a temporary folder (--shard-size); folder,shards measures both,
+interleaved, and reports shards / folder per backend.
 Medians over --repeats. Without --root, ImageNet-like JPEGs (500x375, quality 90, ~100 KB
 with a photo-like spectrum) are generated into a temporary folder: --unique distinct
 images, hard-linked up to --images files.
@@ -163,9 +167,15 @@ def one_epoch(loaders, epoch, device, warm):
     )
 
 
-def measure_all(root, backends, args, autoaugment):
-    """Epochs of the backends interleaved (so a busy machine slows all alike); medians per backend."""
-    loaders = {b: build(root, b, args, autoaugment) for b in backends}
+def measure_all(roots, backends, args, autoaugment):
+    """Epochs of the backends interleaved (so a busy machine slows all alike); medians per backend.
+    ``roots``: {format: data.root}; a backend over shards is reported as ``BACKEND/shards``."""
+    loaders = {}
+    for fmt, root in roots.items():
+        for b in backends:
+            if fmt == "folder" or b != "torchvision-reference":  # the reference reads folders only
+                loaders[b if fmt == "folder" else f"{b}/shards"] = build(root, b, args, autoaugment)
+    backends = list(loaders)
     steps = len(loaders[backends[0]].train)
     if steps < 2:
         raise SystemExit(
@@ -212,6 +222,8 @@ def add_arguments(p):
     p.add_argument("--autoaugment", default="off,on", help="off, on or off,on")
     p.add_argument("--device", default="cpu", help="where batches are delivered (cpu or cuda)")
     p.add_argument("--dali-device", default="cpu", help="DALI operators: cpu or gpu (mixed decode)")
+    p.add_argument("--format", default="folder", help="folder, shards or folder,shards (data.format)")
+    p.add_argument("--shard-size", type=int, default=256, help="images per shard made for --format shards")
 
 
 def run(args):
@@ -221,7 +233,7 @@ def run(args):
 
     warnings.simplefilter("ignore", DeprecationWarning)
     logging.getLogger("resnest_train.data").setLevel(logging.ERROR)
-    tmp = None
+    tmp, tmp_dirs = None, []
     root = args.root
     result = {
         "workers": args.workers,
@@ -229,6 +241,7 @@ def run(args):
         "crop": args.crop,
         "device": args.device,
         "dali_device": args.dali_device,
+        "format": args.format,
         "cpu_count": os.cpu_count(),
         "results": {},
     }
@@ -251,10 +264,11 @@ def run(args):
                 file=sys.stderr,
             )
         result["root"] = args.root or "(generated)"
+        roots = shard_roots(root, args.format.split(","), args, tmp_dirs)
         backends = args.backends.split(",")
         for aa in args.autoaugment.split(","):
-            row = measure_all(root, backends, args, aa == "on")
-            for backend in backends:
+            row = measure_all(roots, backends, args, aa == "on")
+            for backend in [b for b in row if b in backends or b.endswith("/shards")]:
                 r = row[backend]
                 print(
                     f"autoaugment {aa:3s} {backend:12s} {r['images_per_sec']:8.1f} images/s steady "
@@ -287,11 +301,39 @@ def run(args):
                     f"{row['dali_vs_reference']:.2f}x images/s",
                     file=sys.stderr,
                 )
+            for backend in backends:
+                if f"{backend}/shards" in row and backend in row:
+                    ratio = row[f"{backend}/shards"]["images_per_sec"] / row[backend]["images_per_sec"]
+                    row[f"{backend}_shards_vs_folder"] = round(ratio, 2)
+                    print(f"autoaugment {aa:3s} {backend} shards / folder = {ratio:.2f}x images/s", file=sys.stderr)
             result["results"][f"autoaugment_{aa}"] = row
     finally:
-        if tmp:
-            shutil.rmtree(tmp, ignore_errors=True)
+        for d in [tmp] + tmp_dirs:
+            if d:
+                shutil.rmtree(d, ignore_errors=True)
     return result
+
+
+def shard_roots(root, formats, args, tmp_dirs):
+    """{format: data.root} for ``--format``: the folder ``root`` and/or its shards (``root`` itself when
+    it is a shard set, else shards made into a temporary folder, appended to ``tmp_dirs``)."""
+    from resnest_train.data.shards import is_shards, make_shards
+
+    unknown = set(formats) - {"folder", "shards"}
+    if unknown:
+        raise SystemExit(f"bench_data: --format takes folder, shards or folder,shards, not {','.join(unknown)}")
+    if is_shards(root):
+        if "folder" in formats:
+            raise SystemExit(f"bench_data: --root {root} is a shard set; give the folder for --format folder,shards")
+        return {"shards": root}
+    roots = {"folder": root} if "folder" in formats else {}
+    if "shards" in formats:
+        tmp_dirs.append(tempfile.mkdtemp(prefix="bench_shards_"))
+        t = time.time()
+        make_shards(root, os.path.join(tmp_dirs[-1], "shards"), args.shard_size, progress=False)
+        print(f"made shards of {args.shard_size} images in {time.time() - t:.1f} s", file=sys.stderr)
+        roots["shards"] = os.path.join(tmp_dirs[-1], "shards")
+    return roots
 
 
 def main(argv=None):
