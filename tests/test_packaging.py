@@ -60,6 +60,8 @@ def test_scripts_are_thin_wrappers_of_package_modules():
         "bench_models.py": "resnest_train.cli.bench_models",
         "bench_overhead.py": "resnest_train.cli.bench_overhead",
         "benchmark.py": "resnest_train.cli.benchmark",
+        "evaluate.py": "resnest_train.cli.evaluate",
+        "export.py": "resnest_train.cli.export",
         "make_demo_data.py": "resnest_train.data.demo",
         "make_shards.py": "resnest_train.cli.make_shards",
         "prepare_imagenet.py": "resnest_train.cli.prepare_imagenet",
