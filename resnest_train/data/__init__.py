@@ -48,7 +48,11 @@ by what the backend in use can decode (DALI cannot read a GIF; PIL can);
 without that option the first unreadable file stops training with a DataError naming it.
 Both backends decode a file to RGB by one rule, ``decode.load_rgb``.
 
-Modules: ``layout`` (folders and list files -> ``Split``), ``decode`` (file -> RGB), ``scan``
+``data.format``: the folder layout, or WebDataset tar shards made from it (``shards``), read with
+the same epoch plan and contracts.
+
+Modules: ``layout`` (folders and list files -> ``Split``), ``shards`` (tar shards -> ``ShardSplit``),
+``decode`` (file -> RGB), ``scan``
 (unreadable files and their cache), ``official_val`` (sorting the official val folder),
 ``common`` (the epoch plan and seeds), one per backend: ``dali``, ``torchvision_backend``, ``synthetic``.
 """
