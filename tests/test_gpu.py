@@ -104,6 +104,24 @@ def test_dali_gpu_batches_match_cpu_decode(demo_root):
 
 
 @needs_dali
+def test_dali_gpu_reads_tar_shards_as_the_folder(demo_root, tmp_path):
+    """Issue 15 on the GPU: shard bytes fed to the mixed decoder, the val shards through
+    fn.readers.webdataset; the folder's labels in every batch, the folder's val images."""
+    from resnest_train.data.shards import make_shards
+
+    shards = str(tmp_path / "shards")
+    make_shards(demo_root, shards, shard_size=10, progress=False)
+    folder, sharded = _dali_loaders(demo_root, "gpu"), _dali_loaders(shards, "gpu")
+    for loaders in (folder, sharded):
+        loaders.train.set_epoch(1)
+    for (_, ya), (xb, yb) in zip(folder.train, sharded.train):
+        assert xb.device.type == "cuda" and yb.device.type == "cuda" and torch.equal(ya, yb)
+    for (xa, ya), (xb, yb) in zip(folder.val, sharded.val):
+        assert yb.device.type == "cuda" and torch.equal(ya, yb)
+        assert (xa - xb).abs().mean().item() < 0.03  # same bytes; allow the hardware / CUDA decoder split to differ
+
+
+@needs_dali
 def test_dali_gpu_batch_read_late_is_not_overwritten(demo_root):
     """A batch dropped by Python while torch's stream still has kernels reading it (issue 16, item 4)."""
     loaders = _dali_loaders(demo_root, "gpu")
