@@ -418,15 +418,14 @@ def test_failed_run_does_not_stop_the_sweep_and_rerun_skips_finished(tmp_path, f
     assert "seed13: FAILED (exit 1" in result.stdout and "1 run(s) failed: seed13" in result.stdout
     with open(root / "summary.csv") as f:
         rows = list(csv.DictReader(f))
-    assert [(r["run"], r["train.seed"], r["state"]) for r in rows] == [
-        ("seed13", "13", "failed"),
+    assert [(r["run"], r["train.seed"], r["state"]) for r in rows] == [  # best first
         ("seed2", "2", "finished"),
+        ("seed13", "13", "failed"),
     ]
-    assert rows[1]["best_val_top1"] == "40.0" and rows[1]["final_train_loss"] == "2.0"
-    assert rows[1]["images_per_sec"] == "110.0" and rows[0]["best_val_top1"] == ""
+    assert rows[0]["best_val_top1"] == "40.0" and rows[0]["final_train_loss"] == "2.0"
+    assert rows[0]["images_per_sec"] == "110.0" and rows[1]["best_val_top1"] == ""
     md = (root / "summary.md").read_text()
-    assert "| seed13 | 13 | failed | - | - | - | - |" in md
-    assert "| seed2 | 2 | finished | 2/2 | 40.00 | 2.0000 | 110.0 |" in md
+    assert "| seed2 | 2 | finished | 2/2 | 40.00 | 2.0000 | 110.0 |\n| seed13 | 13 | failed | - | - | - | - |" in md
     # again: only the failed run is launched
     result = sweep_cli(path, cwd=tmp_path, env=env)
     assert result.returncode == 1
