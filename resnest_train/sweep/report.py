@@ -13,7 +13,6 @@ import shlex
 import statistics
 from typing import Any
 
-from ..loop import DIVERGED_EXIT_CODE
 from ..rundir import RunDir, atomic_write, read_json
 from .plan import Run, Sweep, format_value, launch_argv
 
@@ -35,8 +34,8 @@ def run_state(run: Run, status: dict | None = None) -> str:
     the sweep stopped because its search's pruner said so is "pruned" (``pruned`` in
     sweep_status.json; the trainer saw an ordinary SIGTERM). "running" with a non-zero exit
     of its last launch by this sweep means the run died (killed, or a crash before it could
-    say so): failed; train.py's exit 3 (``loop.DIVERGED_EXIT_CODE``) means diverged. No
-    run_state.json: pending, or failed when its launch failed."""
+    say so): failed. No run_state.json: pending, or failed when its launch failed. (train.py
+    writes "diverged" before its exit 3, which torchrun turns into 1.)"""
     state = RunDir(run.output_dir).read_run_state().get("state")
     entry = (status or {}).get(run.name, {})
     exit_code = entry.get("exit_code")
@@ -45,8 +44,6 @@ def run_state(run: Run, status: dict | None = None) -> str:
     if state in ("finished", "diverged", "failed", "preempted"):
         return state
     if exit_code not in (None, 0):
-        if exit_code == DIVERGED_EXIT_CODE:
-            return "diverged"
         return "preempted" if exit_code in STOPPED_CODES else "failed"
     return "running" if state == "running" else "pending"
 

@@ -35,7 +35,7 @@ from dataclasses import dataclass, field, replace
 from ..config_loader import load_config
 from ..errors import ConfigError
 from ..rundir import RunDir
-from .plan import Run, Sweep, SweepError, dotted, format_value, override_args
+from .plan import Run, Sweep, SweepError, format_value, override_args
 from .report import best_value, is_done, read_status, run_state
 from .runner import POLL_S, PROGRESS_S, record, run_sweep
 
@@ -104,6 +104,21 @@ def parse_param(key: str, spec, where: str) -> tuple[str, list]:
     return kind, [low, high]
 
 
+def flat_params(mapping, where: str, prefix: str = "") -> dict:
+    """``{optim: {base_lr: {loguniform: [..]}}}`` and ``{optim.base_lr: {loguniform: [..]}}`` both
+    become ``{"optim.base_lr": {"loguniform": [..]}}``: a mapping keyed by a distribution is a leaf."""
+    if not isinstance(mapping, dict):
+        raise SweepError(f"{where} must map config keys to distributions, got {mapping!r}.")
+    out = {}
+    for key, value in mapping.items():
+        full = f"{prefix}{key}"
+        if isinstance(value, dict) and not (set(value) & set(DISTRIBUTIONS)):
+            out.update(flat_params(value, where, full + "."))
+        else:
+            out[full] = value
+    return out
+
+
 def parse_search(raw, where: str) -> SearchSpec:
     """The ``search:`` mapping of sweep file ``where`` as a SearchSpec; SweepError for every mistake."""
     if not isinstance(raw, dict):
@@ -114,7 +129,7 @@ def parse_search(raw, where: str) -> SearchSpec:
     trials = raw.get("trials")
     if isinstance(trials, bool) or not isinstance(trials, int) or trials < 1:
         raise SweepError(f"'search: trials' in {where} must be the number of runs (>= 1), got {trials!r}.")
-    params = dotted(raw.get("params") or {}, f"'search: params' in {where}")
+    params = flat_params(raw.get("params") or {}, f"'search: params' in {where}")
     if not params:
         raise SweepError(f"'search: params' in {where} must name the config keys to search, e.g. optim.base_lr.")
     if "output.dir" in params:
