@@ -7,6 +7,7 @@ import json
 import os
 import shlex
 import signal
+import statistics
 import subprocess
 import sys
 import textwrap
@@ -817,3 +818,97 @@ def test_search_section_errors_are_clear(tmp_path):
         sw.load_sweep(
             write_sweep(tmp_path / "g.yaml", {"base": BASE, "grid": {"train.seed": [1]}, "search": {"trials": 1}})
         )
+
+
+TINY = {  # cpu_smoke's tiny runs, more epochs of one step each: time for the pruner to act
+    "data.backend": "synthetic",
+    "data.synthetic": {"train_images": 8, "val_images": 8, "num_classes": 10},
+    "data.train_crop": 32,
+    "data.workers": 0,
+    "train.epochs": 6,
+    "train.batch_size": 8,
+    "train.max_steps_per_epoch": 1,
+    "optim.warmup_epochs": 0,
+    "output.image_grid": False,
+}
+
+
+@pytest.mark.slow
+def test_search_with_pruning_resumes_after_sigterm_and_does_not_rerun_pruned_trials(tmp_path):
+    import optuna
+
+    root = tmp_path / "search"
+    path = write_sweep(
+        tmp_path / "s.yaml",
+        {
+            "base": os.path.join(ROOT, "configs", "quickstart.yaml"),
+            "overrides": {**TINY, "output.dir": str(root)},
+            # metric lr: a number every epoch writes that follows base_lr, so which trials the
+            # pruner stops is known in advance (val_top1 of 1-step runs is noise)
+            "search": {
+                "trials": 4,
+                "metric": "lr",
+                "sampler": "random",
+                "seed": 0,
+                "pruner": {"type": "median", "startup_trials": 1},
+                "params": {"optim.base_lr": {"loguniform": [0.01, 1.0]}},
+            },
+        },
+    )
+    dry = sweep_cli(path, "--dry-run", cwd=tmp_path)
+    assert dry.returncode == 0 and "4 trial(s)" in dry.stdout and "optim.base_lr: loguniform [0.01, 1.0]" in dry.stdout
+    proc = subprocess.Popen(
+        [sys.executable, SWEEP_PY, path],
+        cwd=tmp_path,
+        env=helpers.env(),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    wait_for(root / "trial000" / "metrics.jsonl", proc, timeout=300)  # trial 0 is past its first epoch
+    proc.send_signal(signal.SIGTERM)
+    out, _ = proc.communicate(timeout=120)
+    assert proc.returncode == 143, out[-3000:]
+    assert "trial000: stopped (exit 143)" in out and not (root / "trial001").exists()
+
+    result = sweep_cli(path, cwd=tmp_path, timeout=900)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    assert "Resuming from" in result.stdout  # trial 0 continued from its checkpoint
+    study = optuna.load_study(study_name="s", storage=f"sqlite:///{root}/search.db")
+    assert len(study.trials) == 4
+    states = {t.number: t.state.name for t in study.trials}
+    assert states[0] == "COMPLETE"
+    # MedianPruner: a trial is stopped when its epoch-1 lr trails the median of the finished trials'
+    done = []
+    for t in study.trials:
+        if t.number > 0:
+            median = statistics.median(done)
+            assert states[t.number] == ("PRUNED" if t.intermediate_values[1] < median else "COMPLETE"), t
+        if states[t.number] == "COMPLETE":
+            done.append(t.intermediate_values[1])
+    assert "PRUNED" in states.values() and list(states.values()).count("COMPLETE") >= 2
+    status = sw.read_status(str(root))
+    rows = list(csv.DictReader(open(root / "summary.csv")))
+    best = [float(r["best_lr"]) for r in rows]
+    assert len(rows) == 4 and best == sorted(best, reverse=True)  # best first
+    for t in study.trials:
+        name = f"trial{t.number:03d}"
+        row = next(r for r in rows if r["run"] == name)
+        assert float(row["optim.base_lr"]) == pytest.approx(t.params["optim.base_lr"])
+        if t.state.name == "PRUNED":  # stopped through its normal stop path: exit 143, a valid checkpoint
+            assert row["state"] == "pruned" and status[name] == {**status[name], "exit_code": 143, "pruned": True}
+            assert RunDir(str(root / name)).read_run_state()["state"] == "preempted"
+            saved = torch_load(root / name / "checkpoints" / "last.pth")
+            assert 1 <= saved["epoch"] < 6
+        else:
+            assert row["state"] == "finished" and float(row["best_lr"]) == pytest.approx(t.value)
+    # again: the search is complete, nothing is launched, pruned trials stay pruned
+    again = sweep_cli(path, cwd=tmp_path)
+    assert again.returncode == 0 and "launch.sh" not in again.stdout
+    assert len(optuna.load_study(study_name="s", storage=f"sqlite:///{root}/search.db").trials) == 4
+
+
+def torch_load(path):
+    import torch
+
+    return torch.load(path, map_location="cpu", weights_only=False)
