@@ -519,9 +519,18 @@ def test_summary_states_from_what_runs_wrote(tmp_path):
 @pytest.mark.slow
 def test_cpu_smoke_sweep_end_to_end(tmp_path):
     path = os.path.join(SWEEPS, "cpu_smoke.yaml")
-    result = sweep_cli(path, cwd=tmp_path, timeout=600)
+    result = sweep_cli(path, "--parallel", "2", cwd=tmp_path, timeout=600)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     root = tmp_path / "runs" / "cpu_smoke"
+    # the two runs trained at once, each with its own log and a progress line of its own
+    ended = {
+        name: (time.mktime(time.strptime(s["ended"], "%Y-%m-%dT%H:%M:%S")), s["seconds"])
+        for name, s in sw.read_status(str(root)).items()
+    }
+    (end1, took1), (end2, took2) = ended["radix1"], ended["radix2"]
+    assert max(end1 - took1, end2 - took2) < min(end1, end2), ended
+    for name in ("radix1", "radix2"):
+        assert "epoch 1/1 step 2/2" in (root / "logs" / f"{name}.log").read_text()
     rows = list(csv.DictReader(open(root / "summary.csv")))
     assert [(r["run"], r["model.radix"], r["state"], r["epoch"], r["epochs"]) for r in rows] == [
         ("radix1", "1", "finished", "1", "1"),
@@ -617,6 +626,29 @@ def test_plan_slots_share_out_gpus_and_cores():
         plan_slots(3, None, gpus[:2], cpus)
     with pytest.raises(sw.SweepError, match="--parallel must be at least 1"):
         plan_slots(0, None, [], cpus)
+
+
+def test_one_progress_line_per_parallel_run(tmp_path):
+    from resnest_train.sweep.runner import Job, _report_progress, last_progress
+
+    logs = {}
+    for name, lines in {
+        "a": ["==> launch", "epoch 1/2 step 3/8 loss 2.3", "epoch 1/2 step 4/8 loss 2.2", "noise"],
+        "b": ["==> launch", "Resuming from x"],
+    }.items():
+        logs[name] = tmp_path / f"{name}.log"
+        logs[name].write_text("\n".join(lines) + "\n")
+    assert last_progress(str(logs["a"])) == "epoch 1/2 step 4/8 loss 2.2"
+    assert last_progress(str(logs["b"])) == "" and last_progress(str(tmp_path / "none.log")) == ""
+    run = lambda n: sw.Run(n, "", {}, {})  # noqa: E731
+    jobs = [
+        Job(2, run("b"), None, None, 0.0, None, str(logs["b"])),
+        Job(1, run("a"), None, None, 0.0, None, str(logs["a"])),
+    ]
+    printed = []
+    _report_progress(jobs, 3, printed.append)
+    _report_progress(jobs, 3, printed.append)  # unchanged: said once
+    assert printed == ["[1/3] a: epoch 1/2 step 4/8 loss 2.2"]
 
 
 @pytest.mark.slow
