@@ -13,6 +13,7 @@ import torch
 
 from .progress import Progress, is_terminal
 from .rundir import RunDir
+from .trackers import open_trackers
 
 
 def format_seconds(seconds: float) -> str:
@@ -38,12 +39,15 @@ class Monitor:
         self.bar = mode == "bar" or (mode == "auto" and is_terminal(sys.stderr))
         self._bar: Progress | None = None  # the epoch's bar while it is on screen
         self.writer = None
+        self.trackers = []  # MLflow / W&B (trackers.py)
+        self._state = ""  # the last run_state written: how the trackers' runs end
         if enabled:
             os.makedirs(self.dir, exist_ok=True)
-            if output_cfg.tensorboard:
+            if "tensorboard" in output_cfg.loggers:
                 from torch.utils.tensorboard import SummaryWriter
 
                 self.writer = SummaryWriter(self.run.tensorboard)
+            self.trackers = open_trackers(output_cfg)
 
     # console -------------------------------------------------------------------------
     def print(self, message: str) -> None:
@@ -123,20 +127,32 @@ class Monitor:
 
     # files ---------------------------------------------------------------------------
     def epoch_metrics(self, record: dict) -> None:
-        """One epoch's record as a line of metrics.jsonl (rank 0)."""
+        """One epoch's record as a line of metrics.jsonl (rank 0), and its numbers to the trackers at step = epoch."""
         if self.enabled:
             self.run.append_metrics(record)
+            numbers = {k: v for k, v in record.items() if k != "epoch" and isinstance(v, (int, float))}
+            for tracker in self.trackers:
+                tracker.log_metrics(numbers, step=record["epoch"])
+
+    def config(self, config: dict) -> None:
+        """The run's config (nested dicts) as the trackers' parameters (``hparam_values`` keys)."""
+        for tracker in self.trackers:
+            tracker.log_params(hparam_values(config))
 
     def run_state(self, **state) -> None:
         """run_state.json: state (running, finished, preempted, failed, diverged), epoch, epochs, best_top1."""
         if self.enabled:
             self.run.write_run_state(**state)
+            self._state = state.get("state", "")
 
     def close(self) -> None:
-        """Flush and close the TensorBoard writer."""
+        """Flush and close the TensorBoard writer; end the trackers' runs with the run's last state."""
         if self.writer is not None:
             self.writer.flush()
             self.writer.close()
+        for tracker in self.trackers:
+            tracker.finish(self._state)
+        self.trackers = []
 
 
 def hparam_values(d: dict, prefix: str = "") -> dict:
