@@ -16,6 +16,10 @@ from .rundir import RunDir
 from .trackers import open_trackers
 
 
+# The HParams tab's metric columns: each run's latest epoch values, and the best top-1 of a finished run
+HPARAM_METRICS = ("epoch/val_top1", "epoch/val_top5", "epoch/val_loss", "epoch/train_loss", "hparam/best_val_top1")
+
+
 def format_seconds(seconds: float) -> str:
     """``seconds`` as ``M:SS``, or ``H:MM:SS`` from an hour on."""
     seconds = int(max(0, seconds))
@@ -120,10 +124,24 @@ class Monitor:
         grid = torchvision.utils.make_grid(x.clamp(0, 1), nrow=int(math.ceil(math.sqrt(len(x)))))
         self.writer.add_image(name, grid, step)
 
-    def hparams(self, hparams: dict, metrics: dict) -> None:
-        """The run's hyperparameters and final metrics in TensorBoard's HParams tab."""
+    def hparams(self, hparams: dict, metrics: tuple = HPARAM_METRICS) -> None:
+        """The run's hyperparameters as a session of TensorBoard's HParams tab, written as the run
+        starts: every run of a sweep (finished, pruned, stopped or diverged) is a row there, with
+        the latest value of each scalar tag of ``metrics``. ``hparams_end`` closes the session."""
         if self.writer is not None:
-            self.writer.add_hparams(hparams, metrics, run_name=".")
+            from torch.utils.tensorboard.summary import hparams as hparams_summary
+
+            experiment, session_start, _ = hparams_summary(hparams, dict.fromkeys(metrics, 0.0))
+            self.writer.file_writer.add_summary(experiment)
+            self.writer.file_writer.add_summary(session_start)
+
+    def hparams_end(self, metrics: dict, step: int) -> None:
+        """The run finished: its final ``metrics`` ({tag: value}) as scalars and the session's end."""
+        if self.writer is not None:
+            from torch.utils.tensorboard.summary import hparams as hparams_summary
+
+            self.scalars(metrics, step)
+            self.writer.file_writer.add_summary(hparams_summary({}, {})[2])
 
     # files ---------------------------------------------------------------------------
     def epoch_metrics(self, record: dict) -> None:

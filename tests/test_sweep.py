@@ -934,6 +934,20 @@ def test_search_with_pruning_resumes_after_sigterm_and_does_not_rerun_pruned_tri
             assert 1 <= saved["epoch"] < 6
         else:
             assert row["state"] == "finished" and float(row["best_lr"]) == pytest.approx(t.value)
+    # TensorBoard's HParams view has every trial, the pruned ones too, with its latest epoch values
+    from tensorboard.backend.event_processing.event_multiplexer import EventMultiplexer
+    from tensorboard.plugins.hparams import plugin_data_pb2
+
+    tb = EventMultiplexer()
+    tb.AddRunsFromDirectory(str(root))
+    tb.Reload()
+    sessions = {}
+    for run, tags in tb.PluginRunToTagToContent("hparams").items():
+        data = plugin_data_pb2.HParamsPluginData.FromString(tags["_hparams_/session_start_info"])
+        sessions[run] = data.session_start_info.hparams["optim.base_lr"].number_value
+    assert sessions == pytest.approx({f"trial{t.number:03d}/tb": t.params["optim.base_lr"] for t in study.trials})
+    pruned = next(f"trial{t.number:03d}" for t in study.trials if t.state.name == "PRUNED")
+    assert len(tb.Scalars(f"{pruned}/tb", "epoch/val_top1")) == len(helpers.metrics(str(root / pruned)))
     # again: the search is complete, nothing is launched, pruned trials stay pruned
     again = sweep_cli(path, cwd=tmp_path)
     assert again.returncode == 0 and "launch.sh" not in again.stdout
