@@ -15,7 +15,6 @@ from .progress import Progress, is_terminal
 from .rundir import RunDir
 from .trackers import open_trackers
 
-
 # The HParams tab's metric columns: each run's latest epoch values, and the best top-1 of a finished run
 HPARAM_METRICS = ("epoch/val_top1", "epoch/val_top5", "epoch/val_loss", "epoch/train_loss", "hparam/best_val_top1")
 
