@@ -958,3 +958,20 @@ def torch_load(path):
     import torch
 
     return torch.load(path, map_location="cpu", weights_only=False)
+
+
+def test_shipped_lr_search_plans_and_passes_its_check():
+    from resnest_train.sweep.search import check_search
+
+    sweep = sw.load_sweep(os.path.join(SWEEPS, "lr_search.yaml"))
+    spec = sweep.search
+    assert (spec.trials, spec.sampler, spec.pruner, spec.startup_trials, spec.warmup_epochs) == (
+        24,
+        "tpe",
+        "median",
+        5,
+        10,
+    )
+    assert spec.params["model.radix"] == ("choice", [1, 2, 4]) and sweep.runs == []
+    assert (sweep.metric, sweep.mode, sweep.root) == ("val_top1", "max", os.path.join("runs", "lr_search"))
+    check_search(sweep)  # every range end and choice through the pre-flight check (models built on meta)
