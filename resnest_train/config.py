@@ -200,7 +200,10 @@ class OutputConfig:
     save_every_epochs: int = 10  # keep a numbered checkpoint every N epochs
     keep_last: int = 3  # numbered checkpoints to keep
     save_every_steps: int = 0  # also refresh last.pth every N steps (0: per epoch only)
-    tensorboard: bool = True
+    loggers: list[str] = field(default_factory=lambda: ["tensorboard"])  # tensorboard | mlflow | wandb
+    experiment: str = ""  # MLflow experiment / W&B project; "": the folder above dir (a sweep's runs share it)
+    mlflow_uri: str = ""  # MLflow tracking URI (server or store); "": MLFLOW_TRACKING_URI or MLflow's default
+    wandb_mode: str = "offline"  # offline (no network; `wandb sync` uploads later) | online
     image_grid: bool = True
     progress: str = "auto"  # auto (bar on a terminal, lines otherwise) | bar | lines
 

@@ -76,6 +76,7 @@ def _preflight(cfg: Config) -> Config:
 # Keys that were replaced by others: old dotted key -> (new dotted key, the new value for an old one).
 REPLACED_KEYS: dict[str, tuple[str, Callable[[Any], Any]]] = {
     "data.autoaugment": ("data.augment", lambda old: "autoaugment" if old else "none"),
+    "output.tensorboard": ("output.loggers", lambda old: ["tensorboard"] if old else []),
 }
 
 

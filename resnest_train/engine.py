@@ -15,7 +15,7 @@ from torch import nn
 
 from . import checkpoint, finetune
 from .config import Config
-from .config_loader import config_to_yaml
+from .config_loader import config_to_dict, config_to_yaml
 from .data import Loaders, build_loaders
 from .distributed import DistInfo, cleanup, init_distributed
 from .errors import UserError
@@ -158,6 +158,7 @@ def _run(cfg: Config, dist: DistInfo, dry_run: bool) -> int:
     monitor = Monitor(cfg.output, enabled=dist.is_main)
     if dist.is_main:
         RunDir(cfg.output.dir).write_config(config_to_yaml(cfg))
+    monitor.config(config_to_dict(cfg))
     model.to(dist.device)
     if cfg.train.channels_last:
         model.to(memory_format=torch.channels_last)

@@ -416,6 +416,9 @@ def _epochs(
         return code
 
     monitor.run_state(state="running", epoch=trainer.epoch, epochs=plan.epochs, best_top1=trainer.best_top1)
+    hparams = {k: v for k, v in hparam_values(config_to_dict(cfg)).items() if not k.startswith("output.")}
+    hparams.update(global_batch=plan.global_batch, peak_lr=plan.peak_lr, world_size=plan.world_size)
+    monitor.hparams(hparams)  # at the start: a run that never finishes is in the HParams view too
     record = {}
     newest_save = None
     while trainer.epoch < plan.epochs:
@@ -495,9 +498,7 @@ def _epochs(
 
     final = {k: record[k] for k in ("val_top1", "val_top5", "val_loss", "train_loss") if k in record}
     final["best_val_top1"] = trainer.best_top1 if trainer.best_top1 is not None else float("nan")
-    hparams = {k: v for k, v in hparam_values(config_to_dict(cfg)).items() if not k.startswith("output.")}
-    hparams.update(global_batch=plan.global_batch, peak_lr=plan.peak_lr, world_size=plan.world_size)
-    monitor.hparams(hparams, {f"hparam/{k}": v for k, v in final.items()})
+    monitor.hparams_end({f"hparam/{k}": v for k, v in final.items()}, trainer.epoch)
     saver.wait()  # the last checkpoint is on disk before the run says it finished
     report_saves(saver, monitor)
     monitor.run_state(state="finished", epoch=trainer.epoch, epochs=plan.epochs, best_top1=trainer.best_top1)

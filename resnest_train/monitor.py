@@ -13,6 +13,10 @@ import torch
 
 from .progress import Progress, is_terminal
 from .rundir import RunDir
+from .trackers import open_trackers
+
+# The HParams tab's metric columns: each run's latest epoch values, and the best top-1 of a finished run
+HPARAM_METRICS = ("epoch/val_top1", "epoch/val_top5", "epoch/val_loss", "epoch/train_loss", "hparam/best_val_top1")
 
 
 def format_seconds(seconds: float) -> str:
@@ -38,12 +42,15 @@ class Monitor:
         self.bar = mode == "bar" or (mode == "auto" and is_terminal(sys.stderr))
         self._bar: Progress | None = None  # the epoch's bar while it is on screen
         self.writer = None
+        self.trackers = []  # MLflow / W&B (trackers.py)
+        self._state = ""  # the last run_state written: how the trackers' runs end
         if enabled:
             os.makedirs(self.dir, exist_ok=True)
-            if output_cfg.tensorboard:
+            if "tensorboard" in output_cfg.loggers:
                 from torch.utils.tensorboard import SummaryWriter
 
                 self.writer = SummaryWriter(self.run.tensorboard)
+            self.trackers = open_trackers(output_cfg)
 
     # console -------------------------------------------------------------------------
     def print(self, message: str) -> None:
@@ -116,27 +123,53 @@ class Monitor:
         grid = torchvision.utils.make_grid(x.clamp(0, 1), nrow=int(math.ceil(math.sqrt(len(x)))))
         self.writer.add_image(name, grid, step)
 
-    def hparams(self, hparams: dict, metrics: dict) -> None:
-        """The run's hyperparameters and final metrics in TensorBoard's HParams tab."""
+    def hparams(self, hparams: dict, metrics: tuple = HPARAM_METRICS) -> None:
+        """The run's hyperparameters as a session of TensorBoard's HParams tab, written as the run
+        starts: every run of a sweep (finished, pruned, stopped or diverged) is a row there, with
+        the latest value of each scalar tag of ``metrics``. ``hparams_end`` closes the session."""
         if self.writer is not None:
-            self.writer.add_hparams(hparams, metrics, run_name=".")
+            from torch.utils.tensorboard.summary import hparams as hparams_summary
+
+            experiment, session_start, _ = hparams_summary(hparams, dict.fromkeys(metrics, 0.0))
+            self.writer.file_writer.add_summary(experiment)
+            self.writer.file_writer.add_summary(session_start)
+
+    def hparams_end(self, metrics: dict, step: int) -> None:
+        """The run finished: its final ``metrics`` ({tag: value}) as scalars and the session's end."""
+        if self.writer is not None:
+            from torch.utils.tensorboard.summary import hparams as hparams_summary
+
+            self.scalars(metrics, step)
+            self.writer.file_writer.add_summary(hparams_summary({}, {})[2])
 
     # files ---------------------------------------------------------------------------
     def epoch_metrics(self, record: dict) -> None:
-        """One epoch's record as a line of metrics.jsonl (rank 0)."""
+        """One epoch's record as a line of metrics.jsonl (rank 0), and its numbers to the trackers at step = epoch."""
         if self.enabled:
             self.run.append_metrics(record)
+            numbers = {k: v for k, v in record.items() if k != "epoch" and isinstance(v, (int, float))}
+            for tracker in self.trackers:
+                tracker.log_metrics(numbers, step=record["epoch"])
+
+    def config(self, config: dict) -> None:
+        """The run's config (nested dicts) as the trackers' parameters (``hparam_values`` keys)."""
+        for tracker in self.trackers:
+            tracker.log_params(hparam_values(config))
 
     def run_state(self, **state) -> None:
         """run_state.json: state (running, finished, preempted, failed, diverged), epoch, epochs, best_top1."""
         if self.enabled:
             self.run.write_run_state(**state)
+            self._state = state.get("state", "")
 
     def close(self) -> None:
-        """Flush and close the TensorBoard writer."""
+        """Flush and close the TensorBoard writer; end the trackers' runs with the run's last state."""
         if self.writer is not None:
             self.writer.flush()
             self.writer.close()
+        for tracker in self.trackers:
+            tracker.finish(self._state)
+        self.trackers = []
 
 
 def hparam_values(d: dict, prefix: str = "") -> dict:

@@ -56,6 +56,8 @@ CHOICES = {
     "train.amp": ("none", "bf16", "fp16"),
     "dist.backend": ("auto", "nccl", "gloo"),
     "output.progress": ("auto", "bar", "lines"),
+    "output.loggers": ("tensorboard", "mlflow", "wandb"),
+    "output.wandb_mode": ("offline", "online"),
     "device": ("auto", "cpu", "cuda"),
 }
 
@@ -426,7 +428,21 @@ def preflight(cfg: Config) -> Config:
     for rule in CROSS_KEY_RULES:
         rule(cfg)
     check_model(cfg)
+    check_loggers(cfg)
     return cfg
+
+
+def check_loggers(cfg: Config) -> None:
+    """Every tracker of ``output.loggers`` is installed (MLflow and W&B are optional extras)."""
+    from .trackers import EXTRAS, missing
+
+    absent = missing(cfg.output.loggers)
+    if absent:
+        raise ConfigError(
+            f"Config key 'output.loggers' lists {', '.join(absent)}, which is not installed. Install it "
+            f"(pip install {' '.join(EXTRAS[name] for name in absent)}, or the resnest-train extra of that "
+            f"name) or remove it from output.loggers."
+        )
 
 
 def leaf_types(cls: type = Config, prefix: str = "") -> dict[str, Any]:

@@ -99,6 +99,11 @@ class RunDir:
         return os.path.join(self.root, RUN_STATE)
 
     @property
+    def trackers(self) -> str:
+        """``trackers.json``: the MLflow / W&B run ids, so a resumed run logs to the same tracker run."""
+        return os.path.join(self.root, "trackers.json")
+
+    @property
     def tensorboard(self) -> str:
         """``tb/``: the TensorBoard event files."""
         return os.path.join(self.root, TENSORBOARD)

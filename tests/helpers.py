@@ -185,7 +185,7 @@ SHAPES_RUN = NARROW + [
     "train.mixup_alpha=0",
     "output.progress=lines",
     "output.log_every=20",
-    "output.tensorboard=false",
+    "output.loggers=[]",
     "output.save_every_epochs=0",
 ]
 PRETRAIN = SHAPES_RUN + [

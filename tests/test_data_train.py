@@ -20,7 +20,7 @@ TINY = [
     "optim.warmup_epochs=0",
     "output.progress=lines",
     "output.log_every=1",
-    "output.tensorboard=false",
+    "output.loggers=[]",
     "output.image_grid=false",
 ]
 

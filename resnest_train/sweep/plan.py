@@ -18,7 +18,7 @@ import yaml
 from ..config_loader import describe_yaml_error
 from ..errors import UserError
 
-SWEEP_KEYS = ("name", "base", "overrides", "grid", "runs", "launch")
+SWEEP_KEYS = ("name", "base", "overrides", "grid", "runs", "launch", "slurm", "search")
 # launch: keys -> launch.sh flags (--nproc N, ...)
 LAUNCH_KEYS = (
     "nproc",
@@ -59,6 +59,10 @@ class Sweep:
     launch: dict = field(default_factory=dict)
     runs: list = field(default_factory=list)
     varying_keys: list = field(default_factory=list)
+    metric: str = "val_top1"  # the metrics.jsonl key the summary ranks runs by (a search: the one it optimises)
+    mode: str = "max"  # max | min
+    slurm: dict = field(default_factory=dict)  # sbatch options for --slurm (partition: gpu -> --partition=gpu)
+    search: Any = None  # a search.SearchSpec when the file has 'search:'; its runs are then the trials so far
 
 
 def dotted(mapping: dict, where: str, prefix: str = "") -> dict:
@@ -332,6 +336,15 @@ def load_sweep(path: str, extra_overrides: list[str] = ()) -> Sweep:
     if not isinstance(launch, dict) or any(k not in LAUNCH_KEYS for k in launch):
         bad = [k for k in launch] if isinstance(launch, dict) else launch
         raise SweepError(f"'launch' in {path} may set {', '.join(LAUNCH_KEYS)} (launch.sh options); got {bad!r}.")
+    slurm = spec.get("slurm") or {}
+    if not isinstance(slurm, dict) or not all(isinstance(k, str) and k for k in slurm):
+        raise SweepError(
+            f"'slurm' in {path} must map sbatch options to values (partition: gpu, time: '2-00:00:00'); got {slurm!r}."
+        )
+    if spec.get("search") is not None:
+        from .search import load_search  # the search module needs Optuna only when a search runs
+
+        return load_search(spec, path, name, config, os.path.normpath(root), dict(launch), dict(slurm))
     runs = plan_runs(spec, root, where=path)
     keys = []
     for run in runs:
@@ -344,4 +357,5 @@ def load_sweep(path: str, extra_overrides: list[str] = ()) -> Sweep:
         launch=dict(launch),
         runs=runs,
         varying_keys=keys,
+        slurm=dict(slurm),
     )

@@ -16,26 +16,32 @@ from typing import Any
 from ..rundir import RunDir, atomic_write, read_json
 from .plan import Run, Sweep, format_value, launch_argv
 
-STATES = ("finished", "failed", "preempted", "running", "pending")
+STATES = ("finished", "diverged", "pruned", "failed", "preempted", "running", "pending")
+SETTLED = ("diverged", "pruned")  # ended for good without finishing: launching them again would not help
 STOPPED_CODES = (143, 130, 129, -15, -2, -1)  # exit after SIGTERM / SIGINT / SIGHUP
 STATUS_FILE = "sweep_status.json"  # the sweep's own record: each run's last launch exit code
 
 
 def read_status(root: str) -> dict:
-    """``sweep_status.json`` of the sweep root: {run name: {exit_code, seconds, ended}}."""
+    """``sweep_status.json`` of the sweep root: {run name: {exit_code, seconds, ended[, pruned]}}."""
     return (read_json(os.path.join(root, STATUS_FILE)) or {}).get("runs", {})
 
 
 def run_state(run: Run, status: dict | None = None) -> str:
-    """finished | failed | preempted | running | pending.
+    """finished | diverged | pruned | failed | preempted | running | pending.
 
-    The trainer's run_state.json says finished, failed, preempted or running. "running"
-    with a non-zero exit of its last launch by this sweep means the run died (killed,
-    or a crash before it could say so): failed. No run_state.json: pending, or failed
-    when its launch failed."""
+    The trainer's run_state.json says finished, diverged, failed, preempted or running. A run
+    the sweep stopped because its search's pruner said so is "pruned" (``pruned`` in
+    sweep_status.json; the trainer saw an ordinary SIGTERM). "running" with a non-zero exit
+    of its last launch by this sweep means the run died (killed, or a crash before it could
+    say so): failed. No run_state.json: pending, or failed when its launch failed. (train.py
+    writes "diverged" before its exit 3, which torchrun turns into 1.)"""
     state = RunDir(run.output_dir).read_run_state().get("state")
-    exit_code = (status or {}).get(run.name, {}).get("exit_code")
-    if state in ("finished", "failed", "preempted"):
+    entry = (status or {}).get(run.name, {})
+    exit_code = entry.get("exit_code")
+    if entry.get("pruned") and state != "finished":
+        return "pruned"
+    if state in ("finished", "diverged", "failed", "preempted"):
         return state
     if exit_code not in (None, 0):
         return "preempted" if exit_code in STOPPED_CODES else "failed"
@@ -43,9 +49,14 @@ def run_state(run: Run, status: dict | None = None) -> str:
 
 
 def is_done(run: Run, status: dict | None = None, epochs: int | None = None) -> bool:
-    """Finished, with at least the ``epochs`` its config asks for now (when given): a sweep
-    whose train.epochs went up launches its runs again and they train on."""
-    if run_state(run, status) != "finished":
+    """Whether the sweep leaves the run alone: finished with at least the ``epochs`` its config
+    asks for now (when given: a sweep whose train.epochs went up launches its runs again and
+    they train on), or diverged or pruned (``SETTLED``: resumed, a diverged run would diverge
+    again from its last good checkpoint, and a pruned one trails the others)."""
+    state = run_state(run, status)
+    if state in SETTLED:
+        return True
+    if state != "finished":
         return False
     done = RunDir(run.output_dir).read_run_state().get("epoch")
     return epochs is None or not isinstance(done, int) or done >= epochs
@@ -79,8 +90,31 @@ def summary_rows(sweep: Sweep) -> list[dict]:
                 "output_dir": run.output_dir,
             }
         )
+        if sweep.metric != "val_top1":
+            row[metric_column(sweep)] = best_value(metrics, sweep.metric, sweep.mode)
         rows.append(row)
-    return rows
+    return best_first(rows, metric_column(sweep), sweep.mode)
+
+
+def metric_column(sweep: Sweep) -> str:
+    """The summary column the runs are ranked by: ``best_<metric>`` (``best_val_top1`` by default)."""
+    return f"best_{sweep.metric}"
+
+
+def best_value(metrics: list[dict], metric: str, mode: str) -> float | None:
+    """The best (``mode`` max or min) value of ``metric`` over a run's metrics.jsonl records; None without one."""
+    values = [m[metric] for m in metrics if isinstance(m.get(metric), (int, float)) and m[metric] == m[metric]]
+    if not values:
+        return None
+    return max(values) if mode == "max" else min(values)
+
+
+def best_first(rows: list[dict], column: str, mode: str) -> list[dict]:
+    """``rows`` ordered by ``column``, best first (highest for ``mode`` max); rows without a value
+    keep their order after them."""
+    scored = [r for r in rows if isinstance(r.get(column), (int, float))]
+    scored.sort(key=lambda r: -r[column] if mode == "max" else r[column])
+    return scored + [r for r in rows if not isinstance(r.get(column), (int, float))]
 
 
 def _csv_text(rows: list[dict], columns: list[str]) -> str:
@@ -103,14 +137,25 @@ def _fmt(value: Any, digits: int) -> str:
 def markdown(sweep: Sweep, rows: list[dict]) -> str:
     """summary.md: the sweep's runs with their varying values, state, epochs, best top-1 (%), loss, images/s."""
     counts = {s: sum(r["state"] == s for r in rows) for s in STATES}
-    head = ["run", *sweep.varying_keys, "state", "epochs", "best val top-1 (%)", "final train loss", "images/s"]
+    extra = [metric_column(sweep)] if sweep.metric != "val_top1" else []
+    head = [
+        "run",
+        *sweep.varying_keys,
+        "state",
+        "epochs",
+        "best val top-1 (%)",
+        *(f"best {sweep.metric}" for _ in extra),
+        "final train loss",
+        "images/s",
+    ]
     lines = [
         f"# Sweep {sweep.name}",
         "",
         f"Base config `{sweep.config}`, {len(rows)} runs under `{sweep.root}`: "
         + ", ".join(f"{n} {s}" for s, n in counts.items() if n)
         + ".",
-        f"Compare them with `tensorboard --logdir {shlex.quote(sweep.root)}`. images/s is the median over epochs.",
+        f"Best {sweep.metric} ({sweep.mode}) first. Compare them with `tensorboard --logdir "
+        f"{shlex.quote(sweep.root)}`. images/s is the median over epochs.",
         "",
         "| " + " | ".join(head) + " |",
         "|" + "|".join("---" if i < 1 + len(sweep.varying_keys) + 1 else "---:" for i in range(len(head))) + "|",
@@ -123,6 +168,7 @@ def markdown(sweep: Sweep, rows: list[dict]) -> str:
             r["state"],
             done,
             _fmt(r["best_val_top1"], 2),
+            *(_fmt(r[k], 4) for k in extra),
             _fmt(r["final_train_loss"], 4),
             _fmt(r["images_per_sec"], 1),
         ]
@@ -140,6 +186,7 @@ def write_summary(sweep: Sweep) -> tuple[str, str, list[dict]]:
         "epoch",
         "epochs",
         "best_val_top1",
+        *([metric_column(sweep)] if sweep.metric != "val_top1" else []),
         "final_val_top1",
         "final_train_loss",
         "images_per_sec",
