@@ -35,10 +35,17 @@ NEW_KEYS = {
     "data.train_crop_schedule.start_ramp": 0,
     "data.train_crop_schedule.end_ramp": 0,
     "data.train_crop_schedule.step": 32,
+    "data.format": "auto",
+    "output.experiment": "",
+    "output.mlflow_uri": "",
+    "output.wandb_mode": "offline",
 }
 
 # Keys replaced since: old key -> (new key, {old value: new value}).
-REPLACED = {"data.autoaugment": ("data.augment", {True: "autoaugment", False: "none"})}
+REPLACED = {
+    "data.autoaugment": ("data.augment", {True: "autoaugment", False: "none"}),
+    "output.tensorboard": ("output.loggers", {True: ["tensorboard"], False: []}),
+}
 
 
 def renamed(stored: dict) -> dict:
