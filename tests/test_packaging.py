@@ -31,7 +31,10 @@ def test_console_commands_resolve_to_mains():
     scripts = pyproject()["project"]["scripts"]
     assert sorted(scripts) == [
         "resnest-benchmark",
+        "resnest-evaluate",
+        "resnest-export",
         "resnest-make-demo-data",
+        "resnest-make-shards",
         "resnest-models",
         "resnest-prepare-imagenet",
         "resnest-sweep",
