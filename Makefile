@@ -1,24 +1,32 @@
 # Two commands do all the set-up on a fresh machine:
 #   make quickstart   install, make the demo data, train a small ResNeSt on the CPU (minutes)
-#   make test         install, run the test suite (what CI runs)
+#   make test         install, run the whole test suite (what CI runs, with make lint)
+# While editing: make test-fast (no slow, multi-process or GPU tests; about a minute) and make lint.
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install quickstart test
+.PHONY: install quickstart test test-fast lint
 
 install: $(STAMP)
 
-$(STAMP): requirements.txt setup.cfg pyproject.toml
+$(STAMP): requirements.txt pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q -r requirements.txt
 	$(BIN)/python -m pip install -q --no-deps --no-build-isolation -e .
 	touch $(STAMP)
 
 quickstart: $(STAMP)
-	$(BIN)/python -m resnest_train.data.demo --out data/demo
-	$(BIN)/python train.py --config configs/quickstart.yaml
+	$(BIN)/resnest-make-demo-data --out data/demo
+	$(BIN)/resnest-train --config configs/quickstart.yaml
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q tests
+
+test-fast: $(STAMP)
+	$(BIN)/python -m pytest -q -m "not slow and not dist and not gpu" tests
+
+lint: $(STAMP)
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .

@@ -1,43 +1,16 @@
 #!/usr/bin/env python
-"""Train a ResNeSt from a YAML config. Works the same under `python` and `torchrun`.
+"""Train a ResNeSt from a YAML config (`resnest-train`); works the same under `python` and `torchrun`.
 
     python train.py --config configs/quickstart.yaml train.epochs=2 data.root=data/demo
     torchrun --nproc_per_node 8 train.py --config configs/resnest50.yaml data.root=/data/imagenet
 
-Loading the config runs the pre-flight check (resnest_train/preflight.py): every key's type
-and range, the rules across keys, and that the model builds; scripts/sweep.py runs the same.
+The command line and its --help: resnest_train/cli/train.py. Run from the checkout, this file
+imports the package next to it.
 """
-import argparse
+
 import sys
 
-from resnest_train.config import config_to_yaml, load_config
-from resnest_train.errors import UserError
-
-
-def parse_args(argv):
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--config", help="YAML config file (may inherit others with 'base:')")
-    parser.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
-    parser.add_argument("--dry-run", action="store_true",
-                        help="print world size, global batch, peak LR, steps, model size; then exit")
-    parser.add_argument("overrides", nargs="*", metavar="section.key=value",
-                        help="override config keys; values are parsed as YAML")
-    return parser.parse_args(argv)
-
-
-def main(argv=None) -> int:
-    args = parse_args(sys.argv[1:] if argv is None else argv)
-    try:
-        cfg = load_config(args.config, args.overrides)
-        if args.print_config:
-            print(config_to_yaml(cfg), end="")
-            return 0
-        from resnest_train.engine import run
-        return run(cfg, dry_run=args.dry_run)
-    except UserError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return e.exit_code
-
+from resnest_train.cli.train import main
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -16,10 +16,11 @@ torchvision's models:
 
 docs/after_training.md shows both in use.
 """
+
 from __future__ import annotations
 
 from collections import OrderedDict
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
 from torch import nn
@@ -42,8 +43,10 @@ def load_body_weights(body: ResNeStFeatures, path: str, use_ema: bool = False) -
     wanted = body.body_state_dict(state)
     mismatch = checkpoint.state_dict_mismatch(wanted, body.state_dict())
     if mismatch:
-        raise UserError(f"The weights in {path} do not fit this backbone ({mismatch}). Build it with the model "
-                        "name and architecture overrides of the run (or official model) that saved the file.")
+        raise UserError(
+            f"The weights in {path} do not fit this backbone ({mismatch}). Build it with the model "
+            "name and architecture overrides of the run (or official model) that saved the file."
+        )
     body.load_state_dict(wanted, strict=True)
 
 
@@ -55,11 +58,13 @@ class NamedFeatures(nn.Module):
     def __init__(self, body: ResNeStFeatures, names: Sequence[str]):
         super().__init__()
         if len(names) != len(body.out_indices):
-            raise ValueError(f"{len(body.out_indices)} feature maps (out_indices {body.out_indices}) need as many "
-                             f"names, got {list(names)}")
+            raise ValueError(
+                f"{len(body.out_indices)} feature maps (out_indices {body.out_indices}) need as many "
+                f"names, got {list(names)}"
+            )
         self.body, self.names = body, tuple(names)
 
-    def forward(self, x: torch.Tensor) -> "OrderedDict[str, torch.Tensor]":
+    def forward(self, x: torch.Tensor) -> OrderedDict[str, torch.Tensor]:
         return OrderedDict(zip(self.names, self.body(x)))
 
 
@@ -76,17 +81,25 @@ class ResNeStFPN(nn.Module):
         super().__init__()
         from torchvision.ops import FeaturePyramidNetwork
         from torchvision.ops.feature_pyramid_network import LastLevelMaxPool
+
         self.body = body
         self.fpn = FeaturePyramidNetwork(body.channels, out_channels, extra_blocks=LastLevelMaxPool())
         self.out_channels = out_channels
 
-    def forward(self, x: torch.Tensor) -> "OrderedDict[str, torch.Tensor]":
+    def forward(self, x: torch.Tensor) -> OrderedDict[str, torch.Tensor]:
         maps = self.body(x)
         return self.fpn(OrderedDict((str(i), m) for i, m in enumerate(maps)))
 
 
-def resnest_backbone(name: str, weights: str = "", use_ema: bool = False, out_indices: Sequence[int] = (1, 2, 3, 4),
-                     freeze_stages: int = 0, freeze_bn: bool = False, **overrides) -> ResNeStFeatures:
+def resnest_backbone(
+    name: str,
+    weights: str = "",
+    use_ema: bool = False,
+    out_indices: Sequence[int] = (1, 2, 3, 4),
+    freeze_stages: int = 0,
+    freeze_bn: bool = False,
+    **overrides,
+) -> ResNeStFeatures:
     """``create_model(name, features_only=True, out_indices=...)`` with ``weights`` loaded
     (``load_body_weights``) and then ``finetune.freeze_stages`` / ``finetune.freeze_batch_norm``.
 
@@ -94,8 +107,10 @@ def resnest_backbone(name: str, weights: str = "", use_ema: bool = False, out_in
     BatchNorm: ``freeze_stages=2, freeze_bn=True`` here. Freezing needs ``weights``.
     """
     if (freeze_stages or freeze_bn) and not weights:
-        raise UserError("Freezing a backbone (freeze_stages, freeze_bn) keeps its initial weights: give pretrained "
-                        "weights, or train every layer (freeze_stages=0, freeze_bn=False).")
+        raise UserError(
+            "Freezing a backbone (freeze_stages, freeze_bn) keeps its initial weights: give pretrained "
+            "weights, or train every layer (freeze_stages=0, freeze_bn=False)."
+        )
     body = create_model(name, features_only=True, out_indices=out_indices, **overrides)
     if weights:
         load_body_weights(body, weights, use_ema)
@@ -105,18 +120,33 @@ def resnest_backbone(name: str, weights: str = "", use_ema: bool = False, out_in
     return body
 
 
-def resnest_fpn_backbone(name: str, weights: str = "", use_ema: bool = False, freeze_stages: int = 0,
-                         freeze_bn: bool = False, out_channels: int = 256, **overrides) -> ResNeStFPN:
+def resnest_fpn_backbone(
+    name: str,
+    weights: str = "",
+    use_ema: bool = False,
+    freeze_stages: int = 0,
+    freeze_bn: bool = False,
+    out_channels: int = 256,
+    **overrides,
+) -> ResNeStFPN:
     """A ``ResNeStFPN`` over layer1-layer4 of ``resnest_backbone(name, ...)``."""
     body = resnest_backbone(name, weights, use_ema, (1, 2, 3, 4), freeze_stages, freeze_bn, **overrides)
     return ResNeStFPN(body, out_channels)
 
 
-def resnest_faster_rcnn(name: str, num_classes: int, weights: str = "", use_ema: bool = False,
-                        freeze_stages: int = 0, freeze_bn: bool = False, **detector_kwargs) -> nn.Module:
+def resnest_faster_rcnn(
+    name: str,
+    num_classes: int,
+    weights: str = "",
+    use_ema: bool = False,
+    freeze_stages: int = 0,
+    freeze_bn: bool = False,
+    **detector_kwargs,
+) -> nn.Module:
     """torchvision's ``FasterRCNN`` (RPN + RoI heads, ``num_classes`` including the background)
     on ``resnest_fpn_backbone(name, weights, ...)``. ``detector_kwargs`` go to FasterRCNN
     (e.g. ``min_size``/``max_size``, the resize of its input transform: 800/1333 by default)."""
     from torchvision.models.detection import FasterRCNN
+
     backbone = resnest_fpn_backbone(name, weights, use_ema, freeze_stages, freeze_bn)
     return FasterRCNN(backbone, num_classes=num_classes, **detector_kwargs)

@@ -1,48 +1,29 @@
 """Checkpoints: written atomically, loaded with weights_only=True, rotated.
 
-Layout under ``output.dir/checkpoints/``: ``last.pth`` (the resume point, refreshed every
-epoch and every ``output.save_every_steps`` steps), ``best.pth`` (best val top-1) and
-``epoch_NNNN.pth`` every ``output.save_every_epochs`` epochs, the newest ``output.keep_last`` kept.
+Layout under ``output.dir/checkpoints/`` (named by ``rundir.RunDir``): ``last.pth`` (the resume
+point, refreshed every epoch and every ``output.save_every_steps`` steps), ``best.pth`` (best val
+top-1) and ``epoch_NNNN.pth`` every ``output.save_every_epochs`` epochs, the newest
+``output.keep_last`` kept.
 """
+
 from __future__ import annotations
 
-import glob
 import os
 import re
-import tempfile
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable, Optional
 
 import torch
 
 from .errors import UserError
+from .rundir import RunDir, atomic_write
 
 
 def atomic_save(obj: dict, path: str) -> None:
-    """Write to a temp file in the same folder, fsync, then rename over `path`.
-
-    A process killed at any moment leaves either the old file or the new one, never half of one.
-    """
-    folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".pth", dir=folder)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(obj, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
-    dir_fd = os.open(folder, os.O_RDONLY)
-    try:
-        os.fsync(dir_fd)
-    finally:
-        os.close(dir_fd)
+    """``torch.save(obj)`` to ``path`` through ``rundir.atomic_write``: the old file or the new, never half."""
+    atomic_write(path, lambda f: torch.save(obj, f))
 
 
 def host_copy(obj):
@@ -61,6 +42,7 @@ def host_copy(obj):
 @dataclass
 class SaveReport:
     """A finished background save: its files, their total size in bytes, and the seconds it took."""
+
     paths: list
     bytes: int
     seconds: float
@@ -79,15 +61,16 @@ class AsyncSaver:
     """
 
     def __init__(self):
-        self._thread: Optional[threading.Thread] = None
+        self._thread: threading.Thread | None = None
         self._result = None  # a SaveReport, or the exception the writer raised
         self._reports: list = []
 
     def save(self, obj: dict, writes: Callable[[dict], list], step: int) -> None:
         self.wait()
         copy = host_copy(obj)
-        self._thread = threading.Thread(target=self._write, args=(copy, writes, step), name="checkpoint-writer",
-                                        daemon=False)
+        self._thread = threading.Thread(
+            target=self._write, args=(copy, writes, step), name="checkpoint-writer", daemon=False
+        )
         self._thread.start()
 
     def _write(self, obj, writes, step):
@@ -116,14 +99,16 @@ class AsyncSaver:
     def _collect(self):
         result, self._result = self._result, None
         if isinstance(result, BaseException):
-            raise UserError(f"Writing a checkpoint failed ({exception_text(result)}); training stopped, and "
-                            "the checkpoint files it was replacing are intact. Free disk space or fix the "
-                            "permissions of output.dir/checkpoints, then run the same command to resume.") from result
+            raise UserError(
+                f"Writing a checkpoint failed ({exception_text(result)}); training stopped, and "
+                "the checkpoint files it was replacing are intact. Free disk space or fix the "
+                "permissions of output.dir/checkpoints, then run the same command to resume."
+            ) from result
         if result is not None:
             self._reports.append(result)
 
 
-# What a checkpoint written by `engine.state_dict` holds besides the EMA, scaler and best top-1.
+# What a checkpoint written by `loop.checkpoint_state` holds besides the EMA, scaler and best top-1.
 TRAINING_KEYS = ("model", "optimizer", "epoch", "step_in_epoch", "step", "loss_sum", "loss_count", "config")
 
 # CSI sequences (colour, cursor) such as torch's bold "do those steps only if you trust the source".
@@ -152,21 +137,28 @@ def load(path: str, map_location="cpu", key: str = "resume"):
     Raises UserError naming `key` and the file when it is missing, damaged, or holds Python
     objects other than tensors and plain containers (weights_only runs no code from the file).
     """
-    fix = {"resume": "point 'resume' at another file, or set resume=none to start afresh in a new output.dir",
-           "model.weights": "point 'model.weights' at a file of tensors only: a state_dict or a resnest-train "
-                            "checkpoint (a foreign checkpoint holding other objects can be loaded once in a "
-                            "trusted session and its state_dict saved alone with torch.save)"}[key]
+    fix = {
+        "resume": "point 'resume' at another file, or set resume=none to start afresh in a new output.dir",
+        "model.weights": "point 'model.weights' at a file of tensors only: a state_dict or a resnest-train "
+        "checkpoint (a foreign checkpoint holding other objects can be loaded once in a "
+        "trusted session and its state_dict saved alone with torch.save)",
+    }[key]
     try:
         if str(path).endswith(".safetensors"):  # weights from scripts/export.py or another library
             from safetensors.torch import load_file
+
             return load_file(path, device=str(torch.device(map_location)))
         return torch.load(path, map_location=map_location, weights_only=True)
     except FileNotFoundError:
-        raise UserError(f"Config key '{key}' points to {path}, which does not exist. "
-                        f"Check the path{', or use resume=auto or none' if key == 'resume' else ''}.") from None
+        raise UserError(
+            f"Config key '{key}' points to {path}, which does not exist. "
+            f"Check the path{', or use resume=auto or none' if key == 'resume' else ''}."
+        ) from None
     except Exception as e:  # a file that is not a checkpoint, or one from an untrusted source
-        raise UserError(f"Config key '{key}': {path} cannot be loaded ({exception_text(e)}). It is damaged, or "
-                        f"not a checkpoint that loads with torch.load(weights_only=True): {fix}.") from None
+        raise UserError(
+            f"Config key '{key}': {path} cannot be loaded ({exception_text(e)}). It is damaged, or "
+            f"not a checkpoint that loads with torch.load(weights_only=True): {fix}."
+        ) from None
 
 
 def training_state_problem(saved) -> str:
@@ -182,26 +174,20 @@ def load_training_state(path: str, map_location="cpu") -> dict:
     saved = load(path, map_location, key="resume")
     problem = training_state_problem(saved)
     if problem:
-        raise UserError(f"Config key 'resume': {path} cannot be resumed from ({problem}). To start from bare "
-                        "weights use model.weights=<file> with resume=none; to resume, point 'resume' at a file "
-                        "from output.dir/checkpoints.")
+        raise UserError(
+            f"Config key 'resume': {path} cannot be resumed from ({problem}). To start from bare "
+            "weights use model.weights=<file> with resume=none; to resume, point 'resume' at a file "
+            "from output.dir/checkpoints."
+        )
     return saved
-
-
-def checkpoint_dir(output_dir: str) -> str:
-    return os.path.join(output_dir, "checkpoints")
-
-
-def last_path(output_dir: str) -> str:
-    return os.path.join(checkpoint_dir(output_dir), "last.pth")
 
 
 def save_periodic(state: dict, output_dir: str, epoch: int, keep_last: int) -> str:
     """Keep epoch_NNNN.pth (1-based epochs done) and delete all but the newest `keep_last`; returns its path."""
-    folder = checkpoint_dir(output_dir)
-    path = os.path.join(folder, f"epoch_{epoch:04d}.pth")
+    run = RunDir(output_dir)
+    path = run.epoch_checkpoint(epoch)
     atomic_save(state, path)
-    numbered = sorted(glob.glob(os.path.join(folder, "epoch_*.pth")))
+    numbered = run.epoch_checkpoints()
     for old in numbered[:-keep_last] if keep_last > 0 else numbered:
         os.remove(old)
     return path
@@ -209,9 +195,9 @@ def save_periodic(state: dict, output_dir: str, epoch: int, keep_last: int) -> s
 
 def resume_candidates(output_dir: str) -> list[str]:
     """Checkpoint files of a run: last.pth, then epoch_NNNN.pth newest first, then best.pth (existing ones)."""
-    folder = checkpoint_dir(output_dir)
-    numbered = sorted(glob.glob(os.path.join(folder, "epoch_*.pth")), reverse=True)
-    return [p for p in [last_path(output_dir), *numbered, os.path.join(folder, "best.pth")] if os.path.isfile(p)]
+    run = RunDir(output_dir)
+    candidates = [run.last_checkpoint, *reversed(run.epoch_checkpoints()), run.best_checkpoint]
+    return [p for p in candidates if os.path.isfile(p)]
 
 
 def position(saved: dict) -> tuple[int, int, int]:
@@ -232,13 +218,15 @@ def find_resume(resume: str, output_dir: str, log=print, map_location="cpu") -> 
         return None, None
     if resume != "auto":
         if not os.path.isfile(resume):
-            raise UserError(f"Config key 'resume' points to {resume}, which does not exist. "
-                            "Use resume=auto to continue the run in output.dir, or give an existing .pth file.")
+            raise UserError(
+                f"Config key 'resume' points to {resume}, which does not exist. "
+                "Use resume=auto to continue the run in output.dir, or give an existing .pth file."
+            )
         return resume, load_training_state(resume, map_location)
     files = resume_candidates(output_dir)
     if not files:
         return None, None
-    last = last_path(output_dir)
+    last = RunDir(output_dir).last_checkpoint
     failures = []
     if files[0] != last:
         failures.append((last, "missing"))
@@ -260,9 +248,11 @@ def find_resume(resume: str, output_dir: str, log=print, map_location="cpu") -> 
             best_path, best = path, saved
     if best is None:
         listed = "; ".join(f"{os.path.basename(p)}: {why}" for p, why in failures)
-        raise UserError(f"Config key 'resume' is auto, but no checkpoint in {checkpoint_dir(output_dir)} loads "
-                        f"({listed}). Point 'resume' at a good copy of a checkpoint, or set resume=none with a "
-                        "new output.dir to start afresh.")
+        raise UserError(
+            f"Config key 'resume' is auto, but no checkpoint in {RunDir(output_dir).checkpoints} loads "
+            f"({listed}). Point 'resume' at a good copy of a checkpoint, or set resume=none with a "
+            "new output.dir to start afresh."
+        )
     return best_path, best
 
 
@@ -281,7 +271,7 @@ def strip_wrapper_prefixes(state: dict) -> dict:
         prefix = next((p for p in WRAPPER_PREFIXES if all(k.startswith(p) for k in state)), None)
         if prefix is None:
             break
-        state = {k[len(prefix):]: v for k, v in state.items()}
+        state = {k[len(prefix) :]: v for k, v in state.items()}
     return state
 
 
@@ -295,17 +285,26 @@ def weights_state_dict(loaded, path: str, use_ema: bool = False) -> dict:
     """
     if isinstance(loaded, dict) and isinstance(loaded.get("model"), dict):  # a resnest-train checkpoint
         if use_ema and not loaded.get("ema"):
-            raise UserError(f"Config key 'model.weights_ema' is true, but {path} holds no EMA weights (it was "
-                            "trained with train.ema=false). Set model.weights_ema=false to start from its model "
-                            "weights.")
+            raise UserError(
+                f"Config key 'model.weights_ema' is true, but {path} holds no EMA weights (it was "
+                "trained with train.ema=false). Set model.weights_ema=false to start from its model "
+                "weights."
+            )
         loaded = loaded["ema"] if use_ema else loaded["model"]
     elif use_ema:
-        raise UserError(f"Config key 'model.weights_ema' is true, but {path} is not a resnest-train checkpoint "
-                        "(those hold 'model' and 'ema' weights). Set model.weights_ema=false to load it as it is.")
-    if not (isinstance(loaded, dict) and loaded
-            and all(isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in loaded.items())):
-        raise UserError(f"Config key 'model.weights': {path} holds no state_dict (a dict of names to tensors, or "
-                        "a resnest-train checkpoint). Point model.weights at such a file.")
+        raise UserError(
+            f"Config key 'model.weights_ema' is true, but {path} is not a resnest-train checkpoint "
+            "(those hold 'model' and 'ema' weights). Set model.weights_ema=false to load it as it is."
+        )
+    if not (
+        isinstance(loaded, dict)
+        and loaded
+        and all(isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in loaded.items())
+    ):
+        raise UserError(
+            f"Config key 'model.weights': {path} holds no state_dict (a dict of names to tensors, or "
+            "a resnest-train checkpoint). Point model.weights at such a file."
+        )
     return strip_wrapper_prefixes(loaded)
 
 
@@ -318,11 +317,17 @@ def state_dict_mismatch(state: dict, expected: dict, show: int = 5) -> str:
     groups = {
         "missing keys": [k for k in expected if k not in state],
         "unexpected keys": [k for k in state if k not in expected],
-        "different shapes": [f"{k}: checkpoint {tuple(state[k].shape)} vs model {tuple(expected[k].shape)}"
-                             for k in expected if k in state and state[k].shape != expected[k].shape],
+        "different shapes": [
+            f"{k}: checkpoint {tuple(state[k].shape)} vs model {tuple(expected[k].shape)}"
+            for k in expected
+            if k in state and state[k].shape != expected[k].shape
+        ],
     }
-    return "; ".join(f"{len(items)} {name}: {', '.join(items[:show])}{', ...' if len(items) > show else ''}"
-                     for name, items in groups.items() if items)
+    return "; ".join(
+        f"{len(items)} {name}: {', '.join(items[:show])}{', ...' if len(items) > show else ''}"
+        for name, items in groups.items()
+        if items
+    )
 
 
 def model_differences(saved: dict, current: dict, prefix: str = "model") -> list[str]:

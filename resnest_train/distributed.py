@@ -2,6 +2,7 @@
 
 This is the only module that initialises or tears down torch.distributed.
 """
+
 from __future__ import annotations
 
 import datetime
@@ -16,6 +17,8 @@ from .errors import UserError
 
 @dataclass(frozen=True)
 class DistInfo:
+    """Where this process stands in the job: its rank, local rank (GPU index), the world size, its device."""
+
     rank: int
     local_rank: int
     world_size: int
@@ -23,19 +26,27 @@ class DistInfo:
 
     @property
     def is_main(self) -> bool:
+        """Rank 0: the process that writes files and prints."""
         return self.rank == 0
 
     @property
     def enabled(self) -> bool:
+        """More than one process (DDP and collectives are in use)."""
         return self.world_size > 1
 
 
 def pick_device(preference: str, local_rank: int) -> torch.device:
+    """The device of config key ``device`` (auto: this local rank's GPU when CUDA is there, else the CPU).
+
+    Raises UserError for ``cuda`` without a visible GPU.
+    """
     if preference == "cpu" or (preference == "auto" and not torch.cuda.is_available()):
         return torch.device("cpu")
     if not torch.cuda.is_available():
-        raise UserError("Config key 'device' is 'cuda' but this machine has no CUDA GPU visible to PyTorch. "
-                        "Set device=cpu (or auto), or check CUDA_VISIBLE_DEVICES and the driver.")
+        raise UserError(
+            "Config key 'device' is 'cuda' but this machine has no CUDA GPU visible to PyTorch. "
+            "Set device=cpu (or auto), or check CUDA_VISIBLE_DEVICES and the driver."
+        )
     torch.cuda.set_device(local_rank)
     return torch.device("cuda", local_rank)
 
@@ -51,16 +62,22 @@ def init_distributed(dist_cfg, device_preference: str) -> DistInfo:
         if backend == "auto":
             backend = "nccl" if device.type == "cuda" else "gloo"
         if backend == "nccl" and device.type != "cuda":
-            raise UserError("Config key 'dist.backend' is 'nccl' but training runs on the CPU; "
-                            "use dist.backend=gloo (or auto).")
+            raise UserError(
+                "Config key 'dist.backend' is 'nccl' but training runs on the CPU; use dist.backend=gloo (or auto)."
+            )
         timeout = datetime.timedelta(minutes=dist_cfg.timeout_min)
         store, _, _ = next(dist.rendezvous("env://", rank, world_size, timeout=timeout))
         # torchrun keeps its store across elastic restarts: without a per-attempt prefix a
         # restarted worker can read a dead worker's address and fail to connect (seen with gloo).
         attempt = os.environ.get("TORCHELASTIC_RESTART_COUNT", "0")
-        dist.init_process_group(backend=backend, store=dist.PrefixStore(f"resnest_train/attempt_{attempt}", store),
-                                rank=rank, world_size=world_size, timeout=timeout,
-                                device_id=device if device.type == "cuda" else None)
+        dist.init_process_group(
+            backend=backend,
+            store=dist.PrefixStore(f"resnest_train/attempt_{attempt}", store),
+            rank=rank,
+            world_size=world_size,
+            timeout=timeout,
+            device_id=device if device.type == "cuda" else None,
+        )
     return DistInfo(rank=rank, local_rank=local_rank, world_size=world_size, device=device)
 
 
@@ -90,11 +107,13 @@ def all_gather_object(obj) -> list:
 
 
 def barrier() -> None:
+    """Wait for every rank (nothing with one process)."""
     if dist.is_initialized():
         dist.barrier()
 
 
 def cleanup() -> None:
+    """Leave the process group, if one was made."""
     if dist.is_initialized():
         dist.destroy_process_group()
 
@@ -115,4 +134,5 @@ def average_bn_stats(module: torch.nn.Module) -> None:
     """DDP syncs gradients, not BN running statistics: average those before evaluating or saving."""
     if dist.is_initialized():
         from timm.utils import distribute_bn
+
         distribute_bn(module, dist.get_world_size(), reduce=True)

@@ -9,3 +9,7 @@ class UserError(Exception):
 
 class DataError(UserError):
     """A dataset problem: missing folders, mismatched classes, unreadable images."""
+
+
+class ConfigError(UserError):
+    """A mistake in a config file or override; the message says where and how to fix it."""

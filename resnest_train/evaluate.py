@@ -3,7 +3,7 @@
 ``scripts/evaluate.py`` is the command; this module is what it runs. The numbers come from
 the trainer's own pieces: ``data.build_loaders`` (the same val loader: every image once over
 all ranks, the eval resize and crop of the config), ``engine.build_model`` (the same weight
-loading) and ``engine.evaluate`` (the same reduction), with the run's ``train.batch_size``,
+loading) and ``loop.evaluate`` (the same reduction), with the run's ``train.batch_size``,
 ``train.amp`` and ``train.channels_last``. So a run's checkpoint evaluated here gives the
 ``val_top1`` / ``val_top5`` / ``val_loss`` of its ``metrics.jsonl`` to the last digit, on the
 same kind of machine with the same number of processes (other batch sizes, world sizes or
@@ -19,17 +19,18 @@ On top of that:
   label list per image; top-k is right when one of the k predictions is in the image's
   list, over the images whose list is not empty (timm's ``RealLabelsImagenet`` rule).
 """
+
 from __future__ import annotations
 
 import json
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Optional, Sequence
 
 import torch
 from torch import nn
 
-from . import engine
+from . import engine, loop
 from .config import Config
 from .data import build_loaders
 from .data.common import eval_sizes
@@ -44,6 +45,7 @@ CONFUSED_PAIRS = 10
 @dataclass
 class Request:
     """What to evaluate and what to report (the command line of scripts/evaluate.py)."""
+
     path: str  # checkpoint, state_dict or run directory
     overrides: Sequence[str] = ()
     config_file: str = ""  # for a bare state_dict
@@ -58,6 +60,7 @@ class Request:
 @dataclass
 class Predictions:
     """Every val image's top-k predicted classes and its label, in val order."""
+
     top: torch.Tensor  # (N, k) int64
     labels: torch.Tensor  # (N,) int64
 
@@ -65,6 +68,7 @@ class Predictions:
 # ---------------------------------------------------------------------------------------
 # Per-image predictions, through the trainer's own evaluate()
 # ---------------------------------------------------------------------------------------
+
 
 class _Recorder(nn.Module):
     """Runs ``model`` and keeps each batch's top-k classes (of the float logits the trainer ranks)."""
@@ -85,9 +89,10 @@ def _keeping_labels(loader, labels: list):
         yield images, y
 
 
-def evaluate_with_predictions(model: nn.Module, loader, device: torch.device, amp: str,
-                              num_classes: int) -> tuple[dict, Predictions]:
-    """``engine.evaluate`` (its metrics, unchanged) plus every image's top-k (k = min(5,
+def evaluate_with_predictions(
+    model: nn.Module, loader, device: torch.device, amp: str, num_classes: int
+) -> tuple[dict, Predictions]:
+    """``loop.evaluate`` (its metrics, unchanged) plus every image's top-k (k = min(5,
     num_classes), as the trainer's top-5) and label.
 
     Rank r's val shard is a contiguous run of the val list (``data.common.val_shard``), so the
@@ -95,9 +100,11 @@ def evaluate_with_predictions(model: nn.Module, loader, device: torch.device, am
     """
     k = min(TOP_K, num_classes)
     recorder, labels = _Recorder(model, k), []
-    metrics = engine.evaluate(recorder, _keeping_labels(loader, labels), device, amp)
-    mine = (torch.cat(recorder.top) if recorder.top else torch.zeros(0, k, dtype=torch.long),
-            torch.cat(labels) if labels else torch.zeros(0, dtype=torch.long))
+    metrics = loop.evaluate(recorder, _keeping_labels(loader, labels), device, amp)
+    mine = (
+        torch.cat(recorder.top) if recorder.top else torch.zeros(0, k, dtype=torch.long),
+        torch.cat(labels) if labels else torch.zeros(0, dtype=torch.long),
+    )
     shards = all_gather_object(mine)
     return metrics, Predictions(torch.cat([s[0] for s in shards]), torch.cat([s[1] for s in shards]))
 
@@ -105,6 +112,7 @@ def evaluate_with_predictions(model: nn.Module, loader, device: torch.device, am
 # ---------------------------------------------------------------------------------------
 # Reports from predictions
 # ---------------------------------------------------------------------------------------
+
 
 def per_class_report(pred: Predictions, classes: Sequence[str], pairs: int = CONFUSED_PAIRS) -> dict:
     """Per-class top-1 and the ``pairs`` most frequent confusions.
@@ -117,15 +125,22 @@ def per_class_report(pred: Predictions, classes: Sequence[str], pairs: int = CON
     top1 = pred.top[:, 0]
     confusion = torch.bincount(pred.labels * k + top1, minlength=k * k).reshape(k, k)
     images, correct = confusion.sum(1), confusion.diagonal()
-    per_class = [{"class": classes[c], "images": int(images[c]), "correct": int(correct[c]),
-                  "top1": 100.0 * int(correct[c]) / int(images[c]) if images[c] else None}
-                 for c in range(k)]
+    per_class = [
+        {
+            "class": classes[c],
+            "images": int(images[c]),
+            "correct": int(correct[c]),
+            "top1": 100.0 * int(correct[c]) / int(images[c]) if images[c] else None,
+        }
+        for c in range(k)
+    ]
     off = confusion.clone()
     off.fill_diagonal_(0)
     flat = off.flatten()
     order = sorted(range(k * k), key=lambda i: (-int(flat[i]), i))[:pairs]
-    confused = [{"true": classes[i // k], "predicted": classes[i % k], "count": int(flat[i])}
-                for i in order if flat[i] > 0]
+    confused = [
+        {"true": classes[i // k], "predicted": classes[i % k], "count": int(flat[i])} for i in order if flat[i] > 0
+    ]
     return {"per_class": per_class, "confused": confused}
 
 
@@ -137,16 +152,22 @@ def read_relabels(path: str) -> object:
         with open(path, encoding="utf-8-sig") as f:
             data = json.load(f)
     except OSError as e:
-        raise UserError(f"--real {path} cannot be read ({e.strerror or e}). Give ImageNet-ReaL's real.json or a "
-                        "JSON file of label lists.") from None
+        raise UserError(
+            f"--real {path} cannot be read ({e.strerror or e}). Give ImageNet-ReaL's real.json or a "
+            "JSON file of label lists."
+        ) from None
     except ValueError as e:
-        raise UserError(f"--real {path} is not valid JSON ({e}). Give ImageNet-ReaL's real.json or a JSON "
-                        "file of label lists.") from None
+        raise UserError(
+            f"--real {path} is not valid JSON ({e}). Give ImageNet-ReaL's real.json or a JSON file of label lists."
+        ) from None
     lists = data if isinstance(data, list) else list(data.values()) if isinstance(data, dict) else None
-    if lists is None or not all(isinstance(v, list) and all(isinstance(x, int) and not isinstance(x, bool)
-                                                            for x in v) for v in lists):
-        raise UserError(f"--real {path} must hold a list of label lists (ImageNet-ReaL's real.json) or an "
-                        "object mapping file names to label lists, every label an integer class index.")
+    if lists is None or not all(
+        isinstance(v, list) and all(isinstance(x, int) and not isinstance(x, bool) for x in v) for v in lists
+    ):
+        raise UserError(
+            f"--real {path} must hold a list of label lists (ImageNet-ReaL's real.json) or an "
+            "object mapping file names to label lists, every label an integer class index."
+        )
     return data
 
 
@@ -158,16 +179,20 @@ def relabels_for(files: Sequence[str], data: object, path: str) -> list[list[int
         name = os.path.basename(rel)
         if isinstance(data, list):
             stem = os.path.splitext(name)[0]
-            number = stem[len("ILSVRC2012_val_"):] if stem.startswith("ILSVRC2012_val_") else ""
+            number = stem[len("ILSVRC2012_val_") :] if stem.startswith("ILSVRC2012_val_") else ""
             index = int(number) - 1 if number.isdigit() else -1
             labels = data[index] if 0 <= index < len(data) else None
         else:
             labels = data.get(rel, data.get(name))
         if labels is None:
-            how = ("a list is matched by the ImageNet val file names ILSVRC2012_val_NNNNNNNN"
-                   if isinstance(data, list) else "its keys are val file paths (<class>/<file>) or file names")
-            raise UserError(f"--real {path} has no labels for the val image {rel} ({how}). Use the relabel file "
-                            "of this val set.")
+            how = (
+                "a list is matched by the ImageNet val file names ILSVRC2012_val_NNNNNNNN"
+                if isinstance(data, list)
+                else "its keys are val file paths (<class>/<file>) or file names"
+            )
+            raise UserError(
+                f"--real {path} has no labels for the val image {rel} ({how}). Use the relabel file of this val set."
+            )
         out.append(labels)
     return out
 
@@ -185,20 +210,26 @@ def real_accuracy(pred: Predictions, relabels: Sequence[Sequence[int]]) -> dict:
 
 
 def val_files(data_cfg, loaders) -> list[str]:
-    """The val files in the loader's order (``data.imagenet.load_splits``, less the unreadable
+    """The val files in the loader's order (``data.layout.load_splits``, less the unreadable
     files ``data.skip_bad_images`` removed). Raises DataError for the synthetic backend."""
     if loaders.backend == "synthetic":
-        raise DataError("--real needs a val set of image files; data.backend=synthetic has none. Set data.backend "
-                        "and data.root (or data.val_list).")
-    from .data.imagenet import find_bad_images, load_splits
+        raise DataError(
+            "--real needs a val set of image files; data.backend=synthetic has none. Set data.backend "
+            "and data.root (or data.val_list)."
+        )
+    from .data.layout import load_splits
+    from .data.scan import find_bad_images
+
     _, _, val = load_splits(data_cfg)
     files = list(val.files)
     if data_cfg.skip_bad_images:
         bad, _ = find_bad_images(val, workers=0, backend=loaders.backend)
         files = [f for f in files if f not in bad]
     if len(files) != loaders.val_images:
-        raise DataError(f"The val list changed while evaluating ({len(files)} files now, {loaders.val_images} "
-                        "read): run again on a val folder that is not being written to.")
+        raise DataError(
+            f"The val list changed while evaluating ({len(files)} files now, {loaders.val_images} "
+            "read): run again on a val folder that is not being written to."
+        )
     return files
 
 
@@ -217,9 +248,11 @@ def markdown(rows: list[dict], model: str, weights: str) -> str:
 # The command
 # ---------------------------------------------------------------------------------------
 
+
 @dataclass
 class Plan:
     """The files, configs and options one evaluation runs with."""
+
     found: FoundWeights
     configs: list[Config]  # one per crop, the first the reference
     request: Request
@@ -231,8 +264,12 @@ def plan(request: Request) -> Plan:
     path = weights_file(request.path, request.best)
     found = inspect_weights(path, request.use_ema)
     crops = list(request.crops) or [None]
-    configs = [val_only(weights_config(found, list(request.overrides) + ([f"data.eval_crop={c}"] if c else []),
-                                       request.config_file)) for c in crops]
+    configs = [
+        val_only(
+            weights_config(found, list(request.overrides) + ([f"data.eval_crop={c}"] if c else []), request.config_file)
+        )
+        for c in crops
+    ]
     relabels = read_relabels(request.relabel) if request.relabel else None
     return Plan(found=found, configs=configs, request=request, relabels=relabels)
 
@@ -246,19 +283,27 @@ def val_only(cfg: Config) -> Config:
     return cfg
 
 
-def evaluate_config(cfg: Config, found: FoundWeights, dist: DistInfo, model: Optional[nn.Module],
-                    need_predictions: bool):
+def evaluate_config(cfg: Config, found: FoundWeights, dist: DistInfo, model: nn.Module | None, need_predictions: bool):
     """One row: build this crop's loaders (and the model, the first time) and evaluate.
 
     Returns (row, model, loaders, predictions or None). Raises DataError when the weights'
     class count is not the dataset's.
     """
-    loaders = build_loaders(cfg.data, batch_size=cfg.train.batch_size, rank=dist.rank, world_size=dist.world_size,
-                            device=dist.device, seed=cfg.train.seed, channels_last=cfg.train.channels_last)
+    loaders = build_loaders(
+        cfg.data,
+        batch_size=cfg.train.batch_size,
+        rank=dist.rank,
+        world_size=dist.world_size,
+        device=dist.device,
+        seed=cfg.train.seed,
+        channels_last=cfg.train.channels_last,
+    )
     if loaders.num_classes != found.num_classes:
-        raise DataError(f"The weights in {found.path} classify {found.num_classes} classes, but the dataset has "
-                        f"{loaders.num_classes} ({describe_data(cfg)}). Point data.root (or data.val_list) at the "
-                        "dataset the model was trained for.")
+        raise DataError(
+            f"The weights in {found.path} classify {found.num_classes} classes, but the dataset has "
+            f"{loaders.num_classes} ({describe_data(cfg)}). Point data.root (or data.val_list) at the "
+            "dataset the model was trained for."
+        )
     if model is None:
         model = engine.build_model(cfg, found.num_classes).to(dist.device)
         if cfg.train.channels_last:
@@ -266,10 +311,17 @@ def evaluate_config(cfg: Config, found: FoundWeights, dist: DistInfo, model: Opt
     if need_predictions:
         metrics, pred = evaluate_with_predictions(model, loaders.val, dist.device, cfg.train.amp, found.num_classes)
     else:
-        metrics, pred = engine.evaluate(model, loaders.val, dist.device, cfg.train.amp), None
+        metrics, pred = loop.evaluate(model, loaders.val, dist.device, cfg.train.amp), None
     resize, crop = eval_sizes(cfg.data.train_crop, cfg.data.eval_crop, cfg.data.eval_ratio)
-    row = {"crop": crop, "resize": resize, "ratio": cfg.data.eval_ratio, "top1": metrics["top1"],
-           "top5": metrics["top5"], "loss": metrics["loss"], "images": metrics["images"]}
+    row = {
+        "crop": crop,
+        "resize": resize,
+        "ratio": cfg.data.eval_ratio,
+        "top1": metrics["top1"],
+        "top5": metrics["top5"],
+        "loss": metrics["loss"],
+        "images": metrics["images"],
+    }
     return row, model, loaders, pred
 
 
@@ -313,31 +365,44 @@ def _evaluate(p: Plan, dist: DistInfo) -> dict:
         rows.append(row)
         backend = loaders.backend
     weights = f"{os.path.basename(found.path)}{' (EMA)' if found.use_ema else ''}"
-    head = {"checkpoint": found.path, "kind": found.kind, "ema": found.use_ema, "model": cfg0.model.name,
-            "num_classes": found.num_classes, "data": describe_data(cfg0), "backend": backend,
-            "world_size": dist.world_size, "batch_size": cfg0.train.batch_size, "amp": cfg0.train.amp,
-            **{k: rows[0][k] for k in ("top1", "top5", "loss", "images")}}
+    head = {
+        "checkpoint": found.path,
+        "kind": found.kind,
+        "ema": found.use_ema,
+        "model": cfg0.model.name,
+        "num_classes": found.num_classes,
+        "data": describe_data(cfg0),
+        "backend": backend,
+        "world_size": dist.world_size,
+        "batch_size": cfg0.train.batch_size,
+        "amp": cfg0.train.amp,
+        **{k: rows[0][k] for k in ("top1", "top5", "loss", "images")},
+    }
     return {**head, "rows": rows, **report, "markdown": markdown(rows, cfg0.model.name, weights)}
 
 
 def text_report(report: dict) -> str:
     """What scripts/evaluate.py prints: a header, one line per crop, the markdown table, and
     with --per-class the weakest classes and the most confused pairs."""
-    lines = [f"{report['model']}: {report['checkpoint']} ({report['kind']}), {report['data']} "
-             f"({report['backend']}), {report['images']} images, {report['world_size']} process(es), "
-             f"batch {report['batch_size']}"]
+    lines = [
+        f"{report['model']}: {report['checkpoint']} ({report['kind']}), {report['data']} "
+        f"({report['backend']}), {report['images']} images, {report['world_size']} process(es), "
+        f"batch {report['batch_size']}"
+    ]
     real = "real_top1" in report["rows"][0]
-    lines.append(f"{'crop':>5} {'resize':>6} {'top-1':>7} {'top-5':>7} {'loss':>8}" + ("  ReaL top-1  top-5" if real
-                                                                                      else ""))
+    lines.append(
+        f"{'crop':>5} {'resize':>6} {'top-1':>7} {'top-5':>7} {'loss':>8}" + ("  ReaL top-1  top-5" if real else "")
+    )
     for r in report["rows"]:
         line = f"{r['crop']:>5} {r['resize']:>6} {r['top1']:>7.3f} {r['top5']:>7.3f} {r['loss']:>8.5f}"
         lines.append(line + (f"  {r['real_top1']:>10.3f} {r['real_top5']:>6.3f}" if real else ""))
     if "per_class" in report:
         weakest = sorted((c for c in report["per_class"] if c["images"]), key=lambda c: (c["top1"], c["class"]))[:5]
-        lines.append("weakest classes: " + ", ".join(f"{c['class']} {c['top1']:.1f}% ({c['images']})"
-                                                     for c in weakest))
-        lines.append("most confused (true -> predicted: images): " + (", ".join(
-            f"{c['true']} -> {c['predicted']}: {c['count']}" for c in report["confused"]) or "none"))
+        lines.append("weakest classes: " + ", ".join(f"{c['class']} {c['top1']:.1f}% ({c['images']})" for c in weakest))
+        lines.append(
+            "most confused (true -> predicted: images): "
+            + (", ".join(f"{c['true']} -> {c['predicted']}: {c['count']}" for c in report["confused"]) or "none")
+        )
     lines += ["", report["markdown"]]
     return "\n".join(lines)
 

@@ -20,6 +20,7 @@ is left at ``--out``.
 * ``fuse_bn``: every BatchNorm folded into the conv before it (``torch.nn.utils.fusion.
   fuse_conv_bn_eval``) for ONNX and TorchScript; compared with the unfused model.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -29,8 +30,8 @@ import json
 import os
 import tempfile
 import warnings
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Optional, Sequence
 
 import torch
 from torch import nn
@@ -68,8 +69,11 @@ def conv_bn_pairs(model: nn.Module) -> list[tuple[str, str]]:
         prefix = f"{name}." if name else ""
         if isinstance(module, nn.Sequential):
             kids = list(module.named_children())
-            pairs += [(prefix + a, prefix + b) for (a, ma), (b, mb) in zip(kids, kids[1:])
-                      if isinstance(ma, nn.Conv2d) and isinstance(mb, BN_TYPES)]
+            pairs += [
+                (prefix + a, prefix + b)
+                for (a, ma), (b, mb) in zip(kids, kids[1:])
+                if isinstance(ma, nn.Conv2d) and isinstance(mb, BN_TYPES)
+            ]
         for conv_name, bn_name in CONV_BN.get(type(module), ()):
             conv, bn = getattr(module, conv_name), getattr(module, bn_name)
             if isinstance(conv, nn.Sequential):
@@ -83,6 +87,7 @@ def fuse_bn(model: nn.Module) -> nn.Module:
     """Fold every BatchNorm of ``model`` (in eval mode) into its conv, in place: the conv gets
     the BN's scale and shift, the BN becomes an Identity. Returns ``model``."""
     from torch.nn.utils.fusion import fuse_conv_bn_eval
+
     model.eval()
     for conv_name, bn_name in conv_bn_pairs(model):
         fused = fuse_conv_bn_eval(model.get_submodule(conv_name), model.get_submodule(bn_name))
@@ -104,6 +109,7 @@ def max_abs_diff(a: torch.Tensor, b: torch.Tensor) -> float:
 # Writers and checks: each writes `path` and returns the exported model's logits for `x`
 # ---------------------------------------------------------------------------------------
 
+
 @contextlib.contextmanager
 def _quiet():
     """torch.jit and the TorchScript ONNX exporter warn that they are deprecated, on every call."""
@@ -115,16 +121,28 @@ def _quiet():
 
 def export_onnx(model: nn.Module, path: str, example: torch.Tensor, exporter: str = "dynamo") -> None:
     """Write ``model`` as ONNX (opset ONNX_OPSET, input "images" with a dynamic batch axis, output "logits")."""
-    kw = (dict(dynamo=True, dynamic_shapes={"x": {0: torch.export.Dim("batch")}}, external_data=False)
-          if exporter == "dynamo" else dict(dynamo=False, dynamic_axes={"images": {0: "batch"}, "logits": {0: "batch"}}))
+    kw = (
+        dict(dynamo=True, dynamic_shapes={"x": {0: torch.export.Dim("batch")}}, external_data=False)
+        if exporter == "dynamo"
+        else dict(dynamo=False, dynamic_axes={"images": {0: "batch"}, "logits": {0: "batch"}})
+    )
     with _quiet():
-        torch.onnx.export(model, (example,), path, input_names=["images"], output_names=["logits"],
-                          opset_version=ONNX_OPSET, verbose=False, **kw)
+        torch.onnx.export(
+            model,
+            (example,),
+            path,
+            input_names=["images"],
+            output_names=["logits"],
+            opset_version=ONNX_OPSET,
+            verbose=False,
+            **kw,
+        )
 
 
 def run_onnx(path: str, x: torch.Tensor) -> torch.Tensor:
     """``path``'s output for ``x`` in onnxruntime (CPU)."""
     import onnxruntime as ort
+
     session = ort.InferenceSession(path, providers=["CPUExecutionProvider"])
     (out,) = session.run(None, {session.get_inputs()[0].name: x.numpy()})
     return torch.from_numpy(out)
@@ -149,6 +167,7 @@ def safetensors_metadata(name: str, num_classes: int, arch: dict) -> dict:
 
 def export_safetensors(model: nn.Module, path: str, metadata: dict) -> None:
     from safetensors.torch import save_file
+
     save_file({k: v.contiguous() for k, v in model.state_dict().items()}, path, metadata=metadata)
 
 
@@ -156,6 +175,7 @@ def run_safetensors(path: str, x: torch.Tensor) -> torch.Tensor:
     """Rebuild the model from ``path``'s metadata, load its tensors strictly, run it on ``x``."""
     from safetensors import safe_open
     from safetensors.torch import load_file
+
     with safe_open(path, framework="pt") as f:
         meta = f.metadata()
     model = create_model(meta["model"], num_classes=int(meta["num_classes"]), **json.loads(meta["arch"])).eval()
@@ -168,13 +188,15 @@ def run_safetensors(path: str, x: torch.Tensor) -> torch.Tensor:
 # The command
 # ---------------------------------------------------------------------------------------
 
+
 @dataclass
 class ExportRequest:
     """The command line of scripts/export.py."""
+
     path: str
     fmt: str
     out: str
-    img_size: Optional[int] = None  # None: the config's eval crop (a bare state_dict: the model's default crop)
+    img_size: int | None = None  # None: the config's eval crop (a bare state_dict: the model's default crop)
     use_ema: bool = False
     fuse: bool = False
     model: str = ""  # model.name for a bare state_dict
@@ -189,16 +211,20 @@ def check_request(r: ExportRequest) -> None:
     if r.exporter not in ONNX_EXPORTERS:
         raise UserError(f"--onnx-exporter {r.exporter!r} is not one of {', '.join(ONNX_EXPORTERS)}.")
     if r.fuse and r.fmt == "safetensors":
-        raise UserError("--fuse-bn changes the layers (BatchNorm folded into the convs), so the weights would no "
-                        "longer load into create_model: use it with --format onnx or torchscript.")
+        raise UserError(
+            "--fuse-bn changes the layers (BatchNorm folded into the convs), so the weights would no "
+            "longer load into create_model: use it with --format onnx or torchscript."
+        )
     if r.img_size is not None and r.img_size < 32:
         raise UserError(f"--img-size {r.img_size} is below 32 px: ResNeSt's total stride is 32.")
     if r.fmt == "onnx":
         needed = ("onnx", "onnxruntime") + (("onnxscript",) if r.exporter == "dynamo" else ())
         missing = [m for m in needed if importlib.util.find_spec(m) is None]
         if missing:
-            raise UserError(f"--format onnx needs {', '.join(missing)}, which cannot be imported: pip install "
-                            f"{' '.join(missing)} (or pip install -e '.[export]').")
+            raise UserError(
+                f"--format onnx needs {', '.join(missing)}, which cannot be imported: pip install "
+                f"{' '.join(missing)} (or pip install -e '.[export]')."
+            )
 
 
 def build_for_export(r: ExportRequest) -> tuple[nn.Module, dict]:
@@ -208,12 +234,16 @@ def build_for_export(r: ExportRequest) -> tuple[nn.Module, dict]:
     overrides = list(r.overrides)
     if r.model:
         if found.config is not None and r.model != found.config["model"]["name"]:
-            raise UserError(f"--model {r.model}: {path} is a resnest-train checkpoint of "
-                            f"{found.config['model']['name']}; drop --model (its config names the model).")
+            raise UserError(
+                f"--model {r.model}: {path} is a resnest-train checkpoint of "
+                f"{found.config['model']['name']}; drop --model (its config names the model)."
+            )
         overrides.append(f"model.name={r.model}")
     elif found.config is None:
-        raise UserError(f"{path} is a bare state_dict: name its model with --model (e.g. --model resnest50; "
-                        "python -m resnest_train.models lists them).")
+        raise UserError(
+            f"{path} is a bare state_dict: name its model with --model (e.g. --model resnest50; "
+            "python -m resnest_train.models lists them)."
+        )
     cfg = weights_config(found, overrides)
     model = engine.build_model(cfg, found.num_classes).eval()
     arch = {k: getattr(cfg.model, k) for k in ARCH_KEYS if getattr(cfg.model, k, None) is not None}
@@ -221,8 +251,14 @@ def build_for_export(r: ExportRequest) -> tuple[nn.Module, dict]:
         size = cfg.data.eval_crop or cfg.data.train_crop
     else:
         size = get_model_spec(cfg.model.name)["default_crop"]
-    info = {"model": cfg.model.name, "num_classes": found.num_classes, "arch": arch,
-            "img_size": r.img_size or size, "source": path, "weights": "ema" if r.use_ema else "model"}
+    info = {
+        "model": cfg.model.name,
+        "num_classes": found.num_classes,
+        "arch": arch,
+        "img_size": r.img_size or size,
+        "source": path,
+        "weights": "ema" if r.use_ema else "model",
+    }
     return model, info
 
 
@@ -256,16 +292,27 @@ def export(model: nn.Module, info: dict, r: ExportRequest) -> dict:
             how = "safetensors state_dict, checked by loading it into create_model"
         diff = max_abs_diff(got, want)
         if not diff <= TOLERANCE:  # also NaN
-            raise UserError(f"The {r.fmt} export of {info['source']} does not reproduce the PyTorch model: max abs "
-                            f"difference {diff:.3g} > {TOLERANCE:g} on a random float32 batch of {check.shape[0]} "
-                            f"x {size} px. Nothing was written to {r.out}.")
+            raise UserError(
+                f"The {r.fmt} export of {info['source']} does not reproduce the PyTorch model: max abs "
+                f"difference {diff:.3g} > {TOLERANCE:g} on a random float32 batch of {check.shape[0]} "
+                f"x {size} px. Nothing was written to {r.out}."
+            )
         os.replace(tmp, r.out)
     finally:
         if os.path.exists(tmp):
             os.remove(tmp)
-    return {"out": r.out, "format": r.fmt, "how": how, "fused_bn": r.fuse, "img_size": size,
-            "check_batch": tuple(check.shape), "max_abs_diff": diff, "tolerance": TOLERANCE,
-            "bytes": os.path.getsize(r.out), **{k: info[k] for k in ("model", "num_classes", "source", "weights")}}
+    return {
+        "out": r.out,
+        "format": r.fmt,
+        "how": how,
+        "fused_bn": r.fuse,
+        "img_size": size,
+        "check_batch": tuple(check.shape),
+        "max_abs_diff": diff,
+        "tolerance": TOLERANCE,
+        "bytes": os.path.getsize(r.out),
+        **{k: info[k] for k in ("model", "num_classes", "source", "weights")},
+    }
 
 
 def run(r: ExportRequest, emit=print) -> dict:
@@ -274,9 +321,13 @@ def run(r: ExportRequest, emit=print) -> dict:
     torch.manual_seed(0)
     model, info = build_for_export(r)
     done = export(model, info, r)
-    emit(f"{done['model']} ({done['num_classes']} classes, {done['weights']} weights of {done['source']}) -> "
-         f"{done['out']}: {done['how']}{', BatchNorm fused' if done['fused_bn'] else ''}; "
-         f"{done['bytes'] / 2 ** 20:.1f} MiB")
-    emit(f"check: max abs difference {done['max_abs_diff']:.3g} vs the PyTorch model on a random batch "
-         f"{'x'.join(map(str, done['check_batch']))} (limit {TOLERANCE:g})")
+    emit(
+        f"{done['model']} ({done['num_classes']} classes, {done['weights']} weights of {done['source']}) -> "
+        f"{done['out']}: {done['how']}{', BatchNorm fused' if done['fused_bn'] else ''}; "
+        f"{done['bytes'] / 2**20:.1f} MiB"
+    )
+    emit(
+        f"check: max abs difference {done['max_abs_diff']:.3g} vs the PyTorch model on a random batch "
+        f"{'x'.join(map(str, done['check_batch']))} (limit {TOLERANCE:g})"
+    )
     return done

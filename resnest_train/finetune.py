@@ -20,9 +20,10 @@ is everything else: the classifier ``fc``, or a detector's or segmenter's new la
 The trainer applies ``apply(model, cfg.finetune)`` in ``engine.build_model`` after loading
 ``model.weights``, and passes ``lr_mult_fn(cfg.finetune)`` to the optimizer's parameter groups.
 """
+
 from __future__ import annotations
 
-from typing import Callable, Optional
+from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
@@ -53,7 +54,7 @@ class FrozenBatchNorm2d(nn.Module):
         self.register_buffer("num_batches_tracked", torch.tensor(0, dtype=torch.long))
 
     @classmethod
-    def from_batch_norm(cls, bn: nn.BatchNorm2d) -> "FrozenBatchNorm2d":
+    def from_batch_norm(cls, bn: nn.BatchNorm2d) -> FrozenBatchNorm2d:
         """A frozen copy of ``bn`` (its statistics, affine parameters, device and dtype)."""
         frozen = cls(bn.num_features, bn.eps).to(device=bn.running_mean.device, dtype=bn.running_mean.dtype)
         frozen.load_state_dict(bn.state_dict())
@@ -116,7 +117,7 @@ def lr_multiplier(name: str, body_lr_mult: float = 1.0, layer_decay: float = 1.0
     return body_lr_mult * layer_decay ** (HEAD_STAGE - stage)
 
 
-def lr_mult_fn(finetune_cfg) -> Optional[Callable[[str], float]]:
+def lr_mult_fn(finetune_cfg) -> Callable[[str], float] | None:
     """``name -> multiplier`` for ``optim.param_groups`` from a FinetuneConfig; None when every
     multiplier is 1 (the optimizer groups are then exactly those of a plain run)."""
     body, decay = finetune_cfg.body_lr_mult, finetune_cfg.layer_decay

@@ -1,12 +1,14 @@
 #!/usr/bin/env python
-"""Make the quick-start demo dataset (a thin wrapper over ``python -m resnest_train.data.demo``).
+"""`resnest-make-demo-data`: make the quick-start demo dataset (resnest_train/data/demo.py).
 
     python scripts/make_demo_data.py --out data/demo
+
+The package must be installed (`make install`, or `pip install -e .`).
 """
-import os
+
 import sys
 
+from resnest_train.data.demo import main
+
 if __name__ == "__main__":
-    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-    from resnest_train.data.demo import main
     sys.exit(main())

@@ -1,62 +1,14 @@
 #!/usr/bin/env python
-"""Run a sweep: one training run per grid point / runs entry, one after another.
+"""`resnest-sweep`: run a sweep (check, run, summarise).
+The code and its --help: resnest_train/cli/sweep.py.
 
-    python scripts/sweep.py configs/sweeps/cpu_smoke.yaml             check, run, summarise
-    python scripts/sweep.py configs/sweeps/radix_cardinality.yaml data.root=/data/imagenet --dry-run
-    python scripts/sweep.py configs/sweeps/radix_cardinality.yaml data.root=/data/imagenet --print > jobs.txt
-    python scripts/sweep.py configs/sweeps/cpu_smoke.yaml --summary   rewrite summary.csv/.md now
-
-Every run's config goes through train.py's pre-flight check (resnest_train/preflight.py)
-before anything starts, so --dry-run refuses what train.py would. Each run goes through
-launch.sh (so it may use every GPU, or several nodes); a finished run is skipped and an unfinished
-one resumes from its checkpoint, so running the same command again continues the sweep.
-A failed run does not stop the others; the exit status is then 1. The sweep file format
-is described in resnest_train/sweep.py.
+This file only lets a checkout run it as `python scripts/sweep.py`; the package must be
+installed (`make install`, or `pip install -e .`).
 """
-import argparse
-import os
-import shlex
+
 import sys
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-from resnest_train import sweep as sw  # noqa: E402
-from resnest_train.errors import UserError  # noqa: E402
-
-
-def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("sweep", help="sweep file (YAML: base, overrides, grid, runs, launch)")
-    parser.add_argument("overrides", nargs="*", metavar="section.key=value",
-                        help="added to the sweep's overrides for every run, e.g. data.root=/data/imagenet")
-    mode = parser.add_mutually_exclusive_group()
-    mode.add_argument("--print", action="store_true",
-                      help="print one shell-quoted launch.sh command per run and exit")
-    mode.add_argument("--dry-run", action="store_true",
-                      help="check every run's config as train.py does, print the plan, exit")
-    mode.add_argument("--summary", action="store_true",
-                      help="write summary.csv and summary.md from what the runs wrote so far, and print it")
-    args = parser.parse_args(argv)
-    try:
-        sweep = sw.load_sweep(args.sweep, args.overrides)
-        if args.summary:
-            csv_path, md_path, rows = sw.write_summary(sweep)
-            print(sw.markdown(sweep, rows), end="")
-            print(f"Summary: {csv_path}, {md_path}", file=sys.stderr)
-            return 0
-        epochs = sw.check(sweep)
-        if args.print:
-            for run in sweep.runs:
-                print(shlex.join(sw.launch_argv(sweep, run)))
-            return 0
-        if args.dry_run:
-            print(sw.plan_text(sweep, epochs=epochs), end="")
-            return 0
-        return sw.run_sweep(sweep, epochs=epochs)
-    except UserError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return e.exit_code
-
+from resnest_train.cli.sweep import main
 
 if __name__ == "__main__":
     sys.exit(main())

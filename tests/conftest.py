@@ -1,17 +1,14 @@
-import os
-import sys
-
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-if ROOT not in sys.path:
-    sys.path.insert(0, ROOT)
-
 import pytest
+
+# pyproject.toml's pytest `pythonpath` puts the checkout first on sys.path, so the package under
+# test is this checkout's; tests/helpers.py passes the same to the processes the tests start.
 
 
 @pytest.fixture(scope="session")
 def demo_root(tmp_path_factory):
     """A tiny real JPEG dataset in ImageNet layout: 4 classes x (16 train + 6 val), 32 px."""
     from resnest_train.data.demo import make_demo_dataset
+
     root = str(tmp_path_factory.mktemp("demo"))
     make_demo_dataset(root, classes=4, train_per_class=16, val_per_class=6, size=32, seed=0)
     return root
@@ -21,6 +18,7 @@ def demo_root(tmp_path_factory):
 def shapes_root(tmp_path_factory):
     """10 classes of 32 px PNG shapes (shape x colour): 32 train + 10 val images each."""
     from helpers import make_shapes
+
     return make_shapes(str(tmp_path_factory.mktemp("shapes")), 32, 10, seed=0, by_colour=True)
 
 
@@ -29,6 +27,7 @@ def pretrained_run(tmp_path_factory, shapes_root):
     """A finished train.py run on ``shapes_root`` (helpers.PRETRAIN: 5 epochs, 100 steps, with an
     EMA): the trained model the evaluate, export and fine-tune tests start from."""
     from helpers import PRETRAIN, train
+
     out = str(tmp_path_factory.mktemp("pretrained"))
     train(*PRETRAIN, f"data.root={shapes_root}", f"output.dir={out}")
     return out

@@ -1,19 +1,33 @@
 """Shared by the tests: run train.py for real, read what a run leaves behind."""
+
 import glob
-import json
 import os
 import subprocess
 import sys
+
+from resnest_train.rundir import RunDir
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TRAIN = os.path.join(ROOT, "train.py")
 
 # A tiny but real run: resnest14 on 32 px synthetic images, 2 x 4 steps, every step logged; on
 # the CPU also on a machine with a GPU (tests/test_gpu_path.py checks that with CUDA faked).
-TINY = ["model.name=resnest14", "device=cpu", "data.backend=synthetic", "data.train_crop=32",
-        "data.synthetic.train_images=64", "data.synthetic.val_images=24", "data.synthetic.num_classes=5",
-        "train.batch_size=8", "train.epochs=2", "optim.warmup_epochs=1", "output.log_every=1",
-        "output.progress=lines", "output.save_every_epochs=1", "output.keep_last=1"]
+TINY = [
+    "model.name=resnest14",
+    "device=cpu",
+    "data.backend=synthetic",
+    "data.train_crop=32",
+    "data.synthetic.train_images=64",
+    "data.synthetic.val_images=24",
+    "data.synthetic.num_classes=5",
+    "train.batch_size=8",
+    "train.epochs=2",
+    "optim.warmup_epochs=1",
+    "output.log_every=1",
+    "output.progress=lines",
+    "output.save_every_epochs=1",
+    "output.keep_last=1",
+]
 
 
 def env():
@@ -23,21 +37,31 @@ def env():
 
 
 def train(*args, check=True, timeout=600):
-    result = subprocess.run([sys.executable, TRAIN, *args], capture_output=True, text=True, cwd=ROOT,
-                            env=env(), timeout=timeout)
+    result = subprocess.run(
+        [sys.executable, TRAIN, *args], capture_output=True, text=True, cwd=ROOT, env=env(), timeout=timeout
+    )
     if check and result.returncode != 0:
         raise AssertionError(f"train.py exited {result.returncode}\n{result.stdout}\n{result.stderr}")
     return result
 
 
 def metrics(run_dir):
-    with open(os.path.join(run_dir, "metrics.jsonl")) as f:
-        return [json.loads(line) for line in f]
+    """The run's metrics.jsonl records; fails if the file is missing."""
+    run = RunDir(run_dir)
+    assert os.path.isfile(run.metrics), f"{run.metrics} is missing"
+    return run.read_metrics()
 
 
 def run_state(run_dir):
-    with open(os.path.join(run_dir, "run_state.json")) as f:
-        return json.load(f)
+    """The run's run_state.json; fails if the file is missing."""
+    run = RunDir(run_dir)
+    assert os.path.isfile(run.run_state), f"{run.run_state} is missing"
+    return run.read_run_state()
+
+
+def last_checkpoint(run_dir):
+    """The path of the run's checkpoints/last.pth."""
+    return RunDir(run_dir).last_checkpoint
 
 
 def scalars(path, tag):
@@ -46,6 +70,7 @@ def scalars(path, tag):
     `path` is the tb folder or one events file; later values of a step win.
     """
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
     acc = EventAccumulator(path, size_guidance={"scalars": 0})
     acc.Reload()
     if tag not in acc.Tags()["scalars"]:
@@ -55,7 +80,7 @@ def scalars(path, tag):
 
 def event_files(run_dir):
     """The run's TensorBoard event files, oldest first (their names start with the creation time)."""
-    files = glob.glob(os.path.join(run_dir, "tb", "events.out.tfevents.*"))
+    files = glob.glob(os.path.join(RunDir(run_dir).tensorboard, "events.out.tfevents.*"))
     return sorted(files, key=lambda f: float(os.path.basename(f).split(".")[3]))
 
 
@@ -76,14 +101,27 @@ COLOURS = {"green": (40, 200, 40), "red": (220, 40, 40)}
 
 def _polygon(shape, cx, cy, r, angle):
     import math
+
     if shape == "square":
         pts = [(math.cos(a), math.sin(a)) for a in (math.pi / 4 + k * math.pi / 2 for k in range(4))]
     elif shape == "triangle":
         pts = [(math.cos(a), math.sin(a)) for a in (k * 2 * math.pi / 3 for k in range(3))]
     elif shape == "cross":
         w = 0.3
-        pts = [(-w, -1), (w, -1), (w, -w), (1, -w), (1, w), (w, w), (w, 1), (-w, 1), (-w, w), (-1, w), (-1, -w),
-               (-w, -w)]
+        pts = [
+            (-w, -1),
+            (w, -1),
+            (w, -w),
+            (1, -w),
+            (1, w),
+            (w, w),
+            (w, 1),
+            (-w, 1),
+            (-w, w),
+            (-1, w),
+            (-1, -w),
+            (-w, -w),
+        ]
     else:  # bar
         pts = [(-1, -0.3), (1, -0.3), (1, 0.3), (-1, 0.3)]
     ca, sa = math.cos(angle), math.sin(angle)
@@ -94,6 +132,7 @@ def shape_image(shape, colour, size, rng):
     """One filled shape (random place, size, turn; colour jittered) on a flat grey with pixel noise."""
     import numpy as np
     from PIL import Image, ImageDraw
+
     img = Image.new("RGB", (size, size), (int(rng.uniform(60, 190)),) * 3)
     draw = ImageDraw.Draw(img)
     r = rng.uniform(0.25, 0.4) * size
@@ -114,8 +153,10 @@ def make_shapes(root, train_per_class, val_per_class, seed, by_colour, size=32):
     one per shape, in both colours (a coarser task whose classes the 10-class set does not have).
     """
     import numpy as np
-    classes = ([(f"{c}_{s}", [c]) for c in COLOURS for s in SHAPES] if by_colour
-               else [(s, list(COLOURS)) for s in SHAPES])
+
+    classes = (
+        [(f"{c}_{s}", [c]) for c in COLOURS for s in SHAPES] if by_colour else [(s, list(COLOURS)) for s in SHAPES]
+    )
     for split_id, (split, n) in enumerate((("train", train_per_class), ("val", val_per_class))):
         for k, (name, colours) in enumerate(classes):
             folder = os.path.join(root, split, name)
@@ -124,7 +165,8 @@ def make_shapes(root, train_per_class, val_per_class, seed, by_colour, size=32):
                 rng = np.random.default_rng([seed, split_id, k, i])
                 shape = name.rsplit("_", 1)[-1]
                 shape_image(shape, COLOURS[colours[i % len(colours)]], size, rng).save(
-                    os.path.join(folder, f"{split}_{k:02d}_{i:04d}.png"))
+                    os.path.join(folder, f"{split}_{k:02d}_{i:04d}.png")
+                )
     return root
 
 
@@ -132,8 +174,25 @@ def make_shapes(root, train_per_class, val_per_class, seed, by_colour, size=32):
 # 10-class shapes reach ~60% val top-1 in ~20 s on a loaded 2-core machine.
 NARROW = ["model.name=resnest14", "model.stem_width=16", "model.bottleneck_width=16"]
 SHAPES_RUN = NARROW + [
-    "device=cpu", "data.backend=torchvision", "data.workers=0", "data.train_crop=32", "data.eval_ratio=1.0",
-    "data.rrc_scale=[1.0,1.0]", "data.rrc_ratio=[1.0,1.0]", "data.autoaugment=false", "train.mixup_alpha=0",
-    "output.progress=lines", "output.log_every=20", "output.tensorboard=false", "output.save_every_epochs=0"]
-PRETRAIN = SHAPES_RUN + ["train.batch_size=16", "train.epochs=5", "optim.base_lr=0.32", "optim.warmup_epochs=0.5",
-                         "train.ema=true", "train.ema_decay=0.9"]
+    "device=cpu",
+    "data.backend=torchvision",
+    "data.workers=0",
+    "data.train_crop=32",
+    "data.eval_ratio=1.0",
+    "data.rrc_scale=[1.0,1.0]",
+    "data.rrc_ratio=[1.0,1.0]",
+    "data.augment=none",
+    "train.mixup_alpha=0",
+    "output.progress=lines",
+    "output.log_every=20",
+    "output.loggers=[]",
+    "output.save_every_epochs=0",
+]
+PRETRAIN = SHAPES_RUN + [
+    "train.batch_size=16",
+    "train.epochs=5",
+    "optim.base_lr=0.32",
+    "optim.warmup_epochs=0.5",
+    "train.ema=true",
+    "train.ema_decay=0.9",
+]

@@ -1,6 +1,7 @@
 """ResNeSt as a backbone: features_only maps (shapes, channels, strides, weights loaded strict on
 the body), torchvision's Faster R-CNN on an FPN over it (a training step and an inference on
 the CPU), and the DeepLabV3 head of docs/after_training.md."""
+
 import pytest
 import torch
 
@@ -13,8 +14,10 @@ from resnest_train.models import ModelError, create_model
 def stage_outputs(model, x):
     """The classifier's own stem (act1) and layer1..layer4 outputs, taken with forward hooks."""
     seen = {}
-    hooks = [getattr(model, n).register_forward_hook(lambda m, i, o, n=n: seen.__setitem__(n, o))
-             for n in ("act1", "layer1", "layer2", "layer3", "layer4")]
+    hooks = [
+        getattr(model, n).register_forward_hook(lambda m, i, o, n=n: seen.__setitem__(n, o))
+        for n in ("act1", "layer1", "layer2", "layer3", "layer4")
+    ]
     with torch.no_grad():
         model(x)
     for h in hooks:
@@ -48,7 +51,9 @@ def test_out_indices_choose_maps_and_later_stages_are_not_built():
     body.load_classifier_state_dict(classifier.state_dict())  # layer3/4 and fc keys left out
     assert [m.shape[1] for m in body.eval()(torch.randn(1, 3, 64, 64))] == [256, 512]
     assert body.feature_info.channels() == [256, 512] and body.reductions == [4, 8]
-    with pytest.raises(RuntimeError, match="Unexpected key.*layer1.1.conv1.weight"):  # strict: resnest26 has 2 blocks a stage
+    with pytest.raises(
+        RuntimeError, match="Unexpected key.*layer1.1.conv1.weight"
+    ):  # strict: resnest26 has 2 blocks a stage
         body.load_classifier_state_dict(create_model("resnest26", num_classes=3).state_dict())
     for bad in [(), (2, 1), (1, 1), (5,), [0, 9]]:
         with pytest.raises(ModelError, match="out_indices must be increasing distinct stage indices in 0..4"):
@@ -59,8 +64,13 @@ def test_body_weights_from_a_checkpoint_file_and_its_ema(tmp_path):
     torch.manual_seed(0)
     model, ema = create_model("resnest14", num_classes=4), create_model("resnest14", num_classes=4)
     path = str(tmp_path / "ckpt.pth")
-    torch.save({"model": {f"module.{k}": v for k, v in model.state_dict().items()},
-                "ema": {f"module.{k}": v for k, v in ema.state_dict().items()}}, path)
+    torch.save(
+        {
+            "model": {f"module.{k}": v for k, v in model.state_dict().items()},
+            "ema": {f"module.{k}": v for k, v in ema.state_dict().items()},
+        },
+        path,
+    )
     body = create_model("resnest14", features_only=True)
     load_body_weights(body, path, use_ema=True)
     assert torch.equal(body.layer2[0].conv1.weight, ema.layer2[0].conv1.weight)
@@ -81,17 +91,19 @@ def pretrained_file(tmp_path_factory):
 
 def tiny_detection_batch():
     images = [torch.rand(3, 128, 128), torch.rand(3, 128, 128)]
-    targets = [{"boxes": torch.tensor([[10.0, 20.0, 70.0, 90.0]]), "labels": torch.tensor([1])},
-               {"boxes": torch.tensor([[30.0, 30.0, 100.0, 110.0], [5.0, 5.0, 40.0, 40.0]]),
-                "labels": torch.tensor([2, 1])}]
+    targets = [
+        {"boxes": torch.tensor([[10.0, 20.0, 70.0, 90.0]]), "labels": torch.tensor([1])},
+        {"boxes": torch.tensor([[30.0, 30.0, 100.0, 110.0], [5.0, 5.0, 40.0, 40.0]]), "labels": torch.tensor([2, 1])},
+    ]
     return images, targets
 
 
 def test_faster_rcnn_on_resnest_fpn_trains_one_step_and_detects(pretrained_file):
     torch.manual_seed(0)
     # torchvision's setting for pretrained detection backbones: stem + layer1 frozen, every BatchNorm frozen
-    model = resnest_faster_rcnn("resnest14", num_classes=3, weights=pretrained_file, freeze_stages=2,
-                                freeze_bn=True, min_size=128, max_size=128)
+    model = resnest_faster_rcnn(
+        "resnest14", num_classes=3, weights=pretrained_file, freeze_stages=2, freeze_bn=True, min_size=128, max_size=128
+    )
     body = model.backbone.body
     assert model.backbone.out_channels == 256 and body.channels == [256, 512, 1024, 2048]
     assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in body.modules())

@@ -4,7 +4,8 @@ import sys
 
 import pytest
 
-from resnest_train.config import ConfigError, load_config
+from resnest_train.config_loader import load_config
+from resnest_train.errors import ConfigError
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CONFIGS = os.path.join(ROOT, "configs")
@@ -28,9 +29,15 @@ def test_base_inheritance_any_depth_and_lists(tmp_path):
     assert cfg.train.label_smoothing == 0.1  # schema default untouched
 
 
-@pytest.mark.parametrize("name,crop,ratio,drop,jitter", [
-    ("resnest50", 224, 0.875, None, 0.4), ("resnest101", 256, 0.889, None, 0.4),
-    ("resnest200", 320, 0.909, 0.2, 0.0), ("resnest269", 416, 0.929, 0.2, 0.0)])
+@pytest.mark.parametrize(
+    "name,crop,ratio,drop,jitter",
+    [
+        ("resnest50", 224, 0.875, None, 0.4),
+        ("resnest101", 256, 0.889, None, 0.4),
+        ("resnest200", 320, 0.909, 0.2, 0.0),
+        ("resnest269", 416, 0.929, 0.2, 0.0),
+    ],
+)
 def test_paper_configs_hold_the_recipe(name, crop, ratio, drop, jitter):
     cfg = load_config(os.path.join(CONFIGS, f"{name}.yaml"))
     assert cfg.model.name == name
@@ -41,15 +48,22 @@ def test_paper_configs_hold_the_recipe(name, crop, ratio, drop, jitter):
     assert cfg.optim.weight_decay == 1e-4 and cfg.train.label_smoothing == 0.1
     db = cfg.model.dropblock
     assert (db.stages, db.sites, db.block_size, db.prob) == ([3, 4], ["bn1", "splat", "bn3"], 3, 0.1)
-    assert cfg.data.autoaugment and cfg.model.zero_init_last
+    assert cfg.data.augment == "autoaugment" and cfg.data.random_erasing == 0 and cfg.model.zero_init_last
 
 
 def test_every_ablation_config_loads():
     folder = os.path.join(CONFIGS, "ablation")
     names = sorted(load_config(os.path.join(folder, f)).model.name for f in os.listdir(folder))
-    assert names == ["resnest50_fast_1s1x64d", "resnest50_fast_1s2x40d", "resnest50_fast_1s4x24d",
-                     "resnest50_fast_2s1x64d", "resnest50_fast_2s2x40d", "resnest50_fast_4s1x64d",
-                     "resnest50_fast_4s2x40d", "resnet50d"]
+    assert names == [
+        "resnest50_fast_1s1x64d",
+        "resnest50_fast_1s2x40d",
+        "resnest50_fast_1s4x24d",
+        "resnest50_fast_2s1x64d",
+        "resnest50_fast_2s2x40d",
+        "resnest50_fast_4s1x64d",
+        "resnest50_fast_4s2x40d",
+        "resnet50d",
+    ]
 
 
 def test_unknown_key_names_file_key_and_closest(tmp_path):
@@ -60,6 +74,34 @@ def test_unknown_key_names_file_key_and_closest(tmp_path):
     with pytest.raises(ConfigError) as e:
         load_config(None, ["optim.base_rl=0.1"])
     assert "optim.base_rl=0.1" in str(e.value) and "'optim.base_lr'" in str(e.value)
+
+
+@pytest.mark.parametrize("old,new", [("true", "autoaugment"), ("false", "none")])
+def test_the_replaced_autoaugment_key_names_data_augment(tmp_path, old, new):
+    path = write(tmp_path / "old.yaml", f"data:\n  autoaugment: {old}\n")
+    with pytest.raises(ConfigError) as e:
+        load_config(path)
+    assert str(e.value) == (
+        f"Config key 'data.autoaugment' in {path} was replaced by 'data.augment' (autoaugment, randaugment, "
+        f"trivialaugment, none): write 'augment: {new}' under 'data:' (or data.augment={new} on the command "
+        "line), and remove 'data.autoaugment'."
+    )
+    with pytest.raises(ConfigError, match=f"'data.autoaugment' in command-line override 'data.autoaugment={old}' "):
+        load_config(None, [f"data.autoaugment={old}"])
+
+
+@pytest.mark.parametrize("old,new", [(True, "autoaugment"), (False, "none")])
+def test_a_checkpoints_saved_autoaugment_reads_as_data_augment(old, new):
+    """A checkpoint cannot be edited: its saved config's old key is read as the new one."""
+    from resnest_train.config import Config
+    from resnest_train.config_loader import config_from_dict, config_to_dict
+
+    saved = config_to_dict(Config())
+    del saved["data"]["augment"]
+    saved["data"]["autoaugment"] = old
+    assert config_from_dict(saved).data.augment == new
+    with pytest.raises(ConfigError, match="'data.autoaugment' in command-line override"):  # a user's override is not
+        config_from_dict(saved, overrides=["data.autoaugment=true"])
 
 
 def test_wrong_type_names_expected_type(tmp_path):
@@ -84,10 +126,12 @@ def test_bad_yaml_missing_base_and_cycles(tmp_path):
 
 
 def run_train(*args):
-    return subprocess.run([sys.executable, os.path.join(ROOT, "train.py"), *args],
-                          capture_output=True, text=True, cwd=ROOT)
+    return subprocess.run(
+        [sys.executable, os.path.join(ROOT, "train.py"), *args], capture_output=True, text=True, cwd=ROOT
+    )
 
 
+@pytest.mark.slow
 def test_cli_user_errors_are_one_paragraph_and_exit_2(tmp_path):
     result = run_train("--config", os.path.join(CONFIGS, "resnest50.yaml"), "train.epohcs=2")
     assert result.returncode == 2
@@ -97,6 +141,7 @@ def test_cli_user_errors_are_one_paragraph_and_exit_2(tmp_path):
     assert result.returncode == 2 and "missing.yaml does not exist" in result.stderr
 
 
+@pytest.mark.slow
 def test_print_config_shows_resolved_values():
     result = run_train("--config", os.path.join(CONFIGS, "resnest101.yaml"), "--print-config", "train.epochs=3")
     assert result.returncode == 0, result.stderr

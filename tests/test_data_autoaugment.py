@@ -7,6 +7,7 @@ operations must agree to within rounding (equalize: see its note); geometric one
 compared by the share of pixels that differ, since a half-pixel difference in where
 nearest sampling lands moves single pixels along edges.
 """
+
 import numpy as np
 import pytest
 
@@ -18,7 +19,9 @@ BINS = [2, 9]
 
 def policy_ops():
     import torchvision.transforms as T
+
     from resnest_train.data.dali import torchvision_imagenet_policy
+
     table = T.AutoAugment(T.AutoAugmentPolicy.IMAGENET).policies
     policy = torchvision_imagenet_policy("cpu")
     ops = {}
@@ -35,7 +38,7 @@ def images():
     return imgs
 
 
-def run_dali(aug, imgs, magnitude_bin, negative):
+def run_dali(aug, imgs, magnitude_bin, negative, num_magnitude_bins=10):
     import nvidia.dali.fn as fn
     import nvidia.dali.types as types
     from nvidia.dali import pipeline_def
@@ -45,7 +48,7 @@ def run_dali(aug, imgs, magnitude_bin, negative):
     def pipe():
         data = fn.external_source(source=lambda: imgs, batch=True, layout="HWC", dtype=types.UINT8)
         kwargs = {}
-        params = aug.op.__code__.co_varnames[:aug.op.__code__.co_argcount]
+        params = aug.op.__code__.co_varnames[: aug.op.__code__.co_argcount]
         if "fill_value" in params:
             kwargs = dict(fill_value=128, interp_type=types.INTERP_NN)
         if aug.randomly_negate:
@@ -53,7 +56,7 @@ def run_dali(aug, imgs, magnitude_bin, negative):
             mb = signed_bin(magnitude_bin, sign)
         else:
             mb = magnitude_bin
-        return aug(data, magnitude_bin=mb, num_magnitude_bins=10, **kwargs)
+        return aug(data, magnitude_bin=mb, num_magnitude_bins=num_magnitude_bins, **kwargs)
 
     p = pipe()
     p.build()
@@ -61,18 +64,22 @@ def run_dali(aug, imgs, magnitude_bin, negative):
     return [np.array(out[i]) for i in range(len(imgs))]
 
 
-def run_torchvision(name, imgs, magnitude_bin, negative):
+def run_torchvision(name, imgs, magnitude_bin, negative, space=None):
+    """torchvision's ``_apply_op`` at bin ``magnitude_bin`` of ``space`` (default: AutoAugment's table)."""
     import torchvision.transforms as T
     from PIL import Image
     from torchvision.transforms.autoaugment import _apply_op
-    mags, signed = T.AutoAugment()._augmentation_space(10, (H, W))[name]
+
+    space = space or T.AutoAugment()._augmentation_space(10, (H, W))
+    mags, signed = space[name]
     magnitude = float(mags[magnitude_bin]) if mags.ndim > 0 else 0.0
     if signed and negative:
         magnitude = -magnitude
     out = []
     for img in imgs:
-        res = _apply_op(Image.fromarray(img), name, magnitude, interpolation=T.InterpolationMode.NEAREST,
-                        fill=[128, 128, 128])
+        res = _apply_op(
+            Image.fromarray(img), name, magnitude, interpolation=T.InterpolationMode.NEAREST, fill=[128, 128, 128]
+        )
         out.append(np.asarray(res))
     return out
 

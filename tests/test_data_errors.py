@@ -1,4 +1,5 @@
 """User mistakes and bad files: one clear DataError naming the path, or skipped and counted."""
+
 import os
 import shutil
 
@@ -6,7 +7,7 @@ import pytest
 import torch
 
 from resnest_train.data import build_loaders
-from resnest_train.data.imagenet import check_image
+from resnest_train.data.scan import check_image
 from resnest_train.errors import DataError, UserError
 from test_data_helpers import cfg, corrupt, make_dataset
 
@@ -14,7 +15,7 @@ BACKENDS = ["torchvision", "dali"]
 
 
 def build(root, backend="torchvision", **kw):
-    return build_loaders(cfg(root, backend=backend, autoaugment=False, **kw), batch_size=2)
+    return build_loaders(cfg(root, backend=backend, augment="none", **kw), batch_size=2)
 
 
 def run_all(loaders):
@@ -99,14 +100,15 @@ def test_bad_files_are_skipped_and_counted(tmp_path, backend):
     assert len(caches) == 1
     # the second build reads the cached scan instead of checking every file again
     os.utime(root / "train" / "cat" / "cat_001.JPEG")
-    from resnest_train.data import imagenet
+    from resnest_train.data import scan
+
     calls = []
-    orig = imagenet.check_files
-    imagenet.check_files = lambda *a, **k: calls.append(a) or orig(*a, **k)
+    orig = scan.check_files
+    scan.check_files = lambda *a, **k: calls.append(a) or orig(*a, **k)
     try:
         assert build(root, backend, skip_bad_images=True).bad_images == 4
     finally:
-        imagenet.check_files = orig
+        scan.check_files = orig
     assert calls == []
 
 
@@ -116,7 +118,7 @@ def test_torchvision_skips_a_file_the_prescan_missed(tmp_path):
     # damaged after the scan, in a way the cheap checks cannot see: a valid JPEG head and tail
     p = root / "train" / "bee" / "bee_000.JPEG"
     data = bytearray(open(p, "rb").read())
-    data[200:len(data) - 2] = b"\xff\x01" * ((len(data) - 202) // 2) + b"\x00" * ((len(data) - 202) % 2)
+    data[200 : len(data) - 2] = b"\xff\x01" * ((len(data) - 202) // 2) + b"\x00" * ((len(data) - 202) % 2)
     open(p, "wb").write(bytes(data))
     if check_image(str(p), full=True) is None:
         pytest.skip("this damage still decodes")
@@ -149,8 +151,13 @@ def test_file_lists(tmp_path):
     for split in lines:
         (tmp_path / f"{split}.txt").write_text("\n".join(lines[split]) + "\n")
     for backend in BACKENDS:
-        c = cfg("", backend=backend, autoaugment=False, train_list=str(tmp_path / "train.txt"),
-                val_list=str(tmp_path / "val.txt"))
+        c = cfg(
+            "",
+            backend=backend,
+            augment="none",
+            train_list=str(tmp_path / "train.txt"),
+            val_list=str(tmp_path / "val.txt"),
+        )
         loaders = build_loaders(c, batch_size=2)
         assert loaders.num_classes == 3 and loaders.val_images == 9
         assert run_all(loaders) == 6 + 5

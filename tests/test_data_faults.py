@@ -1,12 +1,13 @@
 """Real-world files that once broke a backend (issue 9): both backends must read them alike.
 
-The rule both backends follow (``resnest_train.data.imagenet.load_rgb``): the photo as a
+The rule both backends follow (``resnest_train.data.decode.load_rgb``): the photo as a
 person sees it (EXIF orientation applied), 16-bit samples scaled to 8 bits as
 ``round(v * 255 / 65535)``, float samples as [0, 1], alpha dropped, every other mode
 converted to RGB by PIL. A file DALI's decoder cannot read that way is flagged by the DALI
 scan (``--check``, and skip mode, which skips it); one DALI cannot read at all stops a run
 without skip mode with its name.
 """
+
 import os
 
 import numpy as np
@@ -15,7 +16,8 @@ import torch
 from PIL import Image
 
 from resnest_train.data import build_loaders
-from resnest_train.data.imagenet import check_image, find_bad_images, load_splits
+from resnest_train.data.layout import load_splits
+from resnest_train.data.scan import check_image, find_bad_images
 from resnest_train.errors import DataError
 from test_data_helpers import cfg, make_dataset, smooth_image
 from test_data_prepare import script
@@ -27,7 +29,7 @@ MEAN = torch.tensor([0.485, 0.456, 0.406]).view(1, 3, 1, 1)
 
 def val_tensors(root, backend, **kw):
     """The eval-path tensors of every val image, in split order (deterministic)."""
-    loaders = build_loaders(cfg(root, backend=backend, autoaugment=False, eval_ratio=1.0, **kw), batch_size=4)
+    loaders = build_loaders(cfg(root, backend=backend, augment="none", eval_ratio=1.0, **kw), batch_size=4)
     return torch.cat([x for x, _ in loaders.val]), loaders
 
 
@@ -39,6 +41,7 @@ def run_epoch(loaders):
 
 # --- item 2: a GIF saved with a .jpg name ----------------------------------------------------
 
+
 @pytest.fixture()
 def gif_root(tmp_path):
     root = make_dataset(tmp_path / "ds", specials=False)  # 3 classes x (4 train + 3 val)
@@ -49,7 +52,7 @@ def gif_root(tmp_path):
 
 def test_gif_named_jpg_stops_dali_with_its_path(gif_root):
     gif = gif_root / "train" / "bee" / "bee_gif.jpg"
-    loaders = build_loaders(cfg(gif_root, backend="dali", autoaugment=False), batch_size=13)  # one batch: all
+    loaders = build_loaders(cfg(gif_root, backend="dali", augment="none"), batch_size=13)  # one batch: all
     with pytest.raises(DataError) as e:
         run_epoch(loaders)
     msg = str(e.value)
@@ -63,12 +66,12 @@ def test_gif_named_jpg_is_decoded_or_skipped_by_what_the_backend_reads(gif_root,
     gif = str(gif_root / "train" / "bee" / "bee_gif.jpg")
     assert check_image(gif, backend="torchvision") is None and check_image(gif, full=True) is None
     assert "GIF image" in check_image(gif, backend="dali")
-    loaders = build_loaders(cfg(gif_root, backend=backend, autoaugment=False, skip_bad_images=True), batch_size=2)
+    loaders = build_loaders(cfg(gif_root, backend=backend, augment="none", skip_bad_images=True), batch_size=2)
     expect_bad = 1 if backend == "dali" else 0
     assert loaders.bad_images == expect_bad and len(loaders.train) == (13 - expect_bad) // 2
     assert run_epoch(loaders) == (len(loaders.train), 9)
     if backend == "torchvision":  # PIL reads it: it trains without skip mode too
-        assert run_epoch(build_loaders(cfg(gif_root, backend=backend, autoaugment=False), batch_size=13)) == (1, 9)
+        assert run_epoch(build_loaders(cfg(gif_root, backend=backend, augment="none"), batch_size=13)) == (1, 9)
 
 
 def test_check_judges_by_the_backend_in_use(gif_root, capsys):
@@ -81,23 +84,26 @@ def test_check_judges_by_the_backend_in_use(gif_root, capsys):
     assert "train: 13 images in 3 classes (4-5 per class), 1 unreadable" in out
     assert f"unreadable: {gif}: a GIF image (mode P), which DALI's image decoder cannot read" in out
     # skip mode of each backend finds its own backend's list: no second scan
-    from resnest_train.data import imagenet
-    orig, calls = imagenet.check_files, []
-    imagenet.check_files = lambda *a, **k: calls.append(a) or orig(*a, **k)
+    from resnest_train.data import scan
+
+    orig, calls = scan.check_files, []
+    scan.check_files = lambda *a, **k: calls.append(a) or orig(*a, **k)
     try:
-        bad = {b: build_loaders(cfg(gif_root, backend=b, skip_bad_images=True), batch_size=2).bad_images
-               for b in BACKENDS}
+        bad = {
+            b: build_loaders(cfg(gif_root, backend=b, skip_bad_images=True), batch_size=2).bad_images for b in BACKENDS
+        }
     finally:
-        imagenet.check_files = orig
+        scan.check_files = orig
     assert bad == {"torchvision": 0, "dali": 1} and calls == []
 
 
 # --- item 3: EXIF orientation ------------------------------------------------------------------
 
+
 def red_blue(w=96, h=48):
     a = np.zeros((h, w, 3), np.uint8)
     a[:, : w // 2] = (255, 0, 0)
-    a[:, w // 2:] = (0, 0, 255)
+    a[:, w // 2 :] = (0, 0, 255)
     return a
 
 
@@ -108,8 +114,12 @@ def test_exif_orientation_is_applied_in_both_backends(tmp_path, fmt):
     root = make_dataset(tmp_path, classes=("a", "b"), train_per_class=2, val_per_class=1, specials=False)
     exif = Image.Exif()
     exif[0x0112] = 6
-    Image.fromarray(red_blue()).save(tmp_path / "val" / "a" / "z_exif6.img.jpg", format=fmt, exif=exif,
-                                     **({"quality": 95} if fmt in ("JPEG", "WEBP") else {}))
+    Image.fromarray(red_blue()).save(
+        tmp_path / "val" / "a" / "z_exif6.img.jpg",
+        format=fmt,
+        exif=exif,
+        **({"quality": 95} if fmt in ("JPEG", "WEBP") else {}),
+    )
     out = {b: val_tensors(root, b, train_crop=48)[0][1] for b in BACKENDS}  # val/a: a_000, z_exif6
     assert (out["dali"] - out["torchvision"]).abs().max() < 0.02
     px = (out["torchvision"] * STD[0] + MEAN[0]) * 255  # the centre 48x48 of the upright 48x96 photo
@@ -127,8 +137,17 @@ def test_exif_orientation_on_the_train_path(tmp_path):
             Image.fromarray(red_blue()).save(tmp_path / "train" / cls / f"{i}.jpg", exif=exif, quality=95)
     out = {}
     for b in BACKENDS:
-        c = cfg(root, backend=b, autoaugment=False, hflip=False, color_jitter=0.0, lighting=0.0,
-                rrc_scale=[1.0, 1.0], rrc_ratio=[0.5, 0.5], train_crop=32)
+        c = cfg(
+            root,
+            backend=b,
+            augment="none",
+            hflip=False,
+            color_jitter=0.0,
+            lighting=0.0,
+            rrc_scale=[1.0, 1.0],
+            rrc_ratio=[0.5, 0.5],
+            train_crop=32,
+        )
         loaders = build_loaders(c, batch_size=4)
         loaders.train.set_epoch(0)
         out[b] = next(iter(loaders.train))[0]
@@ -140,6 +159,7 @@ def test_exif_orientation_on_the_train_path(tmp_path):
 
 
 # --- item 4: every image mode PIL produces ----------------------------------------------------
+
 
 def mode_images(size=32):
     """{file name: PIL image} for every mode PIL makes from files, in every format PIL writes it."""
@@ -180,15 +200,19 @@ def mode_images(size=32):
 
 
 # What DALI 2.4's CPU decoder cannot read the way the rule does: flagged by the DALI scan.
-DALI_CANNOT = {"GIF": "cannot read", ("1", "TIFF"): "cannot read", ("I", "TIFF"): "cannot read",
-               ("LA", "TIFF"): "differently", ("F", "PPM"): "cannot read"}
+DALI_CANNOT = {
+    "GIF": "cannot read",
+    ("1", "TIFF"): "cannot read",
+    ("I", "TIFF"): "cannot read",
+    ("LA", "TIFF"): "differently",
+    ("F", "PPM"): "cannot read",
+}
 REQUIRED = ["I;16", "I", "F", "LA", "P+transparency", "RGBA", "CMYK", "1", "L", "P", "RGB"]
 
 
 def test_every_image_mode_gives_the_same_tensor_in_both_backends(tmp_path):
     # 32 px images at a 32 px crop: no resize, the tensors are the decoded pixels
-    root = make_dataset(tmp_path, classes=("a", "b"), train_per_class=2, val_per_class=1, size=(32, 32),
-                        specials=False)
+    root = make_dataset(tmp_path, classes=("a", "b"), train_per_class=2, val_per_class=1, size=(32, 32), specials=False)
     files = mode_images()
     for name, (_, fmt, im, kw) in files.items():
         im.save(tmp_path / "val" / "a" / name, format=fmt, **kw)
@@ -207,7 +231,7 @@ def test_every_image_mode_gives_the_same_tensor_in_both_backends(tmp_path):
     assert all(expect[n] in r and "convert it to JPEG or PNG" in r for n, r in flagged.items()), flagged
     assert loaders.bad_images == len(flagged) and len(tv) == len(names) + 1 and len(dali) == len(tv) - len(flagged)
     kept = [i for i, n in enumerate(names) if n not in flagged]  # val/b's image comes after these
-    diff = (dali[:len(kept)] - tv[kept]).abs().flatten(1).amax(1)
+    diff = (dali[: len(kept)] - tv[kept]).abs().flatten(1).amax(1)
     worst = {names[i]: round(float(d), 4) for i, d in zip(kept, diff) if d >= 0.02}
     assert not worst, worst
     read_alike = {files[n][0] for n in names if n in files and n not in flagged}
@@ -219,6 +243,7 @@ def test_every_image_mode_gives_the_same_tensor_in_both_backends(tmp_path):
 
 # --- item 10: a file name that is not UTF-8 ---------------------------------------------------
 
+
 @pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("skip", [False, True])
 def test_file_names_that_are_not_utf8_train_in_both_backends(tmp_path, backend, skip):
@@ -228,7 +253,7 @@ def test_file_names_that_are_not_utf8_train_in_both_backends(tmp_path, backend, 
         folder = os.fsencode(root / split / cls)
         for name in (b"caf\xe9.jpg", b"with space.jpg"):
             Image.fromarray(rgb).save(os.path.join(folder, name), format="JPEG", quality=90)
-    loaders = build_loaders(cfg(root, backend=backend, autoaugment=False, skip_bad_images=skip), batch_size=3)
+    loaders = build_loaders(cfg(root, backend=backend, augment="none", skip_bad_images=skip), batch_size=3)
     assert loaders.bad_images == 0 and len(loaders.train) == 14 // 3
     assert run_epoch(loaders) == (4, 11)
     x, _ = val_tensors(root, backend, skip_bad_images=skip, train_crop=40)  # 40 px short sides: no resize
@@ -250,46 +275,80 @@ def test_a_file_name_dali_lists_cannot_hold(tmp_path):
     bad = root / "train" / "bee" / "line\nbreak.jpg"
     Image.fromarray(smooth_image(np.random.default_rng(2), 40, 48)).save(bad, format="JPEG")
     with pytest.raises(DataError) as e:
-        run_epoch(build_loaders(cfg(root, backend="dali", autoaugment=False), batch_size=2))
+        run_epoch(build_loaders(cfg(root, backend="dali", augment="none"), batch_size=2))
     msg = str(e.value)
     assert "line\\nbreak.jpg" in msg and "line break" in msg and "rename" in msg and "skip_bad_images" in msg
-    loaders = build_loaders(cfg(root, backend="dali", autoaugment=False, skip_bad_images=True), batch_size=2)
+    loaders = build_loaders(cfg(root, backend="dali", augment="none", skip_bad_images=True), batch_size=2)
     assert loaders.bad_images == 1 and run_epoch(loaders) == (6, 9)
-    loaders = build_loaders(cfg(root, backend="torchvision", autoaugment=False), batch_size=2)
+    loaders = build_loaders(cfg(root, backend="torchvision", augment="none"), batch_size=2)
     assert run_epoch(loaders) == (6, 9)
 
 
 # --- item 11: text files with a UTF-8 byte-order mark ----------------------------------------
 
+
 def test_label_and_list_files_with_a_byte_order_mark(tmp_path):
-    from test_data_prepare import TRUTH, SYNSETS, expected, flat_val, layout
+    from test_data_prepare import SYNSETS, TRUTH, expected, flat_val, layout
+
     mod = script()
     val = tmp_path / "val"
     names = flat_val(val)
     csv = tmp_path / "LOC_val_solution.csv"
-    csv.write_text("ImageId,PredictionString\r\n" + "".join(
-        f"{os.path.splitext(n)[0]},{w} 1 2 3 4\r\n" for n, w in zip(names, TRUTH)), encoding="utf-8-sig")
+    csv.write_text(
+        "ImageId,PredictionString\r\n"
+        + "".join(f"{os.path.splitext(n)[0]},{w} 1 2 3 4\r\n" for n, w in zip(names, TRUTH)),
+        encoding="utf-8-sig",
+    )
     assert csv.read_bytes()[:3] == b"\xef\xbb\xbf"
     assert mod.main(["--val-dir", str(val), "--labels", str(csv), "--mode", "copy", "--out", str(tmp_path / "k")]) == 0
     assert layout(tmp_path / "k") == expected(names)
     gt, synsets = tmp_path / "gt.txt", tmp_path / "synsets.txt"
     gt.write_text("".join(f"{SYNSETS.index(w) + 1}\n" for w in TRUTH), encoding="utf-8-sig")
     synsets.write_text("".join(f"{w} x\n" for w in SYNSETS), encoding="utf-8-sig")
-    assert mod.main(["--val-dir", str(val), "--labels", str(gt), "--synsets", str(synsets), "--id-order",
-                     "sorted", "--mode", "copy", "--out", str(tmp_path / "d")]) == 0
+    assert (
+        mod.main(
+            [
+                "--val-dir",
+                str(val),
+                "--labels",
+                str(gt),
+                "--synsets",
+                str(synsets),
+                "--id-order",
+                "sorted",
+                "--mode",
+                "copy",
+                "--out",
+                str(tmp_path / "d"),
+            ]
+        )
+        == 0
+    )
     assert layout(tmp_path / "d") == expected(names)
     # data.train_list / val_list written by a Windows tool
     root = make_dataset(tmp_path / "ds", specials=False)
     for split in ("train", "val"):
-        lines = [f"ds/{split}/{c}/{f} {i}" for i, c in enumerate(("ant", "bee", "cat"))
-                 for f in sorted(os.listdir(root / split / c))]
+        lines = [
+            f"ds/{split}/{c}/{f} {i}"
+            for i, c in enumerate(("ant", "bee", "cat"))
+            for f in sorted(os.listdir(root / split / c))
+        ]
         (tmp_path / f"{split}.txt").write_text("\r\n".join(lines) + "\r\n", encoding="utf-8-sig")
     with open(tmp_path / "train.txt", "ab") as f:  # and a name that is not UTF-8
         f.write(b"ds/train/bee/caf\xe9.jpg 1\r\n")
     Image.fromarray(smooth_image(np.random.default_rng(2), 40, 48)).save(
-        os.path.join(os.fsencode(root / "train" / "bee"), b"caf\xe9.jpg"), format="JPEG")
+        os.path.join(os.fsencode(root / "train" / "bee"), b"caf\xe9.jpg"), format="JPEG"
+    )
     for backend in BACKENDS:
-        loaders = build_loaders(cfg("", backend=backend, autoaugment=False, train_list=str(tmp_path / "train.txt"),
-                                    val_list=str(tmp_path / "val.txt")), batch_size=2)
+        loaders = build_loaders(
+            cfg(
+                "",
+                backend=backend,
+                augment="none",
+                train_list=str(tmp_path / "train.txt"),
+                val_list=str(tmp_path / "val.txt"),
+            ),
+            batch_size=2,
+        )
         assert loaders.val_images == 9 and len(loaders.train) == 6
         assert run_epoch(loaders) == (6, 9)

@@ -1,4 +1,5 @@
 """Small generated datasets for the data tests (imported by the other test_data_* modules)."""
+
 import os
 
 import numpy as np
@@ -13,13 +14,14 @@ def smooth_image(rng, h, w):
     return np.clip(arr, 0, 255).astype(np.uint8)
 
 
-def make_dataset(root, classes=("ant", "bee", "cat"), train_per_class=4, val_per_class=3, size=(40, 48),
-                 seed=0, specials=True):
+def make_dataset(
+    root, classes=("ant", "bee", "cat"), train_per_class=4, val_per_class=3, size=(40, 48), seed=0, specials=True
+):
     """ImageNet layout with JPEGs; `specials` adds a grayscale JPEG, a CMYK JPEG and a PNG named .JPEG."""
     rng = np.random.default_rng(seed)
     h, w = size
     for split, per in (("train", train_per_class), ("val", val_per_class)):
-        for ci, cls in enumerate(classes):
+        for cls in classes:
             d = os.path.join(root, split, cls)
             os.makedirs(d, exist_ok=True)
             for i in range(per):
@@ -48,6 +50,7 @@ def corrupt(path, how):
 
 def cfg(root, **kw):
     from resnest_train.config import DataConfig
+
     c = DataConfig(root=str(root))
     c.workers = 0
     c.train_crop = 32

@@ -1,9 +1,10 @@
 """scripts/prepare_imagenet.py: val folder sorting from both label formats, and --check."""
-import importlib.util
+
 import os
 import subprocess
 import sys
 
+import pytest
 from PIL import Image
 
 from test_data_helpers import corrupt, make_dataset, smooth_image
@@ -16,14 +17,15 @@ TRUTH = [SYNSETS[i] for i in (2, 0, 1, 1, 0, 2)]  # the synset of val images 1..
 
 
 def script():
-    spec = importlib.util.spec_from_file_location("prepare_imagenet", SCRIPT)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+    """The module behind scripts/prepare_imagenet.py (and resnest-prepare-imagenet)."""
+    from resnest_train.cli import prepare_imagenet
+
+    return prepare_imagenet
 
 
 def flat_val(d):
     import numpy as np
+
     os.makedirs(d)
     rng = np.random.default_rng(0)
     names = [f"ILSVRC2012_val_{i:08d}.JPEG" for i in range(1, 7)]
@@ -47,8 +49,12 @@ def test_kaggle_csv_moves_dry_runs_and_symlinks(tmp_path, capsys):
     val = tmp_path / "val"
     names = flat_val(val)
     csv = tmp_path / "LOC_val_solution.csv"
-    csv.write_text("ImageId,PredictionString\n" + "".join(
-        f"{os.path.splitext(n)[0]},{w} 10 20 30 40 {w} 1 2 3 4\n" for n, w in reversed(list(zip(names, TRUTH)))))
+    csv.write_text(
+        "ImageId,PredictionString\n"
+        + "".join(
+            f"{os.path.splitext(n)[0]},{w} 10 20 30 40 {w} 1 2 3 4\n" for n, w in reversed(list(zip(names, TRUTH)))
+        )
+    )
     mod = script()
     assert mod.main(["--val-dir", str(val), "--labels", str(csv), "--dry-run"]) == 0
     assert "would have moved 6 images into 3 class folders" in capsys.readouterr().out
@@ -85,11 +91,16 @@ def test_devkit_ids_in_sorted_order_when_asked(tmp_path):
     gt.write_text("".join(f"{SYNSETS.index(w) + 1}\n" for w in TRUTH))
     m = tmp_path / "map.txt"
     m.write_text("".join(f"{w} x\n" for w in SYNSETS))
-    assert script().main(["--val-dir", str(val), "--labels", str(gt), "--synsets", str(m),
-                          "--id-order", "sorted", "--mode", "copy"]) == 0
+    assert (
+        script().main(
+            ["--val-dir", str(val), "--labels", str(gt), "--synsets", str(m), "--id-order", "sorted", "--mode", "copy"]
+        )
+        == 0
+    )
     assert layout(val) == expected(names)
 
 
+@pytest.mark.slow
 def test_check_reports_counts_bad_files_and_missing_classes(tmp_path):
     root = make_dataset(tmp_path / "ds")  # includes grayscale, CMYK and PNG-named .JPEG: all fine
     corrupt(root / "train" / "bee" / "bee_001.JPEG", "truncated")
@@ -97,34 +108,52 @@ def test_check_reports_counts_bad_files_and_missing_classes(tmp_path):
     os.makedirs(root / "train" / "dog")
     Image.new("RGB", (8, 8)).save(root / "train" / "dog" / "d.JPEG")
     env = dict(os.environ, PYTHONPATH=ROOT)
-    r = subprocess.run([sys.executable, SCRIPT, "--check", str(root), "--workers", "2",
-                        "--json", str(tmp_path / "r.json")], capture_output=True, text=True, env=env, timeout=120)
+    r = subprocess.run(
+        [sys.executable, SCRIPT, "--check", str(root), "--workers", "2", "--json", str(tmp_path / "r.json")],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=120,
+    )
     assert r.returncode == 1, r.stderr
     out = r.stdout
     assert "train: 16 images in 4 classes (1-7 per class), 1 unreadable" in out
     assert "val: 9 images in 3 classes (3-3 per class), 1 unreadable" in out
     assert f"unreadable: {root / 'train' / 'bee' / 'bee_001.JPEG'}" in out
     assert "classes missing from val: dog" in out
-    assert "checking" not in out and "train: [" in r.stderr  # the progress bar goes to stderr
+    assert "checking" not in out and "train: 16/16 100% [" in r.stderr  # progress lines go to stderr
     # the check leaves its list where data.skip_bad_images looks first: no second scan
     import shutil
+
     shutil.rmtree(root / "train" / "dog")
-    r = subprocess.run([sys.executable, SCRIPT, "--check", str(root), "--no-progress"], capture_output=True,
-                       text=True, env=env, timeout=120)
+    r = subprocess.run(
+        [sys.executable, SCRIPT, "--check", str(root), "--no-progress"],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=120,
+    )
     assert r.returncode == 1 and "2 problem(s) found" in r.stdout  # the two unreadable files
-    from resnest_train.data import build_loaders, imagenet
+    from resnest_train.data import build_loaders, scan
     from test_data_helpers import cfg
-    orig, calls = imagenet.check_files, []
-    imagenet.check_files = lambda *a, **k: calls.append(a) or orig(*a, **k)
+
+    orig, calls = scan.check_files, []
+    scan.check_files = lambda *a, **k: calls.append(a) or orig(*a, **k)
     try:
         loaders = build_loaders(cfg(root, skip_bad_images=True), batch_size=2)
     finally:
-        imagenet.check_files = orig
+        scan.check_files = orig
     assert loaders.bad_images == 2 and calls == []
 
 
+@pytest.mark.slow
 def test_check_of_a_clean_dataset_passes(tmp_path):
     root = make_dataset(tmp_path / "ds", specials=False)
-    r = subprocess.run([sys.executable, SCRIPT, "--check", str(root), "--quick", "--no-progress"],
-                       capture_output=True, text=True, env=dict(os.environ, PYTHONPATH=ROOT), timeout=120)
+    r = subprocess.run(
+        [sys.executable, SCRIPT, "--check", str(root), "--quick", "--no-progress"],
+        capture_output=True,
+        text=True,
+        env=dict(os.environ, PYTHONPATH=ROOT),
+        timeout=120,
+    )
     assert r.returncode == 0 and r.stdout.strip().endswith("ok") and r.stderr == ""

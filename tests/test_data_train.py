@@ -1,4 +1,5 @@
 """The data layer end to end through train.py: DALI on the CPU, real files, bad files."""
+
 import os
 
 import pytest
@@ -6,9 +7,22 @@ import pytest
 from helpers import metrics, train
 from test_data_helpers import corrupt, make_dataset
 
-TINY = ["model.name=resnest14", "data.train_crop=32", "data.eval_ratio=0.8", "data.workers=0",
-        "data.dali.threads=2", "train.batch_size=4", "train.epochs=1", "optim.warmup_epochs=0",
-        "output.progress=lines", "output.log_every=1", "output.tensorboard=false", "output.image_grid=false"]
+pytestmark = [pytest.mark.slow]  # train.py on real JPEGs
+
+TINY = [
+    "model.name=resnest14",
+    "data.train_crop=32",
+    "data.eval_ratio=0.8",
+    "data.workers=0",
+    "data.dali.threads=2",
+    "train.batch_size=4",
+    "train.epochs=1",
+    "optim.warmup_epochs=0",
+    "output.progress=lines",
+    "output.log_every=1",
+    "output.loggers=[]",
+    "output.image_grid=false",
+]
 
 
 @pytest.fixture
@@ -20,23 +34,70 @@ def data(tmp_path):
 def test_train_py_runs_on_real_files_with_dali(tmp_path, data):
     backend = "dali"
     out = tmp_path / "run"
-    r = train("--config", "configs/quickstart.yaml", f"data.root={data}", f"data.backend={backend}",
-              f"output.dir={out}", *TINY)
+    r = train(
+        "--config",
+        "configs/quickstart.yaml",
+        f"data.root={data}",
+        f"data.backend={backend}",
+        f"output.dir={out}",
+        *TINY,
+    )
     m = metrics(out)
     assert len(m) == 1 and m[0]["val_images"] == 9
     assert backend in r.stdout + r.stderr
+
+
+@pytest.mark.parametrize("policy,backend", [("randaugment", "dali"), ("trivialaugment", "torchvision")])
+def test_train_py_runs_each_augmentation_policy_with_random_erasing(tmp_path, data, policy, backend):
+    """One short run per new policy (AutoAugment: the runs above), each backend once, erasing on."""
+    import math
+
+    import yaml
+
+    out = tmp_path / "run"
+    train(
+        "--config",
+        "configs/quickstart.yaml",
+        f"data.root={data}",
+        f"data.backend={backend}",
+        f"data.augment={policy}",
+        "data.randaugment_num_ops=3",
+        "data.random_erasing=0.25",
+        f"output.dir={out}",
+        *TINY,
+    )
+    m = metrics(out)
+    assert len(m) == 1 and m[0]["val_images"] == 9 and math.isfinite(m[0]["train_loss"])
+    saved = yaml.safe_load((out / "config.yaml").read_text())["data"]
+    assert (saved["augment"], saved["randaugment_num_ops"], saved["random_erasing"]) == (policy, 3, 0.25)
 
 
 def test_train_py_names_an_unreadable_file_or_skips_it(tmp_path, data):
     bad = data / "train" / "bee" / "bee_002.JPEG"
     corrupt(bad, "truncated")
     out = tmp_path / "run"
-    r = train("--config", "configs/quickstart.yaml", f"data.root={data}", "data.backend=dali",
-              f"output.dir={out}", "data.autoaugment=false", *TINY, check=False)
+    r = train(
+        "--config",
+        "configs/quickstart.yaml",
+        f"data.root={data}",
+        "data.backend=dali",
+        f"output.dir={out}",
+        "data.augment=none",
+        *TINY,
+        check=False,
+    )
     assert r.returncode == 2, r.stderr
     assert str(bad) in r.stderr and "Traceback" not in r.stderr
     assert not os.path.exists(out / "checkpoints" / "last.pth")
-    r = train("--config", "configs/quickstart.yaml", f"data.root={data}", "data.backend=dali",
-              "data.skip_bad_images=true", "data.autoaugment=false", f"output.dir={tmp_path / 'run2'}", *TINY)
+    r = train(
+        "--config",
+        "configs/quickstart.yaml",
+        f"data.root={data}",
+        "data.backend=dali",
+        "data.skip_bad_images=true",
+        "data.augment=none",
+        f"output.dir={tmp_path / 'run2'}",
+        *TINY,
+    )
     assert "1 unreadable" in r.stdout + r.stderr
     assert metrics(tmp_path / "run2")[0]["val_images"] == 9

@@ -1,4 +1,5 @@
 """Real multi-process training with torchrun and gloo on the CPU."""
+
 import os
 import signal
 import socket
@@ -11,11 +12,19 @@ import torch
 
 from helpers import ROOT, TINY, TRAIN, env, metrics, train
 
+pytestmark = [pytest.mark.slow, pytest.mark.dist]  # torchrun with 2 processes
+
+
 # Real JPEGs through the torchvision backend, whose global batches hold the same images for any
 # world size. Mixup pairs images inside each process's batch, so it is off here.
 def exact(root):
-    return TINY + ["dist.backend=gloo", "data.backend=torchvision", f"data.root={root}", "data.workers=0",
-                   "train.mixup_alpha=0"]
+    return TINY + [
+        "dist.backend=gloo",
+        "data.backend=torchvision",
+        f"data.root={root}",
+        "data.workers=0",
+        "train.mixup_alpha=0",
+    ]
 
 
 def free_port():
@@ -76,9 +85,15 @@ def test_two_processes_match_one_process_with_the_same_global_batch(two_process_
 def test_two_nodes_as_two_torchrun_agents(two_process_run, demo_root, tmp_path):
     out = str(tmp_path / "nodes")
     port = free_port()
-    agents = [torchrun(*exact(demo_root), f"output.dir={out}", nproc=1,
-                       extra=["--nnodes=2", f"--node_rank={rank}", "--master_addr=127.0.0.1", f"--master_port={port}"])
-              for rank in (0, 1)]
+    agents = [
+        torchrun(
+            *exact(demo_root),
+            f"output.dir={out}",
+            nproc=1,
+            extra=["--nnodes=2", f"--node_rank={rank}", "--master_addr=127.0.0.1", f"--master_port={port}"],
+        )
+        for rank in (0, 1)
+    ]
     for agent in agents:
         finish(agent)
     # Two nodes of one process each compute exactly what one node of two processes does.
@@ -89,8 +104,9 @@ def test_two_nodes_as_two_torchrun_agents(two_process_run, demo_root, tmp_path):
 
 def test_sigkilled_worker_is_restarted_and_the_run_resumes(two_process_run, demo_root, tmp_path):
     out = str(tmp_path / "killed")
-    agent = torchrun(*exact(demo_root), f"output.dir={out}", "output.save_every_steps=2",
-                     extra=["--standalone", "--max-restarts=1"])
+    agent = torchrun(
+        *exact(demo_root), f"output.dir={out}", "output.save_every_steps=2", extra=["--standalone", "--max-restarts=1"]
+    )
     last = os.path.join(out, "checkpoints", "last.pth")
     deadline = time.time() + 300
     while not os.path.exists(last) and time.time() < deadline and agent.poll() is None:

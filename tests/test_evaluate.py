@@ -1,6 +1,7 @@
 """scripts/evaluate.py: a run evaluated here gives its own val metrics to the last digit (model,
 EMA, best, a bare state_dict), every image once under torchrun, the resolution sweep,
 per-class accuracy, ReaL accuracy, and one-paragraph errors."""
+
 import importlib.util
 import json
 import os
@@ -15,8 +16,14 @@ from resnest_train.evaluate import Predictions, evaluate_with_predictions, real_
 
 SCRIPT = os.path.join(ROOT, "scripts", "evaluate.py")
 # What a bare state_dict needs to be read as the pretrained run: its model and data settings.
-RUN_SETTINGS = NARROW + ["device=cpu", "data.backend=torchvision", "data.workers=0", "data.train_crop=32",
-                         "data.eval_ratio=1.0", "train.batch_size=16"]
+RUN_SETTINGS = NARROW + [
+    "device=cpu",
+    "data.backend=torchvision",
+    "data.workers=0",
+    "data.train_crop=32",
+    "data.eval_ratio=1.0",
+    "train.batch_size=16",
+]
 
 
 def evaluate_main():
@@ -47,8 +54,12 @@ def test_a_run_evaluated_here_gives_its_own_val_metrics_exactly(pretrained_run, 
     rows = metrics(pretrained_run)
     last = rows[-1]
     report = evaluate(tmp_path, pretrained_run)
-    assert (report["top1"], report["top5"], report["loss"], report["images"]) == \
-        (last["val_top1"], last["val_top5"], last["val_loss"], last["val_images"])  # same floats
+    assert (report["top1"], report["top5"], report["loss"], report["images"]) == (
+        last["val_top1"],
+        last["val_top5"],
+        last["val_loss"],
+        last["val_images"],
+    )  # same floats
     assert report["checkpoint"].endswith("last.pth") and report["kind"] == "checkpoint"
     ema = evaluate(tmp_path, pretrained_run, "--ema")
     assert (ema["top1"], ema["top5"]) == (last["val_top1_ema"], last["val_top5_ema"])
@@ -72,12 +83,16 @@ def test_a_bare_state_dict_with_wrapper_prefixes_gives_the_same_numbers(pretrain
 def test_a_val_list_alone_is_enough(pretrained_run, shapes_root, tmp_path):
     """A val set given as a file list needs no training split (the loaders' train side reads the val list)."""
     val = os.path.join(shapes_root, "val")
-    lines = [f"{os.path.join(val, c, f)} {k}" for k, c in enumerate(sorted(os.listdir(val)))
-             for f in sorted(os.listdir(os.path.join(val, c)))]
+    lines = [
+        f"{os.path.join(val, c, f)} {k}"
+        for k, c in enumerate(sorted(os.listdir(val)))
+        for f in sorted(os.listdir(os.path.join(val, c)))
+    ]
     (tmp_path / "lists").mkdir()
     listed = tmp_path / "lists" / "val.txt"
-    listed.write_text("\n".join(os.path.relpath(line.split()[0], listed.parent) + " " + line.split()[1]
-                                for line in lines) + "\n")
+    listed.write_text(
+        "\n".join(os.path.relpath(line.split()[0], listed.parent) + " " + line.split()[1] for line in lines) + "\n"
+    )
     report = evaluate(tmp_path, pretrained_run, f"data.val_list={listed}", f"data.root={tmp_path / 'none'}")
     last = metrics(pretrained_run)[-1]
     assert (report["top1"], report["loss"], report["images"]) == (last["val_top1"], last["val_loss"], 100)
@@ -87,8 +102,19 @@ def test_a_val_list_alone_is_enough(pretrained_run, shapes_root, tmp_path):
 def test_two_processes_see_every_image_once_and_agree_with_one(pretrained_run, tmp_path):
     one = evaluate(tmp_path, pretrained_run, "--per-class")
     out = str(tmp_path / "two.json")
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", SCRIPT,
-           pretrained_run, "dist.backend=gloo", "--per-class", "--json", out]
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc_per_node=2",
+        SCRIPT,
+        pretrained_run,
+        "dist.backend=gloo",
+        "--per-class",
+        "--json",
+        out,
+    ]
     result = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, env=env(), timeout=600)
     assert result.returncode == 0, result.stdout + result.stderr
     assert result.stdout.count("| resnest14 | last.pth | 32 |") == 1  # rank 0 alone reports
@@ -117,8 +143,12 @@ def test_resolution_sweep_gives_one_row_per_crop(pretrained_run, tmp_path):
     report = evaluate(tmp_path, pretrained_run, "--crops", "32,64")
     small, large = report["rows"]
     last = metrics(pretrained_run)[-1]
-    assert (small["crop"], small["resize"], small["top1"], small["loss"]) == (32, 32, last["val_top1"],
-                                                                              last["val_loss"])
+    assert (small["crop"], small["resize"], small["top1"], small["loss"]) == (
+        32,
+        32,
+        last["val_top1"],
+        last["val_loss"],
+    )
     assert (large["crop"], large["resize"], large["images"]) == (64, 64, 100)
     assert large["loss"] != small["loss"]  # 32 px images upsampled to 64: another input, other numbers
     assert report["markdown"].count("| resnest14 | last.pth |") == 2
@@ -126,8 +156,11 @@ def test_resolution_sweep_gives_one_row_per_crop(pretrained_run, tmp_path):
 
 def test_real_accuracy_from_a_relabel_file(pretrained_run, shapes_root, tmp_path):
     per_class = evaluate(tmp_path, pretrained_run, "--per-class")["per_class"]
-    files = sorted(f"{c}/{f}" for c in os.listdir(os.path.join(shapes_root, "val"))
-                   for f in os.listdir(os.path.join(shapes_root, "val", c)))
+    files = sorted(
+        f"{c}/{f}"
+        for c in os.listdir(os.path.join(shapes_root, "val"))
+        for f in os.listdir(os.path.join(shapes_root, "val", c))
+    )
     classes = sorted(os.listdir(os.path.join(shapes_root, "val")))
     # the original labels, but class 0's images unlabelled (ReaL leaves such images out)
     relabel = {f: ([] if f.startswith(classes[0] + "/") else [classes.index(f.split("/")[0])]) for f in files}
@@ -150,6 +183,7 @@ def test_real_json_is_matched_by_imagenet_val_file_names():
     pred = Predictions(top=torch.tensor([[2, 0, 4], [0, 3, 1], [5, 6, 7]]), labels=torch.tensor([0, 0, 0]))
     assert real_accuracy(pred, labels) == {"real_top1": 50.0, "real_top5": 100.0, "real_images": 2}
     from resnest_train.errors import UserError
+
     with pytest.raises(UserError, match="has no labels for the val image n03/photo.jpg"):
         relabels_for(["n03/photo.jpg"], real, "real.json")
 
@@ -166,8 +200,10 @@ def test_a_rank_without_val_images_gathers_an_empty_shard():
     assert metrics_["images"] == 3 and torch.equal(pred.labels, batch[0][1])
 
 
-@pytest.mark.parametrize("case", ["missing", "empty_dir", "ema_on_state_dict", "other_classes", "best_on_file",
-                                  "crop_and_crops", "bad_relabel"])
+@pytest.mark.parametrize(
+    "case",
+    ["missing", "empty_dir", "ema_on_state_dict", "other_classes", "best_on_file", "crop_and_crops", "bad_relabel"],
+)
 def test_mistakes_stop_with_one_paragraph(case, pretrained_run, tmp_path, capsys):
     ckpt = os.path.join(pretrained_run, "checkpoints", "last.pth")
     bare = str(tmp_path / "bare.pth")
@@ -191,6 +227,17 @@ def test_mistakes_stop_with_one_paragraph(case, pretrained_run, tmp_path, capsys
 def test_help_lists_every_option():
     result = subprocess.run([sys.executable, SCRIPT, "--help"], capture_output=True, text=True, cwd=ROOT, env=env())
     assert result.returncode == 0
-    for option in ("--ema", "--best", "--crop ", "--ratio", "--crops", "--per-class", "--real", "--json", "--config",
-                   "section.key=value", "torchrun"):
+    for option in (
+        "--ema",
+        "--best",
+        "--crop ",
+        "--ratio",
+        "--crops",
+        "--per-class",
+        "--real",
+        "--json",
+        "--config",
+        "section.key=value",
+        "torchrun",
+    ):
         assert option in result.stdout, option

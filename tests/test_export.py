@@ -2,6 +2,7 @@
 BatchNorm correctly; TorchScript and ONNX within 1e-4 for each branch of the family, fused or
 not; the command on a trained run; a check that fails writes nothing; mistakes stop with one
 paragraph."""
+
 import copy
 import importlib.util
 import os
@@ -18,8 +19,10 @@ from resnest_train import export as ex
 from resnest_train.errors import UserError
 from resnest_train.models import create_model, list_models
 
-pytestmark = [pytest.mark.filterwarnings("ignore::FutureWarning"),  # torch.jit.script is "deprecated"
-              pytest.mark.filterwarnings("ignore::DeprecationWarning")]  # the TorchScript ONNX exporter
+pytestmark = [
+    pytest.mark.filterwarnings("ignore::FutureWarning"),  # torch.jit.script is "deprecated"
+    pytest.mark.filterwarnings("ignore::DeprecationWarning"),
+]  # the TorchScript ONNX exporter
 
 SCRIPT = os.path.join(ROOT, "scripts", "export.py")
 # One block per stage keeps these quick while covering every branch (as tests/test_models_export.py).
@@ -84,6 +87,7 @@ def test_every_model_exports_to_safetensors_and_folds_every_batch_norm(name, tmp
 def test_folding_takes_frozen_batch_norm_and_backbones():
     """A fine-tuned model's FrozenBatchNorm2d and a features_only body fold like the classifier."""
     from resnest_train.finetune import FrozenBatchNorm2d, freeze_batch_norm
+
     frozen = freeze_batch_norm(randomized("resnest14")).double()
     body = create_model("resnest14", features_only=True, out_indices=(0, 4))
     body.load_classifier_state_dict(randomized("resnest14").state_dict())
@@ -114,14 +118,16 @@ def test_onnx_torchscript_exporter_runs_in_onnxruntime(name, tmp_path):
     pytest.importorskip("onnxruntime")
     model = small(name)
     out = str(tmp_path / "model.onnx")
-    done = ex.export(model, info(name), ex.ExportRequest(path="", fmt="onnx", out=out, exporter="torchscript",
-                                                         fuse=True))
+    done = ex.export(
+        model, info(name), ex.ExportRequest(path="", fmt="onnx", out=out, exporter="torchscript", fuse=True)
+    )
     assert done["max_abs_diff"] <= ex.TOLERANCE and done["check_batch"] == (3, 3, 32, 32)  # exported at batch 2
 
 
 def run_script(*args):
-    return subprocess.run([sys.executable, SCRIPT, *args], capture_output=True, text=True, cwd=ROOT, env=env(),
-                          timeout=600)
+    return subprocess.run(
+        [sys.executable, SCRIPT, *args], capture_output=True, text=True, cwd=ROOT, env=env(), timeout=600
+    )
 
 
 def test_onnx_of_a_trained_run_from_the_command_line(pretrained_run, tmp_path):
@@ -131,8 +137,9 @@ def test_onnx_of_a_trained_run_from_the_command_line(pretrained_run, tmp_path):
     out = str(tmp_path / "model.onnx")
     result = run_script(pretrained_run, "--format", "onnx", "--out", out, "--fuse-bn")
     assert result.returncode == 0, result.stdout + result.stderr
-    diff = float(re.search(r"max abs difference (\S+) vs the PyTorch model on a random batch 3x3x32x32",
-                           result.stdout).group(1))
+    diff = float(
+        re.search(r"max abs difference (\S+) vs the PyTorch model on a random batch 3x3x32x32", result.stdout).group(1)
+    )
     assert diff <= 1e-4 and "ONNX opset 18 (dynamo exporter), dynamic batch" in result.stdout
     assert os.listdir(tmp_path) == ["model.onnx"]  # one file, weights inside
     assert [o.version for o in onnx.load(out).opset_import if o.domain in ("", "ai.onnx")] == [18]
@@ -152,6 +159,7 @@ def test_safetensors_export_loads_as_model_weights_and_evaluates_the_same(pretra
     result = run_script(pretrained_run, "--ema", "--format", "safetensors", "--out", out)
     assert result.returncode == 0 and "check: max abs difference 0 " in result.stdout, result.stdout + result.stderr
     import test_evaluate
+
     report = test_evaluate.evaluate(tmp_path, out, *test_evaluate.RUN_SETTINGS, f"data.root={shapes_root}")
     assert report["top1"] == metrics(pretrained_run)[-1]["val_top1_ema"]  # checkpoint.load reads safetensors
 
@@ -166,12 +174,15 @@ def test_a_failed_check_leaves_nothing(monkeypatch, tmp_path):
     assert out.read_text() == "the previous file" and os.listdir(tmp_path) == ["model.pt"]
 
 
-@pytest.mark.parametrize("args,expected", [
-    (["--format", "safetensors", "--fuse-bn"], "--fuse-bn changes the layers"),
-    (["--format", "onnx", "--img-size", "16"], "--img-size 16 is below 32 px"),
-    (["--format", "torchscript", "BARE"], "is a bare state_dict: name its model with --model"),
-    (["--format", "torchscript", "BARE", "--model", "resnest26"], "do not fit model 'resnest26'"),
-])
+@pytest.mark.parametrize(
+    "args,expected",
+    [
+        (["--format", "safetensors", "--fuse-bn"], "--fuse-bn changes the layers"),
+        (["--format", "onnx", "--img-size", "16"], "--img-size 16 is below 32 px"),
+        (["--format", "torchscript", "BARE"], "is a bare state_dict: name its model with --model"),
+        (["--format", "torchscript", "BARE", "--model", "resnest26"], "do not fit model 'resnest26'"),
+    ],
+)
 def test_mistakes_stop_with_one_paragraph(args, expected, tmp_path, capsys):
     bare = str(tmp_path / "bare.pth")
     torch.save(create_model("resnest14", num_classes=3).state_dict(), bare)

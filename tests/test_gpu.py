@@ -5,6 +5,7 @@ batches against its CPU decode, single-rank NCCL plumbing with DDP/SyncBN/channe
 and fp16/bf16 runs with a SIGTERM and resume. GPU kernels (cuDNN, nvJPEG) are not bitwise
 deterministic, so numbers are compared with tolerances, never for equality.
 """
+
 import os
 import signal
 import subprocess
@@ -17,8 +18,7 @@ import torch
 
 from helpers import ROOT, TINY, TRAIN, env, event_files, metrics, run_state, scalars, scalars_in, train
 
-pytestmark = [pytest.mark.gpu,
-              pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")]
+pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")]
 
 GPU_TINY = [a for a in TINY if not a.startswith("device=")] + ["device=cuda"]
 
@@ -36,11 +36,21 @@ needs_dali = pytest.mark.skipif(not dali_installed(), reason="nvidia-dali is not
 
 # (a) CPU configs and CPU tests with a GPU visible ------------------------------------------------
 
+
 def test_quickstart_config_trains_on_the_cpu_with_a_gpu_visible(demo_root, tmp_path):
     backend = "dali" if dali_installed() else "torchvision"
-    result = train("--config", os.path.join(ROOT, "configs", "quickstart.yaml"), f"data.root={demo_root}",
-                   f"data.backend={backend}", "data.train_crop=32", "train.batch_size=8", "train.epochs=1",
-                   "train.max_steps_per_epoch=2", f"output.dir={tmp_path}", check=False)
+    result = train(
+        "--config",
+        os.path.join(ROOT, "configs", "quickstart.yaml"),
+        f"data.root={demo_root}",
+        f"data.backend={backend}",
+        "data.train_crop=32",
+        "train.batch_size=8",
+        "train.epochs=1",
+        "train.max_steps_per_epoch=2",
+        f"output.dir={tmp_path}",
+        check=False,
+    )
     assert result.returncode == 0, result.stderr
     (row,) = metrics(str(tmp_path))
     assert row["val_images"] == 24
@@ -48,9 +58,19 @@ def test_quickstart_config_trains_on_the_cpu_with_a_gpu_visible(demo_root, tmp_p
 
 def test_cpu_suite_essentials_pass_with_a_gpu_visible():
     """The CPU tests that a visible GPU used to break (device picks, fp16 refusal, gloo runs)."""
-    cmd = [sys.executable, "-m", "pytest", "-q", "-x", "-m", "not gpu", "-k",
-           "fp16_on_cpu or sigterm_saves or two_processes_keep_identical",
-           os.path.join(ROOT, "tests", "test_train.py"), os.path.join(ROOT, "tests", "test_distributed.py")]
+    cmd = [
+        sys.executable,
+        "-m",
+        "pytest",
+        "-q",
+        "-x",
+        "-m",
+        "not gpu",
+        "-k",
+        "fp16_on_cpu or sigterm_saves or two_processes_keep_identical",
+        os.path.join(ROOT, "tests", "test_train.py"),
+        os.path.join(ROOT, "tests", "test_distributed.py"),
+    ]
     result = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, env=env(), timeout=400)
     assert result.returncode == 0, result.stdout[-4000:]
     assert " passed" in result.stdout and " failed" not in result.stdout
@@ -58,10 +78,12 @@ def test_cpu_suite_essentials_pass_with_a_gpu_visible():
 
 # (b) DALI on the GPU ---------------------------------------------------------------------------
 
-def _dali_loaders(root, device_name, batch=8, channels_last=False, autoaugment=False):
+
+def _dali_loaders(root, device_name, batch=8, channels_last=False, augment="none"):
     from resnest_train.config import DataConfig
     from resnest_train.data import build_loaders
-    cfg = DataConfig(root=root, backend="dali", train_crop=32, eval_ratio=0.875, autoaugment=autoaugment)
+
+    cfg = DataConfig(root=root, backend="dali", train_crop=32, eval_ratio=0.875, augment=augment)
     cfg.dali.device = device_name
     return build_loaders(cfg, batch_size=batch, device=torch.device("cuda"), channels_last=channels_last)
 
@@ -79,6 +101,24 @@ def test_dali_gpu_batches_match_cpu_decode(demo_root):
         # nvJPEG/hardware decoding rounds its IDCT differently from libjpeg-turbo: a few levels
         # of 255 per pixel, i.e. about 0.02-0.05 after dividing by std ~0.225 * 255.
         assert diff.mean().item() < 0.03 and torch.quantile(diff.flatten(), 0.99).item() < 0.15
+
+
+@needs_dali
+def test_dali_gpu_reads_tar_shards_as_the_folder(demo_root, tmp_path):
+    """Issue 15 on the GPU: shard bytes fed to the mixed decoder, the val shards through
+    fn.readers.webdataset; the folder's labels in every batch, the folder's val images."""
+    from resnest_train.data.shards import make_shards
+
+    shards = str(tmp_path / "shards")
+    make_shards(demo_root, shards, shard_size=10, progress=False)
+    folder, sharded = _dali_loaders(demo_root, "gpu"), _dali_loaders(shards, "gpu")
+    for loaders in (folder, sharded):
+        loaders.train.set_epoch(1)
+    for (_, ya), (xb, yb) in zip(folder.train, sharded.train):
+        assert xb.device.type == "cuda" and yb.device.type == "cuda" and torch.equal(ya, yb)
+    for (xa, ya), (xb, yb) in zip(folder.val, sharded.val):
+        assert yb.device.type == "cuda" and torch.equal(ya, yb)
+        assert (xa - xb).abs().mean().item() < 0.03  # same bytes; allow the hardware / CUDA decoder split to differ
 
 
 @needs_dali
@@ -101,7 +141,7 @@ def test_dali_gpu_batch_read_late_is_not_overwritten(demo_root):
 def test_dali_gpu_set_epoch_cycles_keep_build_time_and_memory_flat(demo_root):
     """Also measures what rebuilding the GPU pipelines cold every epoch costs (issue 16, item 9):
     the build time per epoch is reported in pytest's warnings summary (scripts/gpu_check.sh log)."""
-    loaders = _dali_loaders(demo_root, "gpu", autoaugment=True)
+    loaders = _dali_loaders(demo_root, "gpu", augment="autoaugment")
     times, used, build_s = [], [], []
     build = loaders.train.build_pipelines
 
@@ -121,8 +161,11 @@ def test_dali_gpu_set_epoch_cycles_keep_build_time_and_memory_flat(demo_root):
         times.append(time.perf_counter() - t0)
         free, total = torch.cuda.mem_get_info()
         used.append(total - free)
-    warnings.warn(f"DALI GPU train pipelines rebuilt per epoch: build {[round(t, 3) for t in build_s]} s of epochs "
-                  f"{[round(t, 3) for t in times]} s ({len(loaders.train)} steps each)")
+    warnings.warn(
+        f"DALI GPU train pipelines rebuilt per epoch: build {[round(t, 3) for t in build_s]} s of epochs "
+        f"{[round(t, 3) for t in times]} s ({len(loaders.train)} steps each)",
+        stacklevel=1,
+    )
     assert len(build_s) == 5
     assert max(times[1:]) < 3 * min(times[1:]) + 0.5, times
     assert used[-1] - used[1] < 256 * 2**20, [u / 2**20 for u in used]
@@ -130,9 +173,11 @@ def test_dali_gpu_set_epoch_cycles_keep_build_time_and_memory_flat(demo_root):
 
 # (c) single-rank NCCL plumbing -----------------------------------------------------------------
 
+
 @pytest.fixture
 def nccl_group():
     import torch.distributed as dist
+
     store = dist.PrefixStore("resnest_train/attempt_0", dist.HashStore())
     dist.init_process_group("nccl", store=store, rank=0, world_size=1, device_id=torch.device("cuda", 0))
     yield dist
@@ -144,6 +189,7 @@ def test_nccl_collectives_ddp_syncbn_channels_last_compile_accumulation(nccl_gro
 
     from resnest_train import distributed
     from resnest_train.models import create_model
+
     t = torch.ones(3, device="cuda")
     assert distributed.all_reduce_sum(t).tolist() == [1.0, 1.0, 1.0]
     assert distributed.broadcast_object(("last.pth", None)) == ("last.pth", None)
@@ -154,12 +200,13 @@ def test_nccl_collectives_ddp_syncbn_channels_last_compile_accumulation(nccl_gro
     model.load_state_dict(reference.state_dict())
     distributed.average_bn_stats(model)
     assert len(distributed.state_checksums(model)) == 1
-    net = torch.compile(nn.parallel.DistributedDataParallel(nn.SyncBatchNorm.convert_sync_batchnorm(model),
-                                                            device_ids=[0]))
+    net = torch.compile(
+        nn.parallel.DistributedDataParallel(nn.SyncBatchNorm.convert_sync_batchnorm(model), device_ids=[0])
+    )
     x = torch.randn(2, 8, 3, 64, 64, device="cuda").contiguous(memory_format=torch.channels_last)
     y = torch.randint(0, 10, (2, 8), device="cuda")
     for micro in range(2):  # accumulation: the first micro-batch without a gradient all-reduce
-        with (net.no_sync() if micro == 0 else torch.enable_grad()):
+        with net.no_sync() if micro == 0 else torch.enable_grad():
             (nn.functional.cross_entropy(net(x[micro]), y[micro]) / 2).backward()
         (nn.functional.cross_entropy(reference(x[micro]), y[micro]) / 2).backward()
     for (name, p), q in zip(model.named_parameters(), reference.parameters()):
@@ -168,25 +215,45 @@ def test_nccl_collectives_ddp_syncbn_channels_last_compile_accumulation(nccl_gro
 
 # (d) mixed-precision runs, SIGTERM and resume, memory -----------------------------------------
 
+
 def test_fp16_scaler_clip_and_accumulation_run(tmp_path):
-    train(*GPU_TINY, "train.epochs=1", "train.amp=fp16", "optim.clip_grad_norm=1.0", "train.accum_steps=2",
-          f"output.dir={tmp_path}")
+    train(
+        *GPU_TINY,
+        "train.epochs=1",
+        "train.amp=fp16",
+        "optim.clip_grad_norm=1.0",
+        "train.accum_steps=2",
+        f"output.dir={tmp_path}",
+    )
     (row,) = metrics(str(tmp_path))
     assert row["train_loss"] == row["train_loss"] and 0 < row["train_loss"] < 10  # finite, not diverged
     saved = torch.load(os.path.join(tmp_path, "checkpoints", "last.pth"), weights_only=True)
     assert saved["scaler"] is not None and saved["scaler"]["scale"] > 0
 
 
-BF16_OPTIONS = ["train.amp=bf16", "train.channels_last=true", "train.compile=true", "train.ema=true",
-                "model.dropblock.prob=0.1", "model.dropblock.stages=[3,4]", "train.batch_size=8"]
+BF16_OPTIONS = [
+    "train.amp=bf16",
+    "train.channels_last=true",
+    "train.compile=true",
+    "train.ema=true",
+    "model.dropblock.prob=0.1",
+    "model.dropblock.stages=[3,4]",
+    "train.batch_size=8",
+]
 
 
 def test_bf16_compile_ema_dropblock_sigterm_and_resume_within_tolerance(tmp_path):
     full = str(tmp_path / "full")
     train(*GPU_TINY, *BF16_OPTIONS, f"output.dir={full}")
     out = str(tmp_path / "preempted")
-    proc = subprocess.Popen([sys.executable, TRAIN, *GPU_TINY, *BF16_OPTIONS, f"output.dir={out}"],
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=ROOT, env=env())
+    proc = subprocess.Popen(
+        [sys.executable, TRAIN, *GPU_TINY, *BF16_OPTIONS, f"output.dir={out}"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        cwd=ROOT,
+        env=env(),
+    )
     lines = []
     for line in proc.stdout:
         lines.append(line)
@@ -206,6 +273,7 @@ def test_bf16_compile_ema_dropblock_sigterm_and_resume_within_tolerance(tmp_path
 
 def test_training_memory_is_flat_over_steps():
     from resnest_train.models import create_model
+
     model = create_model("resnest14", num_classes=10, dropblock={"stages": [3, 4], "prob": 0.1}).cuda()
     model = model.to(memory_format=torch.channels_last)
     opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)

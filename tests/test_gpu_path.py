@@ -1,6 +1,7 @@
 """The GPU path, checked on the CPU: CUDA availability faked where the device choice is the
 question, CUDA autocast's float32 promotion emulated where the dtype is, torch's flags read
 back where the backend settings are."""
+
 import os
 import warnings
 
@@ -8,7 +9,8 @@ import pytest
 import torch
 
 from helpers import ROOT, TINY
-from resnest_train.config import TrainConfig, load_config
+from resnest_train.config import TrainConfig
+from resnest_train.config_loader import load_config
 from resnest_train.data import build_loaders, dali_device
 from resnest_train.distributed import pick_device
 from resnest_train.engine import configure_backends
@@ -34,6 +36,7 @@ def gpu_machine(monkeypatch):
 # Item 1: CPU configs and CPU tests stay on the CPU on a machine with a GPU
 # ---------------------------------------------------------------------------------------
 
+
 def test_dali_device_auto_follows_the_trainer():
     assert dali_device("auto", CPU) == "cpu"
     assert dali_device("auto", CUDA) == "gpu"
@@ -43,8 +46,10 @@ def test_dali_device_auto_follows_the_trainer():
 
 def test_quickstart_on_a_gpu_machine_decodes_on_the_cpu(gpu_machine, demo_root):
     pytest.importorskip("nvidia.dali")
-    cfg = load_config(os.path.join(CONFIGS, "quickstart.yaml"),
-                      [f"data.root={demo_root}", "data.backend=dali", "data.train_crop=32", "data.dali.threads=1"])
+    cfg = load_config(
+        os.path.join(CONFIGS, "quickstart.yaml"),
+        [f"data.root={demo_root}", "data.backend=dali", "data.train_crop=32", "data.dali.threads=1"],
+    )
     assert cfg.device == "cpu" and cfg.data.dali.device == "auto"
     device = pick_device(cfg.device, local_rank=0)
     assert device == CPU and gpu_machine == []
@@ -62,6 +67,7 @@ def test_quickstart_on_a_gpu_machine_decodes_on_the_cpu(gpu_machine, demo_root):
 
 def test_a_cuda_trainer_gets_dali_on_the_gpu(gpu_machine, demo_root, monkeypatch):
     from resnest_train.data import dali
+
     seen = []
 
     def fake_build(cfg, *args):  # what the DALI backend is asked for, without building a GPU pipeline
@@ -79,6 +85,7 @@ def test_a_cuda_trainer_gets_dali_on_the_gpu(gpu_machine, demo_root, monkeypatch
 def test_cpu_tests_stay_on_the_cpu_on_a_gpu_machine(gpu_machine):
     import test_distributed
     import test_launch
+
     # Before: TINY trained on cuda:0 when present (and the fp16-on-CPU test then passed fp16
     # through), and the 2-process tests called set_device(1) and picked NCCL on one GPU.
     for args, local_rank in ((TINY, 0), (test_distributed.exact("/data"), 1), (test_launch.TINY, 1)):
@@ -93,12 +100,19 @@ def test_cpu_tests_stay_on_the_cpu_on_a_gpu_machine(gpu_machine):
 # Items 5 and 7: cuDNN benchmark, TF32, deterministic algorithms
 # ---------------------------------------------------------------------------------------
 
+
 @pytest.fixture
 def backends(monkeypatch):
     """Restores every process-wide flag configure_backends sets."""
     cudnn = torch.backends.cudnn
-    saved = (cudnn.benchmark, cudnn.deterministic, cudnn.allow_tf32, torch.are_deterministic_algorithms_enabled(),
-             torch.is_deterministic_algorithms_warn_only_enabled(), torch.get_float32_matmul_precision())
+    saved = (
+        cudnn.benchmark,
+        cudnn.deterministic,
+        cudnn.allow_tf32,
+        torch.are_deterministic_algorithms_enabled(),
+        torch.is_deterministic_algorithms_warn_only_enabled(),
+        torch.get_float32_matmul_precision(),
+    )
     monkeypatch.delenv("CUBLAS_WORKSPACE_CONFIG", raising=False)
     yield cudnn
     cudnn.benchmark, cudnn.deterministic, cudnn.allow_tf32 = saved[:3]
@@ -166,17 +180,20 @@ def test_gpu_fast_on_top_of_a_model_config(name, tmp_path):
 # Item 8: split attention keeps the input's dtype under CUDA-style autocast
 # ---------------------------------------------------------------------------------------
 
+
 @pytest.fixture
 def cuda_autocast_promotion(monkeypatch):
     """sum and softmax as CUDA autocast runs them (its fp32_set_opt_dtype policy): in float32
     unless a dtype is given. CPU autocast leaves them alone, so without this a CPU test
     passes whatever the block does."""
+
     def promote(fn, dtype_pos):
         def wrapped(*args, **kwargs):
             given = kwargs.get("dtype") is not None or len(args) > dtype_pos
             if torch.is_autocast_enabled("cpu") and not given and args[0].is_floating_point():
                 kwargs["dtype"] = torch.float32
             return fn(*args, **kwargs)
+
         return wrapped
 
     for owner in (torch, torch.Tensor):
@@ -188,9 +205,10 @@ def cuda_autocast_promotion(monkeypatch):
         assert probe.sum(0, dtype=probe.dtype).dtype == torch.bfloat16
 
 
-@pytest.mark.parametrize("name, channels_last", [("resnest14", False), ("resnest14", True),
-                                                 ("resnest50_fast_4s2x40d", True),
-                                                 ("resnest50_fast_1s4x24d", False)])
+@pytest.mark.parametrize(
+    "name, channels_last",
+    [("resnest14", False), ("resnest14", True), ("resnest50_fast_4s2x40d", True), ("resnest50_fast_1s4x24d", False)],
+)
 def test_split_attention_stays_bf16_under_cuda_autocast(cuda_autocast_promotion, name, channels_last):
     torch.manual_seed(0)
     # zero_init_last=False: with zeroed bn3 gammas the blocks would not reach the logits
@@ -216,6 +234,7 @@ def test_split_attention_stays_bf16_under_cuda_autocast(cuda_autocast_promotion,
 # ---------------------------------------------------------------------------------------
 # Item 9: the DropBlock mask in the activation's memory format
 # ---------------------------------------------------------------------------------------
+
 
 @pytest.mark.parametrize("block_size", [3, 4])
 def test_dropblock_mask_follows_channels_last(block_size):

@@ -1,17 +1,18 @@
 """Issue 16, items 3, 9 and 10 checked on the CPU: transfers (labels made on the device or
 pinned, uint8 crops from a CPU DALI pipeline), one validation pass for model and EMA, and
 the asynchronous, atomic, timed checkpoint save."""
+
 import os
 import threading
 
 import pytest
 import torch
-from helpers import TINY, metrics, scalars, train
-from test_data_helpers import cfg, make_dataset
 
+from helpers import TINY, metrics, scalars, train
 from resnest_train import checkpoint
 from resnest_train.data import build_loaders
 from resnest_train.errors import UserError
+from test_data_helpers import cfg, make_dataset
 
 CUDA = torch.device("cuda", 0)
 
@@ -27,8 +28,10 @@ def data(tmp_path_factory):
 # Labels reach the device without a per-step copy from pageable memory
 # ---------------------------------------------------------------------------------------
 
+
 def test_synthetic_labels_are_made_on_the_device_with_the_same_values(monkeypatch):
     from resnest_train.data import synthetic
+
     c = cfg("/unused", backend="synthetic")
     c.synthetic.train_images, c.synthetic.val_images, c.synthetic.num_classes = 64, 20, 7
     loaders = build_loaders(c, batch_size=8, seed=3)
@@ -51,6 +54,7 @@ def test_dali_cpu_to_cuda_moves_every_output_from_pinned_memory(data, monkeypatc
     moves are recorded)."""
     pytest.importorskip("nvidia.dali")
     from resnest_train.data import dali
+
     pinned, moves = set(), []
 
     def fake_pinned(src):
@@ -76,8 +80,9 @@ def test_dali_cpu_to_cuda_moves_every_output_from_pinned_memory(data, monkeypatc
     moves.clear()  # the normaliser's constants, moved once
     x, y = runners[0].to_torch(runners[0].run())
     # Before: the labels went to the GPU from pageable memory, and the images as float32.
-    assert sorted(moves, key=str) == sorted([(True, True, torch.uint8), (True, True, torch.int32),
-                                             (True, True, torch.float32)], key=str)
+    assert sorted(moves, key=str) == sorted(
+        [(True, True, torch.uint8), (True, True, torch.int32), (True, True, torch.float32)], key=str
+    )
     assert x.dtype == torch.float32 and x.shape == (4, 3, 32, 32) and y.dtype == torch.int64
 
 
@@ -88,7 +93,8 @@ def _batches(loader, epoch=0):
 
 def _uint8_build(c, channels_last):
     from resnest_train.data import dali
-    from resnest_train.data.imagenet import load_splits
+    from resnest_train.data.layout import load_splits
+
     _, tr, va = load_splits(c)
     return dali.build(c, tr, va, 4, 0, 1, torch.device("cpu"), 0, channels_last, uint8=True)
 
@@ -98,12 +104,14 @@ def test_dali_uint8_crops_normalised_by_torch_equal_the_float_pipeline(data):
     DALI step before normalisation already rounds to uint8, so only float32 rounding differs."""
     pytest.importorskip("nvidia.dali")
     for channels_last in (False, True):
-        c = cfg(data, backend="dali", autoaugment=True, color_jitter=0.4)
+        c = cfg(data, backend="dali", augment="autoaugment", color_jitter=0.4)
         floats = build_loaders(c, batch_size=4, seed=0, channels_last=channels_last)
         uint8_train, uint8_val = _uint8_build(c, channels_last)
         assert uint8_train.uint8 and not floats.train.uint8
-        for a, b in ((_batches(floats.train), _batches(uint8_train)),
-                     ([(x, y) for x, y in floats.val], [(x, y) for x, y in uint8_val])):
+        for a, b in (
+            (_batches(floats.train), _batches(uint8_train)),
+            ([(x, y) for x, y in floats.val], [(x, y) for x, y in uint8_val]),
+        ):
             assert len(a) == len(b) > 0
             for (xa, ya), (xb, yb) in zip(a, b):
                 assert xb.dtype == torch.float32 and xb.shape == xa.shape and torch.equal(ya, yb)
@@ -122,8 +130,9 @@ def test_dali_uint8_crops_keep_the_per_sample_lighting(data):
     raw, labels, mean255 = (torch.from_dlpack(o.as_tensor()) for o in outputs)
     x, y = runners[0].to_torch(outputs)
     assert raw.dtype == torch.uint8 and raw.shape == (4, 32, 32, 3) and mean255.shape == (4, 3)
-    expected = (raw.permute(0, 3, 1, 2).float() - mean255.view(4, 3, 1, 1)) \
-        / (255 * torch.tensor(c.std).view(1, 3, 1, 1))
+    expected = (raw.permute(0, 3, 1, 2).float() - mean255.view(4, 3, 1, 1)) / (
+        255 * torch.tensor(c.std).view(1, 3, 1, 1)
+    )
     assert (x - expected).abs().max().item() < 1e-5 and torch.equal(y, labels.reshape(-1).long())
     offsets = torch.tensor(c.mean) - mean255 / 255  # each sample's PCA lighting offset, RGB in [0, 1]
     assert offsets.abs().min().item() > 0 and offsets.abs().max().item() < 0.2
@@ -134,9 +143,13 @@ def test_dali_uint8_crops_keep_the_per_sample_lighting(data):
 # With EMA, one pass over the validation set evaluates both models
 # ---------------------------------------------------------------------------------------
 
+
 def test_evaluating_model_and_ema_in_one_pass_equals_two_passes(monkeypatch):
-    from resnest_train.config import load_config
-    from resnest_train.engine import build_ema, build_model, evaluate
+    from resnest_train.config_loader import load_config
+    from resnest_train.engine import build_model
+    from resnest_train.loop import evaluate
+    from resnest_train.trainer import build_ema
+
     c = load_config(None, TINY + ["data.synthetic.val_images=20"])
     loaders = build_loaders(c.data, batch_size=8, seed=0)
     torch.manual_seed(0)
@@ -155,6 +168,7 @@ def test_evaluating_model_and_ema_in_one_pass_equals_two_passes(monkeypatch):
 # ---------------------------------------------------------------------------------------
 # Checkpoints: written in the background, atomic, of the state at save time, timed
 # ---------------------------------------------------------------------------------------
+
 
 def test_background_save_holds_the_state_at_save_time(tmp_path):
     weights = torch.arange(6.0)
@@ -189,8 +203,11 @@ def test_a_failed_background_write_raises_in_the_training_thread(tmp_path):
 
     saver = checkpoint.AsyncSaver()
     saver.save({"step": 2}, full_disk, step=2)
-    with pytest.raises(UserError, match=r"Writing a checkpoint failed \(OSError: \[Errno 28\] No space left on "
-                                        r"device\); training stopped.*intact.*Free disk space"):
+    with pytest.raises(
+        UserError,
+        match=r"Writing a checkpoint failed \(OSError: \[Errno 28\] No space left on "
+        r"device\); training stopped.*intact.*Free disk space",
+    ):
         saver.wait()
     assert torch.load(path, weights_only=True) == {"step": 1}
     saver.save({"step": 3}, full_disk, step=3)
@@ -198,6 +215,7 @@ def test_a_failed_background_write_raises_in_the_training_thread(tmp_path):
         saver.save({"step": 4}, lambda obj: [], step=4)
 
 
+@pytest.mark.slow
 def test_a_run_logs_each_checkpoint_write_and_its_size(tmp_path):
     out = tmp_path / "run"
     result = train(*TINY, "train.ema=true", "output.save_every_steps=6", f"output.dir={out}")
@@ -215,15 +233,34 @@ def test_a_run_logs_each_checkpoint_write_and_its_size(tmp_path):
     assert "val_top1_ema" in records[1]
 
 
+@pytest.mark.slow
 def test_overhead_benchmark_compares_train_py_with_a_bare_loop():
     import json
     import subprocess
     import sys
 
     from helpers import ROOT, env
-    result = subprocess.run([sys.executable, os.path.join(ROOT, "scripts", "benchmark.py"), "overhead", "--steps", "2",
-                             "--pairs", "1", "--img-size", "32", "--batch", "4", "--json"],
-                            capture_output=True, text=True, env=env(), timeout=300)
+
+    result = subprocess.run(
+        [
+            sys.executable,
+            os.path.join(ROOT, "scripts", "benchmark.py"),
+            "overhead",
+            "--steps",
+            "2",
+            "--pairs",
+            "1",
+            "--img-size",
+            "32",
+            "--batch",
+            "4",
+            "--json",
+        ],
+        capture_output=True,
+        text=True,
+        env=env(),
+        timeout=300,
+    )
     assert result.returncode == 0, result.stderr
     r = json.loads(result.stdout.strip().splitlines()[-1])
     assert r["train_py_images_per_sec"] > 0 and r["bare_images_per_sec"] > 0

@@ -1,6 +1,7 @@
 """launch.sh: the torchrun command it builds for one node, many nodes (env, flags, SLURM),
 elastic restarts; arguments that reach train.py untouched; SIGTERM -> exit 143; and a
 real 2-process CPU run of train.py."""
+
 import json
 import os
 import shlex
@@ -36,8 +37,9 @@ def fake(bin_dir, name, body):
 def launch(*args, bin_dir, env=None, **kwargs):
     base = {k: v for k, v in os.environ.items() if k not in CLEAN and not k.startswith("SLURM_")}
     base["PATH"] = f"{bin_dir}{os.pathsep}{base['PATH']}"
-    return subprocess.run(["bash", LAUNCH_SH, *args], env={**base, **(env or {})}, capture_output=True,
-                          text=True, **kwargs)
+    return subprocess.run(
+        ["bash", LAUNCH_SH, *args], env={**base, **(env or {})}, capture_output=True, text=True, **kwargs
+    )
 
 
 def dry_run(*args, **kwargs):
@@ -52,20 +54,40 @@ TORCHRUN = ["python", "-m", "torch.distributed.run"]
 
 def test_one_node_one_cpu_process_by_default(bin_dir):
     assert dry_run("configs/resnest50.yaml", "train.epochs=2", bin_dir=bin_dir) == [
-        *TORCHRUN, "--standalone", "--nnodes", "1", "--nproc_per_node", "1", "--shutdown_timeout", "170",
-        TRAIN_PY, "--config", "configs/resnest50.yaml", "train.epochs=2"]
+        *TORCHRUN,
+        "--standalone",
+        "--nnodes",
+        "1",
+        "--nproc_per_node",
+        "1",
+        "--shutdown_timeout",
+        "170",
+        TRAIN_PY,
+        "--config",
+        "configs/resnest50.yaml",
+        "train.epochs=2",
+    ]
 
 
 def test_overrides_are_separate_words_untouched(bin_dir):
-    tricky = ["data.root=/data/image net", "output.dir=it's", 'x.y="q" $HOME `id` ; | &', "z.w=[3, 4]",
-              "e.f=", "g.h=a\nb"]
+    tricky = [
+        "data.root=/data/image net",
+        "output.dir=it's",
+        'x.y="q" $HOME `id` ; | &',
+        "z.w=[3, 4]",
+        "e.f=",
+        "g.h=a\nb",
+    ]
     argv = dry_run("my config.yaml", *tricky, "--", "--print-config", bin_dir=bin_dir)
-    assert argv[argv.index(TRAIN_PY):] == [TRAIN_PY, "--config", "my config.yaml", *tricky, "--print-config"]
+    assert argv[argv.index(TRAIN_PY) :] == [TRAIN_PY, "--config", "my config.yaml", *tricky, "--print-config"]
 
 
 def test_all_local_gpus_and_nproc_override(bin_dir):
-    fake(bin_dir, "nvidia-smi", 'printf "GPU 0: H100 (UUID: a)\\nGPU 1: H100 (UUID: b)\\n'
-                                'GPU 2: H100 (UUID: c)\\nGPU 3: H100 (UUID: d)\\n"')
+    fake(
+        bin_dir,
+        "nvidia-smi",
+        'printf "GPU 0: H100 (UUID: a)\\nGPU 1: H100 (UUID: b)\\nGPU 2: H100 (UUID: c)\\nGPU 3: H100 (UUID: d)\\n"',
+    )
     nproc = lambda argv: argv[argv.index("--nproc_per_node") + 1]  # noqa: E731
     assert nproc(dry_run("c.yaml", bin_dir=bin_dir)) == "4"
     assert nproc(dry_run("c.yaml", bin_dir=bin_dir, env={"CUDA_VISIBLE_DEVICES": "1,3"})) == "2"
@@ -76,34 +98,128 @@ def test_all_local_gpus_and_nproc_override(bin_dir):
 def test_multi_node_from_environment(bin_dir):
     env = {"NNODES": "2", "NODE_RANK": "1", "MASTER_ADDR": "10.0.0.1", "MASTER_PORT": "29511"}
     assert dry_run("c.yaml", "train.epochs=1", "--nproc", "8", bin_dir=bin_dir, env=env) == [
-        *TORCHRUN, "--nnodes", "2", "--node_rank", "1", "--master_addr", "10.0.0.1", "--master_port", "29511",
-        "--nproc_per_node", "8", "--shutdown_timeout", "170", TRAIN_PY, "--config", "c.yaml", "train.epochs=1"]
+        *TORCHRUN,
+        "--nnodes",
+        "2",
+        "--node_rank",
+        "1",
+        "--master_addr",
+        "10.0.0.1",
+        "--master_port",
+        "29511",
+        "--nproc_per_node",
+        "8",
+        "--shutdown_timeout",
+        "170",
+        TRAIN_PY,
+        "--config",
+        "c.yaml",
+        "train.epochs=1",
+    ]
 
 
 def test_flags_win_over_environment(bin_dir):
     env = {"NNODES": "4", "NODE_RANK": "3", "MASTER_ADDR": "10.0.0.1"}
-    argv = dry_run("--nnodes", "2", "--node-rank", "0", "--master-addr", "127.0.0.1", "--master-port", "29600",
-                   "--nproc", "2", "c.yaml", bin_dir=bin_dir, env=env)
-    assert argv == [*TORCHRUN, "--nnodes", "2", "--node_rank", "0", "--master_addr", "127.0.0.1",
-                    "--master_port", "29600", "--nproc_per_node", "2", "--shutdown_timeout", "170",
-                    TRAIN_PY, "--config", "c.yaml"]
+    argv = dry_run(
+        "--nnodes",
+        "2",
+        "--node-rank",
+        "0",
+        "--master-addr",
+        "127.0.0.1",
+        "--master-port",
+        "29600",
+        "--nproc",
+        "2",
+        "c.yaml",
+        bin_dir=bin_dir,
+        env=env,
+    )
+    assert argv == [
+        *TORCHRUN,
+        "--nnodes",
+        "2",
+        "--node_rank",
+        "0",
+        "--master_addr",
+        "127.0.0.1",
+        "--master_port",
+        "29600",
+        "--nproc_per_node",
+        "2",
+        "--shutdown_timeout",
+        "170",
+        TRAIN_PY,
+        "--config",
+        "c.yaml",
+    ]
 
 
 def test_elastic_rendezvous_and_max_restarts(bin_dir):
-    argv = dry_run("--rdzv", "c10d", "--nnodes", "1:4", "--rdzv-endpoint", "head:29400", "--rdzv-id", "exp7",
-                   "--max-restarts", "3", "c.yaml", bin_dir=bin_dir)
-    assert argv == [*TORCHRUN, "--nnodes", "1:4", "--rdzv_backend", "c10d", "--rdzv_endpoint", "head:29400",
-                    "--rdzv_id", "exp7", "--nproc_per_node", "1", "--max_restarts", "3", "--shutdown_timeout", "170",
-                    TRAIN_PY, "--config", "c.yaml"]
+    argv = dry_run(
+        "--rdzv",
+        "c10d",
+        "--nnodes",
+        "1:4",
+        "--rdzv-endpoint",
+        "head:29400",
+        "--rdzv-id",
+        "exp7",
+        "--max-restarts",
+        "3",
+        "c.yaml",
+        bin_dir=bin_dir,
+    )
+    assert argv == [
+        *TORCHRUN,
+        "--nnodes",
+        "1:4",
+        "--rdzv_backend",
+        "c10d",
+        "--rdzv_endpoint",
+        "head:29400",
+        "--rdzv_id",
+        "exp7",
+        "--nproc_per_node",
+        "1",
+        "--max_restarts",
+        "3",
+        "--shutdown_timeout",
+        "170",
+        TRAIN_PY,
+        "--config",
+        "c.yaml",
+    ]
     # the endpoint defaults to MASTER_ADDR:MASTER_PORT
-    argv = dry_run("--rdzv", "c10d", "c.yaml", bin_dir=bin_dir,
-                   env={"NNODES": "2", "MASTER_ADDR": "head", "MASTER_PORT": "1234"})
-    assert argv[3:11] == ["--nnodes", "2", "--rdzv_backend", "c10d", "--rdzv_endpoint", "head:1234",
-                          "--rdzv_id", "resnest"]
+    argv = dry_run(
+        "--rdzv", "c10d", "c.yaml", bin_dir=bin_dir, env={"NNODES": "2", "MASTER_ADDR": "head", "MASTER_PORT": "1234"}
+    )
+    assert argv[3:11] == [
+        "--nnodes",
+        "2",
+        "--rdzv_backend",
+        "c10d",
+        "--rdzv_endpoint",
+        "head:1234",
+        "--rdzv_id",
+        "resnest",
+    ]
     # one node keeps the private standalone rendezvous, with restarts
     argv = dry_run("--max-restarts", "2", "c.yaml", bin_dir=bin_dir)
-    assert argv[3:] == ["--standalone", "--nnodes", "1", "--nproc_per_node", "1", "--max_restarts", "2",
-                        "--shutdown_timeout", "170", TRAIN_PY, "--config", "c.yaml"]
+    assert argv[3:] == [
+        "--standalone",
+        "--nnodes",
+        "1",
+        "--nproc_per_node",
+        "1",
+        "--max_restarts",
+        "2",
+        "--shutdown_timeout",
+        "170",
+        TRAIN_PY,
+        "--config",
+        "c.yaml",
+    ]
 
 
 def test_shutdown_timeout_default_environment_and_flag(bin_dir):
@@ -112,8 +228,14 @@ def test_shutdown_timeout_default_environment_and_flag(bin_dir):
     timeout = lambda argv: argv[argv.index("--shutdown_timeout") + 1]  # noqa: E731
     assert timeout(dry_run("c.yaml", bin_dir=bin_dir)) == "170"
     assert timeout(dry_run("c.yaml", bin_dir=bin_dir, env={"TORCH_ELASTIC_SHUTDOWN_TIMEOUT": "300"})) == "300"
-    assert timeout(dry_run("--shutdown-timeout", "90", "c.yaml", bin_dir=bin_dir,
-                           env={"TORCH_ELASTIC_SHUTDOWN_TIMEOUT": "300"})) == "90"
+    assert (
+        timeout(
+            dry_run(
+                "--shutdown-timeout", "90", "c.yaml", bin_dir=bin_dir, env={"TORCH_ELASTIC_SHUTDOWN_TIMEOUT": "300"}
+            )
+        )
+        == "90"
+    )
     assert timeout(dry_run("--shutdown-timeout=45", "c.yaml", bin_dir=bin_dir)) == "45"
 
 
@@ -123,11 +245,33 @@ SLURM = {"SLURM_JOB_ID": "4242", "SLURM_NNODES": "2", "SLURM_NODEID": "1", "SLUR
 def test_slurm_allocation(bin_dir):
     fake(bin_dir, "scontrol", '[ "$1 $2 $3" = "show hostnames gpu-[07-08]" ] && printf "gpu-07\\ngpu-08\\n"')
     argv = dry_run("--nproc", "8", "c.yaml", bin_dir=bin_dir, env=SLURM)
-    assert argv[3:13] == ["--nnodes", "2", "--node_rank", "1", "--master_addr", "gpu-07", "--master_port", "29500",
-                          "--nproc_per_node", "8"]
+    assert argv[3:13] == [
+        "--nnodes",
+        "2",
+        "--node_rank",
+        "1",
+        "--master_addr",
+        "gpu-07",
+        "--master_port",
+        "29500",
+        "--nproc_per_node",
+        "8",
+    ]
     argv = dry_run("--rdzv", "c10d", "--max-restarts", "1", "c.yaml", bin_dir=bin_dir, env=SLURM)
-    assert argv[3:15] == ["--nnodes", "2", "--rdzv_backend", "c10d", "--rdzv_endpoint", "gpu-07:29500",
-                          "--rdzv_id", "4242", "--nproc_per_node", "1", "--max_restarts", "1"]
+    assert argv[3:15] == [
+        "--nnodes",
+        "2",
+        "--rdzv_backend",
+        "c10d",
+        "--rdzv_endpoint",
+        "gpu-07:29500",
+        "--rdzv_id",
+        "4242",
+        "--nproc_per_node",
+        "1",
+        "--max_restarts",
+        "1",
+    ]
     # explicit environment variables win over SLURM's
     argv = dry_run("c.yaml", bin_dir=bin_dir, env={**SLURM, "MASTER_ADDR": "10.1.1.1", "MASTER_PORT": "40000"})
     assert argv[3:11] == ["--nnodes", "2", "--node_rank", "1", "--master_addr", "10.1.1.1", "--master_port", "40000"]
@@ -136,11 +280,18 @@ def test_slurm_allocation(bin_dir):
     assert argv[3:6] == ["--standalone", "--nnodes", "1"]
 
 
-@pytest.mark.skipif(any(os.access(os.path.join(d, "scontrol"), os.X_OK)
-                        for d in os.environ.get("PATH", "").split(os.pathsep)), reason="scontrol is installed")
+@pytest.mark.skipif(
+    any(os.access(os.path.join(d, "scontrol"), os.X_OK) for d in os.environ.get("PATH", "").split(os.pathsep)),
+    reason="scontrol is installed",
+)
 def test_slurm_without_scontrol(bin_dir):
-    for nodelist, first in [("gpu-[07-08]", "gpu-07"), ("node[3,5-6]", "node3"), ("a1,b2", "a1"),
-                            ("solo", "solo"), ("x1,y[2-3]", "x1")]:
+    for nodelist, first in [
+        ("gpu-[07-08]", "gpu-07"),
+        ("node[3,5-6]", "node3"),
+        ("a1,b2", "a1"),
+        ("solo", "solo"),
+        ("x1,y[2-3]", "x1"),
+    ]:
         argv = dry_run("c.yaml", bin_dir=bin_dir, env={**SLURM, "SLURM_JOB_NODELIST": nodelist})
         assert argv[argv.index("--master_addr") + 1] == first, nodelist
 
@@ -150,21 +301,24 @@ def test_python_from_environment(bin_dir):
     assert argv[:3] == ["/opt/venv/bin/python", "-m", "torch.distributed.run"]
 
 
-@pytest.mark.parametrize("args, env, message", [
-    ([], {}, "missing CONFIG"),
-    (["c.yaml", "train"], {}, "'train' is not a key=value override"),
-    (["--nnodes", "2", "c.yaml"], {}, "2 nodes need MASTER_ADDR"),
-    (["--nnodes", "2", "c.yaml"], {"MASTER_ADDR": "h"}, "2 nodes need NODE_RANK"),
-    (["c.yaml"], {"NNODES": "2", "NODE_RANK": "2", "MASTER_ADDR": "h"}, "NODE_RANK must be 0..1"),
-    (["--nproc", "0", "c.yaml"], {}, "--nproc must be a positive integer"),
-    (["--rdzv", "etcd", "c.yaml"], {}, "--rdzv must be static or c10d"),
-    (["--nnodes", "1:2", "c.yaml"], {}, "needs --rdzv c10d"),
-    (["--max-restarts", "x", "c.yaml"], {}, "--max-restarts must be an integer"),
-    (["--shutdown-timeout", "3m", "c.yaml"], {}, "--shutdown-timeout must be a whole number of seconds, got '3m'"),
-    (["c.yaml"], {"TORCH_ELASTIC_SHUTDOWN_TIMEOUT": "-1"}, "--shutdown-timeout must be a whole number"),
-    (["--gpus", "2", "c.yaml"], {}, "unknown option --gpus"),
-    (["c.yaml", "--nproc"], {}, "--nproc needs a value"),
-])
+@pytest.mark.parametrize(
+    "args, env, message",
+    [
+        ([], {}, "missing CONFIG"),
+        (["c.yaml", "train"], {}, "'train' is not a key=value override"),
+        (["--nnodes", "2", "c.yaml"], {}, "2 nodes need MASTER_ADDR"),
+        (["--nnodes", "2", "c.yaml"], {"MASTER_ADDR": "h"}, "2 nodes need NODE_RANK"),
+        (["c.yaml"], {"NNODES": "2", "NODE_RANK": "2", "MASTER_ADDR": "h"}, "NODE_RANK must be 0..1"),
+        (["--nproc", "0", "c.yaml"], {}, "--nproc must be a positive integer"),
+        (["--rdzv", "etcd", "c.yaml"], {}, "--rdzv must be static or c10d"),
+        (["--nnodes", "1:2", "c.yaml"], {}, "needs --rdzv c10d"),
+        (["--max-restarts", "x", "c.yaml"], {}, "--max-restarts must be an integer"),
+        (["--shutdown-timeout", "3m", "c.yaml"], {}, "--shutdown-timeout must be a whole number of seconds, got '3m'"),
+        (["c.yaml"], {"TORCH_ELASTIC_SHUTDOWN_TIMEOUT": "-1"}, "--shutdown-timeout must be a whole number"),
+        (["--gpus", "2", "c.yaml"], {}, "unknown option --gpus"),
+        (["c.yaml", "--nproc"], {}, "--nproc needs a value"),
+    ],
+)
 def test_user_errors_exit_2_with_a_message(bin_dir, args, env, message):
     result = launch("--dry-run", *args, bin_dir=bin_dir, env=env)
     assert result.returncode == 2 and message in result.stderr and result.stdout == ""
@@ -173,8 +327,18 @@ def test_user_errors_exit_2_with_a_message(bin_dir, args, env, message):
 def test_help(bin_dir):
     result = launch("--help", bin_dir=bin_dir)
     assert result.returncode == 0 and result.stdout.startswith("Usage: launch.sh")
-    for word in ("--nproc", "--nnodes", "--node-rank", "--master-addr", "--rdzv", "--max-restarts", "SLURM",
-                 "--shutdown-timeout", "TORCH_ELASTIC_SHUTDOWN_TIMEOUT", "--dry-run"):
+    for word in (
+        "--nproc",
+        "--nnodes",
+        "--node-rank",
+        "--master-addr",
+        "--rdzv",
+        "--max-restarts",
+        "SLURM",
+        "--shutdown-timeout",
+        "TORCH_ELASTIC_SHUTDOWN_TIMEOUT",
+        "--dry-run",
+    ):
         assert word in result.stdout
 
 
@@ -194,6 +358,7 @@ ECHO_TRAIN = textwrap.dedent("""\
 """)
 
 
+@pytest.mark.dist
 def test_arguments_reach_every_worker_unchanged(tmp_path, bin_dir):
     script = tmp_path / "echo_train.py"
     script.write_text(ECHO_TRAIN)
@@ -206,15 +371,20 @@ def test_arguments_reach_every_worker_unchanged(tmp_path, bin_dir):
         assert seen == {"argv": ["--config", "conf.yaml", *words], "world": "2"}
 
 
+@pytest.mark.dist
 def test_sigterm_reaches_the_workers_and_exits_143(tmp_path, bin_dir):
     script = tmp_path / "echo_train.py"
     script.write_text(ECHO_TRAIN)
-    env = {"TRAIN_PY": str(script), "ECHO_OUT": str(tmp_path / "argv"), "PYTHON": sys.executable,
-           "WAIT_FOR_TERM": "1"}
+    env = {"TRAIN_PY": str(script), "ECHO_OUT": str(tmp_path / "argv"), "PYTHON": sys.executable, "WAIT_FOR_TERM": "1"}
     base = {k: v for k, v in os.environ.items() if k not in CLEAN and not k.startswith("SLURM_")}
     base["PATH"] = f"{bin_dir}{os.pathsep}{base['PATH']}"
-    proc = subprocess.Popen(["bash", LAUNCH_SH, "--nproc", "2", "c.yaml"], env={**base, **env},
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    proc = subprocess.Popen(
+        ["bash", LAUNCH_SH, "--nproc", "2", "c.yaml"],
+        env={**base, **env},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
     deadline = time.time() + 60
     while not all((tmp_path / f"argv.{r}").exists() for r in (0, 1)):
         assert time.time() < deadline and proc.poll() is None, proc.communicate()[0]
@@ -239,6 +409,8 @@ SLOW_SAVE = textwrap.dedent("""\
 """)
 
 
+@pytest.mark.slow
+@pytest.mark.dist
 def test_shutdown_timeout_is_the_time_workers_get_to_save(tmp_path, bin_dir):
     script = tmp_path / "slow_save.py"
     script.write_text(SLOW_SAVE)
@@ -248,8 +420,13 @@ def test_shutdown_timeout_is_the_time_workers_get_to_save(tmp_path, bin_dir):
     def preempt(seconds):
         out = tmp_path / f"t{seconds}"
         env = {**base, "TRAIN_PY": str(script), "ECHO_OUT": str(out), "PYTHON": sys.executable}
-        proc = subprocess.Popen(["bash", LAUNCH_SH, "--shutdown-timeout", str(seconds), "c.yaml"], env=env,
-                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        proc = subprocess.Popen(
+            ["bash", LAUNCH_SH, "--shutdown-timeout", str(seconds), "c.yaml"],
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
         deadline = time.time() + 60
         while not os.path.exists(f"{out}.ready"):
             assert time.time() < deadline and proc.poll() is None, proc.communicate()[0]
@@ -263,18 +440,22 @@ def test_shutdown_timeout_is_the_time_workers_get_to_save(tmp_path, bin_dir):
     assert preempt(20)  # given the time, the save completes
 
 
+@pytest.mark.dist
 def test_max_restarts_restarts_a_killed_worker(tmp_path, bin_dir):
     script = tmp_path / "dies_once.py"
-    script.write_text(textwrap.dedent("""\
+    script.write_text(
+        textwrap.dedent("""\
         import os, signal, sys
         attempt = os.environ["TORCHELASTIC_RESTART_COUNT"]
         if attempt == "0" and os.environ["RANK"] == "1":
             os.kill(os.getpid(), signal.SIGKILL)
         open(os.path.join(sys.argv[-1].split("=", 1)[1], f"rank{os.environ['RANK']}.attempt{attempt}"), "w").close()
-    """))
+    """)
+    )
     env = {"TRAIN_PY": str(script), "PYTHON": sys.executable}
-    result = launch("--nproc", "2", "--max-restarts", "1", "c.yaml", f"output.dir={tmp_path}", bin_dir=bin_dir,
-                    env=env, timeout=120)
+    result = launch(
+        "--nproc", "2", "--max-restarts", "1", "c.yaml", f"output.dir={tmp_path}", bin_dir=bin_dir, env=env, timeout=120
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     assert {"rank0.attempt1", "rank1.attempt1"} <= set(os.listdir(tmp_path))
     assert "rank1.attempt0" not in os.listdir(tmp_path)
@@ -290,17 +471,39 @@ def test_max_restarts_restarts_a_killed_worker(tmp_path, bin_dir):
 # The real train.py: 2 CPU processes (gloo)
 # ---------------------------------------------------------------------------------------
 
-TINY = ["model.name=resnest14", "device=cpu", "dist.backend=gloo", "data.backend=synthetic",
-        "data.synthetic.train_images=32", "data.synthetic.val_images=16", "data.synthetic.num_classes=10",
-        "data.train_crop=32", "data.workers=0",
-        "train.epochs=1", "train.batch_size=4", "train.max_steps_per_epoch=2", "optim.warmup_epochs=0",
-        "output.log_every=1"]
+TINY = [
+    "model.name=resnest14",
+    "device=cpu",
+    "dist.backend=gloo",
+    "data.backend=synthetic",
+    "data.synthetic.train_images=32",
+    "data.synthetic.val_images=16",
+    "data.synthetic.num_classes=10",
+    "data.train_crop=32",
+    "data.workers=0",
+    "train.epochs=1",
+    "train.batch_size=4",
+    "train.max_steps_per_epoch=2",
+    "optim.warmup_epochs=0",
+    "output.log_every=1",
+]
 
 
+@pytest.mark.slow
+@pytest.mark.dist
 def test_two_cpu_processes_train_through_launch_sh(tmp_path, bin_dir):
     out = tmp_path / "run"
-    result = launch("--nproc", "2", os.path.join(ROOT, "configs", "resnest50.yaml"), *TINY, f"output.dir={out}",
-                    bin_dir=bin_dir, env={"PYTHON": sys.executable}, cwd=tmp_path, timeout=300)
+    result = launch(
+        "--nproc",
+        "2",
+        os.path.join(ROOT, "configs", "resnest50.yaml"),
+        *TINY,
+        f"output.dir={out}",
+        bin_dir=bin_dir,
+        env={"PYTHON": sys.executable},
+        cwd=tmp_path,
+        timeout=300,
+    )
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     state = json.loads((out / "run_state.json").read_text())
     assert state["state"] == "finished" and state["epoch"] == state["epochs"] == 1
@@ -308,7 +511,16 @@ def test_two_cpu_processes_train_through_launch_sh(tmp_path, bin_dir):
     assert len(metrics) == 1 and metrics[0]["train_loss"] > 0 and 0 <= metrics[0]["val_top1"] <= 100
     assert (out / "checkpoints" / "last.pth").is_file()
     # the same command again: the run is finished, nothing trains
-    again = launch("--nproc", "2", os.path.join(ROOT, "configs", "resnest50.yaml"), *TINY, f"output.dir={out}",
-                   bin_dir=bin_dir, env={"PYTHON": sys.executable}, cwd=tmp_path, timeout=300)
+    again = launch(
+        "--nproc",
+        "2",
+        os.path.join(ROOT, "configs", "resnest50.yaml"),
+        *TINY,
+        f"output.dir={out}",
+        bin_dir=bin_dir,
+        env={"PYTHON": sys.executable},
+        cwd=tmp_path,
+        timeout=300,
+    )
     assert again.returncode == 0, again.stderr[-3000:]
     assert [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()] == metrics

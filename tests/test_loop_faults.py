@@ -1,8 +1,8 @@
 """The loop's faults: resume on a new batch or world, EMA under DDP, divergence, host syncs per step."""
+
 import collections
 import json
 import os
-import shutil
 import signal
 import subprocess
 import sys
@@ -11,27 +11,42 @@ import pytest
 import torch
 
 from helpers import ROOT, TINY, TRAIN, env, event_files, metrics, run_state, scalars, scalars_in, train
-from resnest_train.engine import Plan, resume_position
+from resnest_train.loop import Plan
 from resnest_train.optim import lr_at, peak_lr
+from resnest_train.resume import resume_position
 
 
 def plan(world_size, batch_size, accum_steps, steps_per_epoch, epochs=2):
     global_batch = world_size * batch_size * accum_steps
-    return Plan(world_size=world_size, batch_size=batch_size, accum_steps=accum_steps, global_batch=global_batch,
-                peak_lr=peak_lr(0.1, global_batch), steps_per_epoch=steps_per_epoch, epochs=epochs)
+    return Plan(
+        world_size=world_size,
+        batch_size=batch_size,
+        accum_steps=accum_steps,
+        global_batch=global_batch,
+        peak_lr=peak_lr(0.1, global_batch),
+        steps_per_epoch=steps_per_epoch,
+        epochs=epochs,
+    )
 
 
 def saved(position, old_plan=None, batch_size=8, accum_steps=1):
     """A checkpoint's position fields; `old_plan` None makes one written before plans were saved."""
     epoch, step_in_epoch, step, loss_sum, loss_count = position
-    return {"epoch": epoch, "step_in_epoch": step_in_epoch, "step": step, "loss_sum": loss_sum,
-            "loss_count": loss_count, "plan": old_plan and vars(old_plan),
-            "config": {"train": {"batch_size": batch_size, "accum_steps": accum_steps}}}
+    return {
+        "epoch": epoch,
+        "step_in_epoch": step_in_epoch,
+        "step": step,
+        "loss_sum": loss_sum,
+        "loss_count": loss_count,
+        "plan": old_plan and vars(old_plan),
+        "config": {"train": {"batch_size": batch_size, "accum_steps": accum_steps}},
+    }
 
 
 # --------------------------------------------------------------------------------------
 # Resume position (pure)
 # --------------------------------------------------------------------------------------
+
 
 def test_same_global_batch_on_another_world_keeps_the_position():
     one = plan(1, 4, 2, 8)  # 1 process accumulating 2 x 4
@@ -42,7 +57,9 @@ def test_same_global_batch_on_another_world_keeps_the_position():
     position, _ = resume_position(saved((0, 3, 3, 6.0, 3), plan(1, 8, 1, 8)), plan(2, 4, 1, 8))
     assert (position["step"], position["loss_count"], position["loss_sum"]) == (3, 6, 12.0)
     assert resume_position(saved((1, 3, 11, 6.0, 6), one), one) == (
-        {"epoch": 1, "step_in_epoch": 3, "step": 11, "loss_sum": 6.0, "loss_count": 6}, None)
+        {"epoch": 1, "step_in_epoch": 3, "step": 11, "loss_sum": 6.0, "loss_count": 6},
+        None,
+    )
 
 
 def test_another_global_batch_goes_on_at_the_same_fraction_of_the_epoch_with_the_schedules_lr():
@@ -52,7 +69,7 @@ def test_another_global_batch_goes_on_at_the_same_fraction_of_the_epoch_with_the
     position, note = resume_position(saved((1, 3, 11, 6.0, 3), plan(1, 8, 1, 8)), new)
     assert position == {"epoch": 1, "step_in_epoch": 1, "step": 5, "loss_sum": 4.0, "loss_count": 2}
     lr = lr_at(position["step"], steps_per_epoch=4, epochs=2, warmup_epochs=1, peak=new.peak_lr)
-    assert lr == pytest.approx(0.1 * 16 / 256 * 0.5 * (1 + 0.5 ** 0.5))  # cosine a quarter of the way
+    assert lr == pytest.approx(0.1 * 16 / 256 * 0.5 * (1 + 0.5**0.5))  # cosine a quarter of the way
     assert "global batch 8 and 8 steps per epoch" in note and "step 1/4 (was 3/8)" in note
     # Batch 8 -> 16 at step 7/8 (it used to raise "start_step 7 outside [0, 4]"); 2.5 rounds down.
     position, _ = resume_position(saved((0, 7, 7, 14.0, 7), plan(1, 8, 1, 8)), plan(1, 16, 1, 4))
@@ -81,6 +98,7 @@ def test_checkpoints_without_a_plan_are_read_from_their_config_and_counters():
 # Resume end to end
 # --------------------------------------------------------------------------------------
 
+
 @pytest.fixture(scope="module")
 def finished_run(tmp_path_factory):
     out = str(tmp_path_factory.mktemp("finished"))
@@ -91,8 +109,13 @@ def finished_run(tmp_path_factory):
 def mid_epoch_checkpoint(finished, out, epoch, step_in_epoch):
     """The finished 1-process run's last.pth moved to (epoch, step_in_epoch) of its 8-step epochs."""
     state = torch.load(os.path.join(finished, "checkpoints", "last.pth"), weights_only=True)
-    state.update(epoch=epoch, step_in_epoch=step_in_epoch, step=epoch * 8 + step_in_epoch,
-                 loss_sum=2.0 * step_in_epoch, loss_count=step_in_epoch)
+    state.update(
+        epoch=epoch,
+        step_in_epoch=step_in_epoch,
+        step=epoch * 8 + step_in_epoch,
+        loss_sum=2.0 * step_in_epoch,
+        loss_count=step_in_epoch,
+    )
     os.makedirs(os.path.join(out, "checkpoints"))
     torch.save(state, os.path.join(out, "checkpoints", "last.pth"))
 
@@ -102,11 +125,13 @@ def check_resumed_lrs(out, first_step, last_step, global_batch, steps_per_epoch)
     assert sorted(lrs) == list(range(first_step + 1, last_step + 1))
     peak = 0.1 * global_batch / 256
     for step, value in lrs.items():
-        assert value == pytest.approx(lr_at(step - 1, steps_per_epoch=steps_per_epoch, epochs=2,
-                                            warmup_epochs=1, peak=peak), rel=1e-6)
+        assert value == pytest.approx(
+            lr_at(step - 1, steps_per_epoch=steps_per_epoch, epochs=2, warmup_epochs=1, peak=peak), rel=1e-6
+        )
         assert value > 0
 
 
+@pytest.mark.slow
 def test_resume_with_a_larger_batch_goes_on_at_the_same_point(finished_run, tmp_path):
     out = str(tmp_path / "bigger")
     mid_epoch_checkpoint(finished_run, out, epoch=0, step_in_epoch=7)  # step 7 of 8
@@ -122,6 +147,8 @@ def torchrun(*args, nproc=2):
     return subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, env=env(), timeout=600)
 
 
+@pytest.mark.slow
+@pytest.mark.dist
 def test_resume_on_more_processes_trains_at_the_schedules_lr(finished_run, tmp_path):
     out = str(tmp_path / "wider")
     mid_epoch_checkpoint(finished_run, out, epoch=1, step_in_epoch=3)  # epoch 2, step 3 of 8
@@ -135,8 +162,15 @@ def test_resume_on_more_processes_trains_at_the_schedules_lr(finished_run, tmp_p
 # BatchNorm groups of 4 (the torchvision backend: a global batch holds the same images for any
 # world size). Mixup pairs images inside a process's batch, so it is off.
 def exact(root):
-    return TINY + ["data.backend=torchvision", f"data.root={root}", "data.workers=0", "train.mixup_alpha=0",
-                   "train.batch_size=4", "train.ema=true", "train.ema_decay=0.5"]
+    return TINY + [
+        "data.backend=torchvision",
+        f"data.root={root}",
+        "data.workers=0",
+        "train.mixup_alpha=0",
+        "train.batch_size=4",
+        "train.ema=true",
+        "train.ema_decay=0.5",
+    ]
 
 
 @pytest.fixture(scope="module")
@@ -145,8 +179,14 @@ def moved_to_two_processes(tmp_path_factory, demo_root):
     full = str(tmp_path_factory.mktemp("full"))
     train(*exact(demo_root), "train.accum_steps=2", f"output.dir={full}")
     out = str(tmp_path_factory.mktemp("moved"))
-    proc = subprocess.Popen([sys.executable, TRAIN, *exact(demo_root), "train.accum_steps=2", f"output.dir={out}"],
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=ROOT, env=env())
+    proc = subprocess.Popen(
+        [sys.executable, TRAIN, *exact(demo_root), "train.accum_steps=2", f"output.dir={out}"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        cwd=ROOT,
+        env=env(),
+    )
     lines = []
     for line in proc.stdout:
         lines.append(line)
@@ -159,6 +199,8 @@ def moved_to_two_processes(tmp_path_factory, demo_root):
     return full, out, stopped, resumed.stdout
 
 
+@pytest.mark.slow
+@pytest.mark.dist
 def test_same_global_batch_on_two_processes_repeats_the_per_step_losses(moved_to_two_processes):
     full, out, stopped, stdout = moved_to_two_processes
     assert 3 <= stopped < 8
@@ -181,17 +223,20 @@ def test_same_global_batch_on_two_processes_repeats_the_per_step_losses(moved_to
 
 def evaluate_saved(weights, args):
     """Evaluate a saved state_dict on the whole val set in this one process."""
-    from resnest_train.config import load_config
+    from resnest_train.config_loader import load_config
     from resnest_train.data import build_loaders
-    from resnest_train.engine import build_model, evaluate
+    from resnest_train.engine import build_model
+    from resnest_train.loop import evaluate
+
     cfg = load_config(None, args)
-    loaders = build_loaders(cfg.data, batch_size=cfg.train.batch_size, device=torch.device("cpu"),
-                            seed=cfg.train.seed)
+    loaders = build_loaders(cfg.data, batch_size=cfg.train.batch_size, device=torch.device("cpu"), seed=cfg.train.seed)
     model = build_model(cfg, loaders.num_classes)
     model.load_state_dict(weights)
     return evaluate(model, loaders.val, torch.device("cpu"), cfg.train.amp)
 
 
+@pytest.mark.slow
+@pytest.mark.dist
 def test_ema_metric_under_ddp_equals_evaluating_the_saved_ema(moved_to_two_processes, demo_root):
     _, out, _, _ = moved_to_two_processes
     saved_state = torch.load(os.path.join(out, "checkpoints", "last.pth"), weights_only=True)
@@ -209,6 +254,8 @@ def test_ema_metric_under_ddp_equals_evaluating_the_saved_ema(moved_to_two_proce
 # Divergence
 # --------------------------------------------------------------------------------------
 
+
+@pytest.mark.slow
 def test_divergence_stops_with_a_message_and_keeps_the_last_good_checkpoint(tmp_path):
     out = str(tmp_path / "diverged")
     train(*TINY, "train.epochs=1", f"output.dir={out}")
@@ -228,6 +275,7 @@ def test_divergence_stops_with_a_message_and_keeps_the_last_good_checkpoint(tmp_
     assert [r["epoch"] for r in metrics(out)] == [1]
 
 
+@pytest.mark.slow
 def test_divergence_never_writes_a_non_finite_checkpoint(tmp_path):
     out = str(tmp_path / "fresh")
     result = train(*TINY, "optim.base_lr=50000", "output.save_every_steps=1", f"output.dir={out}", check=False)
@@ -246,33 +294,65 @@ def test_divergence_never_writes_a_non_finite_checkpoint(tmp_path):
 # --------------------------------------------------------------------------------------
 
 SYNC_TENSOR_METHODS = ("item", "tolist", "cpu", "numpy", "__float__", "__int__", "__bool__", "__index__")
-SYNC_COLLECTIVES = ("all_reduce", "all_gather", "all_gather_object", "broadcast", "broadcast_object_list",
-                    "barrier", "reduce", "gather", "scatter", "all_to_all")
+SYNC_COLLECTIVES = (
+    "all_reduce",
+    "all_gather",
+    "all_gather_object",
+    "broadcast",
+    "broadcast_object_list",
+    "barrier",
+    "reduce",
+    "gather",
+    "scatter",
+    "all_to_all",
+)
 
 
 def _count_syncs(rank, store, result_dir):
     """One rank of a 2-process gloo group: one 16-step epoch, counting the calls that sync the host."""
     import torch.distributed as tdist
     from timm.utils import ModelEmaV3
-    from resnest_train.config import load_config
+
+    from resnest_train.checkpoint import AsyncSaver
+    from resnest_train.config_loader import load_config
     from resnest_train.data import build_loaders
     from resnest_train.distributed import DistInfo
-    from resnest_train.engine import StopRequested, TrainState, build_mixup, build_model, make_plan, train_one_epoch
+    from resnest_train.engine import build_model
+    from resnest_train.loop import StopRequested, make_plan, train_one_epoch
     from resnest_train.monitor import Monitor
     from resnest_train.optim import build_optimizer
+    from resnest_train.trainer import Trainer
 
     torch.set_num_threads(1)
     tdist.init_process_group("gloo", init_method=f"file://{store}", rank=rank, world_size=2)
-    cfg = load_config(None, TINY + ["train.batch_size=2", "output.log_every=1000", "output.image_grid=false",
-                                    "train.ema=true", "optim.clip_grad_norm=5", f"output.dir={result_dir}"])
+    cfg = load_config(
+        None,
+        TINY
+        + [
+            "train.batch_size=2",
+            "output.log_every=1000",
+            "output.image_grid=false",
+            "train.ema=true",
+            "optim.clip_grad_norm=5",
+            f"output.dir={result_dir}",
+        ],
+    )
     cpu = torch.device("cpu")
     loaders = build_loaders(cfg.data, batch_size=2, rank=rank, world_size=2, device=cpu, seed=0)
     plan = make_plan(cfg, 2, len(loaders.train))
     torch.manual_seed(0)
     model = build_model(cfg, loaders.num_classes)
-    state = TrainState(model=model, net=torch.nn.parallel.DistributedDataParallel(model),
-                       optimizer=build_optimizer(model, cfg.optim, lr=0.0), scaler=None,
-                       ema=ModelEmaV3(model, decay=0.9))
+    trainer = Trainer(
+        model,
+        build_optimizer(model, cfg.optim, lr=0.0),
+        cfg.train,
+        cfg.optim.clip_grad_norm,
+        cpu,
+        loaders.num_classes,
+        distributed=True,
+    )
+    trainer.net = torch.nn.parallel.DistributedDataParallel(model)
+    trainer.ema = ModelEmaV3(model, decay=0.9)
     loaders.train.set_epoch(0)
     calls = collections.Counter()
 
@@ -280,6 +360,7 @@ def _count_syncs(rank, store, result_dir):
         def wrapper(*args, **kwargs):
             calls[name] += 1
             return fn(*args, **kwargs)
+
         return wrapper
 
     originals = [(torch.Tensor, n, getattr(torch.Tensor, n)) for n in SYNC_TENSOR_METHODS]
@@ -287,8 +368,16 @@ def _count_syncs(rank, store, result_dir):
     for owner, name, fn in originals:
         setattr(owner, name, counted(name, fn))
     try:
-        train_one_epoch(state, loaders.train, plan, cfg, DistInfo(rank, rank, 2, cpu), Monitor(cfg.output, False),
-                        build_mixup(cfg, loaders.num_classes), StopRequested(), save_step=None)
+        train_one_epoch(
+            trainer,
+            loaders.train,
+            plan,
+            cfg,
+            DistInfo(rank, rank, 2, cpu),
+            Monitor(cfg.output, False),
+            StopRequested(),
+            AsyncSaver(),
+        )
     finally:
         for owner, name, fn in originals:
             setattr(owner, name, fn)
@@ -297,9 +386,12 @@ def _count_syncs(rank, store, result_dir):
     tdist.destroy_process_group()
 
 
+@pytest.mark.slow
+@pytest.mark.dist
 def test_two_process_epoch_syncs_the_host_only_at_polls(tmp_path):
     torch.multiprocessing.spawn(_count_syncs, args=(str(tmp_path / "store"), str(tmp_path)), nprocs=2)
-    from resnest_train.engine import POLL_EVERY
+    from resnest_train.loop import POLL_EVERY
+
     for rank in (0, 1):
         with open(tmp_path / f"rank{rank}.json") as f:
             counted = json.load(f)

@@ -1,5 +1,6 @@
 """The model zoo: names, overrides, official weight layout (against timm), the paper's
 table, the CLI, and DropBlock placement/schedule."""
+
 import json
 import os
 import subprocess
@@ -25,8 +26,9 @@ from resnest_train.models.__main__ import main as cli_main
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 FAST = ["1s1x64d", "2s1x64d", "4s1x64d", "1s2x40d", "2s2x40d", "4s2x40d", "1s4x24d"]
-NAMES = (["resnet50d", "resnest14", "resnest26", "resnest50", "resnest101", "resnest200", "resnest269"]
-         + [f"resnest50_fast_{f}" for f in FAST])
+NAMES = ["resnet50d", "resnest14", "resnest26", "resnest50", "resnest101", "resnest200", "resnest269"] + [
+    f"resnest50_fast_{f}" for f in FAST
+]
 
 
 def meta_model(name, **kw):
@@ -38,13 +40,23 @@ def meta_model(name, **kw):
 # Names, specs, overrides
 # --------------------------------------------------------------------------------------
 
+
 def test_list_models_is_the_zoo():
     assert list_models() == NAMES
 
 
-@pytest.mark.parametrize("name,crop", [("resnet50d", 224), ("resnest14", 224), ("resnest50", 224),
-                                       ("resnest50_fast_2s2x40d", 224), ("resnest101", 256),
-                                       ("resnest200", 320), ("resnest269", 416)])
+@pytest.mark.parametrize(
+    "name,crop",
+    [
+        ("resnet50d", 224),
+        ("resnest14", 224),
+        ("resnest50", 224),
+        ("resnest50_fast_2s2x40d", 224),
+        ("resnest101", 256),
+        ("resnest200", 320),
+        ("resnest269", 416),
+    ],
+)
 def test_default_crop(name, crop):
     assert get_model_spec(name)["default_crop"] == crop
 
@@ -71,17 +83,20 @@ def test_unknown_name_and_override_are_clear_value_errors():
         create_model("resnest14", radx=2)
 
 
-@pytest.mark.parametrize("kw,msg", [
-    (dict(radix=-1), "radix must be an int >= 0"),
-    (dict(cardinality=0), "cardinality must be an int >= 1"),
-    (dict(deep_stem="yes"), "deep_stem must be true or false"),
-    (dict(layers=(1, 2)), "layers must be 4 positive ints"),
-    (dict(final_drop=1.0), r"final_drop must be a number in \[0, 1\)"),
-    (dict(radix=3), "not divisible by cardinality x radix = 3"),
-    (dict(dropblock=dict(sites=["bn2"])), "dropblock.sites must be among"),
-    (dict(dropblock=dict(stages=[5])), "dropblock.stages must be within 1..4"),
-    (dict(dropblock=dict(size=3)), r"dropblock: unknown key\(s\) \['size'\]"),
-])
+@pytest.mark.parametrize(
+    "kw,msg",
+    [
+        (dict(radix=-1), "radix must be an int >= 0"),
+        (dict(cardinality=0), "cardinality must be an int >= 1"),
+        (dict(deep_stem="yes"), "deep_stem must be true or false"),
+        (dict(layers=(1, 2)), "layers must be 4 positive ints"),
+        (dict(final_drop=1.0), r"final_drop must be a number in \[0, 1\)"),
+        (dict(radix=3), "not divisible by cardinality x radix = 3"),
+        (dict(dropblock=dict(sites=["bn2"])), "dropblock.sites must be among"),
+        (dict(dropblock=dict(stages=[5])), "dropblock.stages must be within 1..4"),
+        (dict(dropblock=dict(size=3)), r"dropblock: unknown key\(s\) \['size'\]"),
+    ],
+)
 def test_bad_override_values(kw, msg):
     with pytest.raises(ModelError, match=msg):
         meta_model("resnest14", **kw)
@@ -138,8 +153,7 @@ def test_zero_init_last_really_zeroes_every_bn3():
     bn3 = [mod.bn3 for mod in m.modules() if hasattr(mod, "bn3")]
     assert len(bn3) == 8
     assert all(torch.count_nonzero(bn.weight) == 0 for bn in bn3)
-    others = [mod for name, mod in m.named_modules()
-              if isinstance(mod, nn.BatchNorm2d) and not name.endswith("bn3")]
+    others = [mod for name, mod in m.named_modules() if isinstance(mod, nn.BatchNorm2d) and not name.endswith("bn3")]
     assert others and all(torch.all(bn.weight == 1) and torch.all(bn.bias == 0) for bn in others)
     m = create_model("resnest26", zero_init_last=False)
     assert all(torch.all(mod.bn3.weight == 1) for mod in m.modules() if hasattr(mod, "bn3"))
@@ -162,10 +176,17 @@ def test_every_norm_is_batchnorm2d():
 # Official layout: timm's weights load strict and give the same logits
 # --------------------------------------------------------------------------------------
 
-TIMM_PAIRS = [("resnest14d", "resnest14"), ("resnest26d", "resnest26"), ("resnest50d", "resnest50"),
-              ("resnest101e", "resnest101"), ("resnest200e", "resnest200"), ("resnest269e", "resnest269"),
-              ("resnest50d_4s2x40d", "resnest50_fast_4s2x40d"),
-              ("resnest50d_1s4x24d", "resnest50_fast_1s4x24d"), ("resnet50d", "resnet50d")]
+TIMM_PAIRS = [
+    ("resnest14d", "resnest14"),
+    ("resnest26d", "resnest26"),
+    ("resnest50d", "resnest50"),
+    ("resnest101e", "resnest101"),
+    ("resnest200e", "resnest200"),
+    ("resnest269e", "resnest269"),
+    ("resnest50d_4s2x40d", "resnest50_fast_4s2x40d"),
+    ("resnest50d_1s4x24d", "resnest50_fast_1s4x24d"),
+    ("resnet50d", "resnet50d"),
+]
 
 
 def randomize_bn(model, gen):
@@ -206,11 +227,24 @@ def test_timm_weights_load_strict_and_match(timm_name, name):
 
 def test_official_key_names():
     keys = set(meta_model("resnest50").state_dict())
-    for k in ["conv1.0.weight", "conv1.1.running_var", "conv1.3.weight", "conv1.4.weight",
-              "conv1.6.weight", "bn1.weight", "layer1.0.conv2.conv.weight", "layer1.0.conv2.bn0.weight",
-              "layer1.0.conv2.fc1.bias", "layer1.0.conv2.bn1.weight", "layer1.0.conv2.fc2.weight",
-              "layer2.0.downsample.1.weight", "layer2.0.downsample.2.running_mean",
-              "layer1.0.downsample.1.weight", "fc.weight", "fc.bias"]:
+    for k in [
+        "conv1.0.weight",
+        "conv1.1.running_var",
+        "conv1.3.weight",
+        "conv1.4.weight",
+        "conv1.6.weight",
+        "bn1.weight",
+        "layer1.0.conv2.conv.weight",
+        "layer1.0.conv2.bn0.weight",
+        "layer1.0.conv2.fc1.bias",
+        "layer1.0.conv2.bn1.weight",
+        "layer1.0.conv2.fc2.weight",
+        "layer2.0.downsample.1.weight",
+        "layer2.0.downsample.2.running_mean",
+        "layer1.0.downsample.1.weight",
+        "fc.weight",
+        "fc.bias",
+    ]:
         assert k in keys, k
     assert not any(k.startswith("layer2.0.downsample.0") for k in keys)  # the pool
     assert not any("drop" in k for k in meta_model("resnest50", dropblock={}).state_dict())
@@ -221,11 +255,17 @@ def test_official_key_names():
 # --------------------------------------------------------------------------------------
 
 PAPER = {  # params (M), 224 px GFLOPs (multiply-adds)
-    "resnet50d": (25.6, 4.34), "resnest50": (27.5, 5.39),
-    "resnest101": (48.3, None), "resnest200": (70.2, None), "resnest269": (110.9, None),
-    "resnest50_fast_1s1x64d": (26.3, 4.34), "resnest50_fast_2s1x64d": (27.5, 4.34),
-    "resnest50_fast_4s1x64d": (31.9, 4.35), "resnest50_fast_1s2x40d": (25.9, 4.38),
-    "resnest50_fast_2s2x40d": (26.9, 4.38), "resnest50_fast_4s2x40d": (30.4, 4.41),
+    "resnet50d": (25.6, 4.34),
+    "resnest50": (27.5, 5.39),
+    "resnest101": (48.3, None),
+    "resnest200": (70.2, None),
+    "resnest269": (110.9, None),
+    "resnest50_fast_1s1x64d": (26.3, 4.34),
+    "resnest50_fast_2s1x64d": (27.5, 4.34),
+    "resnest50_fast_4s1x64d": (31.9, 4.35),
+    "resnest50_fast_1s2x40d": (25.9, 4.38),
+    "resnest50_fast_2s2x40d": (26.9, 4.38),
+    "resnest50_fast_4s2x40d": (30.4, 4.41),
     "resnest50_fast_1s4x24d": (25.7, 4.42),
 }
 
@@ -256,6 +296,8 @@ def test_model_info_counts_conv_and_fc_macs():
 # CLI
 # --------------------------------------------------------------------------------------
 
+
+@pytest.mark.slow
 def test_cli_table(capsys):
     assert cli_main([]) == 0
     out = capsys.readouterr().out
@@ -266,9 +308,23 @@ def test_cli_table(capsys):
     assert "| resnest101 | 3-4-23-3 | 2 | 1 | 64d | 48.28 | 13.32 | 256 |" in out
 
 
+@pytest.mark.slow
 def test_cli_json_one_model_at_a_size():
-    r = subprocess.run([sys.executable, "-m", "resnest_train.models", "--model", "resnest50_fast_1s4x24d",
-                        "--img-size", "224", "--json"], capture_output=True, text=True, cwd=ROOT)
+    r = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "resnest_train.models",
+            "--model",
+            "resnest50_fast_1s4x24d",
+            "--img-size",
+            "224",
+            "--json",
+        ],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+    )
     assert r.returncode == 0, r.stderr
     (row,) = json.loads(r.stdout)
     assert row["name"] == "resnest50_fast_1s4x24d" and row["img_size"] == 224
@@ -284,6 +340,7 @@ def test_cli_unknown_model(capsys):
 # --------------------------------------------------------------------------------------
 # DropBlock
 # --------------------------------------------------------------------------------------
+
 
 def dropblock_paths(model):
     return sorted(n for n, m in model.named_modules() if isinstance(m, DropBlock))
@@ -324,8 +381,9 @@ def test_dropblock_accepts_a_config_dataclass():
 def test_dropblock_prob_zero_is_exactly_no_dropblock():
     torch.manual_seed(0)
     plain = create_model("resnest26", num_classes=10, zero_init_last=False)
-    dropped = create_model("resnest26", num_classes=10, zero_init_last=False,
-                           dropblock=dict(stages=[1, 2, 3, 4], prob=0.0))
+    dropped = create_model(
+        "resnest26", num_classes=10, zero_init_last=False, dropblock=dict(stages=[1, 2, 3, 4], prob=0.0)
+    )
     dropped.load_state_dict(plain.state_dict())
     x = torch.randn(4, 3, 64, 64)
     outs, grads = [], []
@@ -352,13 +410,15 @@ def test_dropblock_eval_is_deterministic_identity():
 
 def test_dropblock_train_zeroes_blocks_only_where_placed():
     torch.manual_seed(0)
-    m = create_model("resnest26", num_classes=10, zero_init_last=False,
-                     dropblock=dict(stages=[3], sites=["bn1", "bn3"], prob=0.2)).train()
+    m = create_model(
+        "resnest26", num_classes=10, zero_init_last=False, dropblock=dict(stages=[3], sites=["bn1", "bn3"], prob=0.2)
+    ).train()
     newly_zeroed = {}
 
     def hook(name):
         def fn(mod, inp, out):
             newly_zeroed[name] = int(((out == 0) & (inp[0] != 0)).sum())
+
         return fn
 
     for name, mod in m.named_modules():
@@ -383,16 +443,18 @@ def test_dropblock_op_rate_blocks_and_scale():
     # Zeros come in 3x3 blocks: a dropped unit away from the border has a dropped
     # 3x3 block containing it, so no dropped unit is isolated from all 8 neighbours.
     z = (y == 0).float()
-    neighbours = torch.nn.functional.conv2d(z.view(-1, 1, 28, 28), torch.ones(1, 1, 3, 3), padding=1) - z.view(-1, 1, 28, 28)
-    assert not torch.any((z.view(-1, 1, 28, 28) == 1) & (neighbours == 0))
+    z = z.view(-1, 1, 28, 28)
+    neighbours = torch.nn.functional.conv2d(z, torch.ones(1, 1, 3, 3), padding=1) - z
+    assert not torch.any((z == 1) & (neighbours == 0))
     assert torch.equal(db.eval()(x), x)
 
 
 def test_set_dropblock_prob_and_schedule():
     m = create_model("resnest50", dropblock=dict(prob=0.0))
     assert set_dropblock_prob(m, 0.05) == 27
-    assert all(float(mod.drop_prob) == pytest.approx(0.05) and mod.active for mod in m.modules()
-               if isinstance(mod, DropBlock))
+    assert all(
+        float(mod.drop_prob) == pytest.approx(0.05) and mod.active for mod in m.modules() if isinstance(mod, DropBlock)
+    )
     set_dropblock_prob(m, 0.0)
     assert not any(mod.active for mod in m.modules() if isinstance(mod, DropBlock))
     assert set_dropblock_prob(meta_model("resnest14"), 0.1) == 0
@@ -433,6 +495,7 @@ def test_dropblock_ramp_under_torch_compile_does_not_recompile():
 # Memory layout
 # --------------------------------------------------------------------------------------
 
+
 @pytest.mark.parametrize("name", ["resnest50_fast_4s2x40d", "resnest14", "resnest50_fast_1s4x24d"])
 def test_channels_last_keeps_the_layout(name):
     torch.manual_seed(0)
@@ -455,10 +518,16 @@ def test_channels_last_train_step_matches_nchw_exactly_in_float64():
     mode (BN over a few values) amplifies rounding differences of the conv kernels of the
     two layouts to percent-level gradient differences, timm's model included."""
     torch.manual_seed(0)
-    m = create_model("resnest50_fast_4s2x40d", num_classes=10, zero_init_last=False,
-                     layers=(1, 1, 1, 1)).double().train()
-    cl = create_model("resnest50_fast_4s2x40d", num_classes=10, zero_init_last=False,
-                      layers=(1, 1, 1, 1)).double().train()
+    m = (
+        create_model("resnest50_fast_4s2x40d", num_classes=10, zero_init_last=False, layers=(1, 1, 1, 1))
+        .double()
+        .train()
+    )
+    cl = (
+        create_model("resnest50_fast_4s2x40d", num_classes=10, zero_init_last=False, layers=(1, 1, 1, 1))
+        .double()
+        .train()
+    )
     cl.load_state_dict(m.state_dict())
     cl.to(memory_format=torch.channels_last)
     x = torch.randn(4, 3, 32, 32, dtype=torch.float64)

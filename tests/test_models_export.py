@@ -1,5 +1,6 @@
 """Every code path of the model (radix 0, 1, 2, 4; cardinality > 1; avd first/last;
 DropBlock) survives TorchScript, ONNX export and torch.compile with eager's logits."""
+
 import io
 
 import pytest
@@ -7,8 +8,10 @@ import torch
 
 from resnest_train.models import create_model
 
-pytestmark = [pytest.mark.filterwarnings("ignore::FutureWarning"),  # torch.jit.script is "deprecated"
-              pytest.mark.filterwarnings("ignore::DeprecationWarning")]  # the TorchScript ONNX exporter
+pytestmark = [
+    pytest.mark.filterwarnings("ignore::FutureWarning"),  # torch.jit.script is "deprecated"
+    pytest.mark.filterwarnings("ignore::DeprecationWarning"),
+]  # the TorchScript ONNX exporter
 
 # Small members of each family: one block per stage keeps export/compile quick while
 # covering every branch a full-depth variant has.
@@ -36,8 +39,11 @@ def test_torchscript_matches_eager(name):
     assert scripted(x).shape == (2, 10)  # DropBlock's train path scripts too
 
 
-@pytest.mark.parametrize("name,dynamo", [("resnest50_fast_4s2x40d", True), ("resnest14", False),
-                                         ("resnet50d", False), ("resnest50_fast_1s4x24d", False)])
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    "name,dynamo",
+    [("resnest50_fast_4s2x40d", True), ("resnest14", False), ("resnet50d", False), ("resnest50_fast_1s4x24d", False)],
+)
 def test_onnx_export_runs_in_onnxruntime(name, dynamo):
     ort = pytest.importorskip("onnxruntime")
     pytest.importorskip("onnx")
@@ -46,8 +52,9 @@ def test_onnx_export_runs_in_onnxruntime(name, dynamo):
     m = small(name)
     x = torch.randn(2, 3, 64, 64)
     f = io.BytesIO()
-    kw = dict(dynamic_shapes={"x": {0: torch.export.Dim("batch")}}) if dynamo else \
-        dict(dynamic_axes={"x": {0: "batch"}})
+    kw = (
+        dict(dynamic_shapes={"x": {0: torch.export.Dim("batch")}}) if dynamo else dict(dynamic_axes={"x": {0: "batch"}})
+    )
     torch.onnx.export(m, (x,), f, input_names=["x"], output_names=["logits"], dynamo=dynamo, **kw)
     sess = ort.InferenceSession(f.getvalue(), providers=["CPUExecutionProvider"])
     x3 = torch.randn(3, 3, 64, 64)  # another batch size: the batch axis is dynamic
@@ -57,6 +64,7 @@ def test_onnx_export_runs_in_onnxruntime(name, dynamo):
     torch.testing.assert_close(torch.from_numpy(got), want, rtol=1e-4, atol=1e-5)
 
 
+@pytest.mark.slow
 def test_torch_compile_inductor_matches_eager():
     import torch._dynamo
 
@@ -71,6 +79,7 @@ def test_torch_compile_inductor_matches_eager():
     torch._dynamo.reset()
 
 
+@pytest.mark.slow
 def test_torch_compile_train_step_fullgraph_with_dropblock():
     import torch._dynamo
 

@@ -1,8 +1,8 @@
 """The one pre-flight check: every numeric key has a tested range, the rules across keys,
 model construction, the device and steps-per-epoch rules kept apart; and train.py --dry-run
 and scripts/sweep.py --dry-run refuse the same configs."""
+
 import dataclasses
-import importlib.util
 import os
 import types
 import typing
@@ -12,8 +12,9 @@ import torch
 import yaml
 
 from helpers import ROOT, TINY, train
-from resnest_train import config as config_module
-from resnest_train.config import Config, ConfigError, load_config
+from resnest_train.config import Config
+from resnest_train.config_loader import get_key, load_config
+from resnest_train.errors import ConfigError
 from resnest_train.preflight import RANGES, check_device, check_steps_per_epoch, preflight
 from resnest_train.sweep import format_value, parse_overrides
 
@@ -36,8 +37,16 @@ CASES = {
     "data.eval_ratio": ([0.01, 1.0], [0.0, 1.01]),
     "data.rrc_scale": ([[0.01, 1.0], [0.5, 0.5]], [[0.0, 1.0], [0.08, 1.01], [1.0, 0.08], [0.5]]),
     "data.rrc_ratio": ([[0.01, 100.0], [1.0, 1.0]], [[0.0, 1.0], [1.34, 0.75], [1.0, 1.0, 1.0]]),
+    "data.train_crop_schedule.start_crop": ([0, (32, {"train.epochs": 2})], [-1]),
+    "data.train_crop_schedule.start_ramp": ([0], [-1]),
+    "data.train_crop_schedule.end_ramp": ([0], [-1]),
+    "data.train_crop_schedule.step": ([1], [0]),
+    "data.repeated_aug": ([1, 3], [0]),
     "data.color_jitter": ([0.0], [-0.01]),
     "data.lighting": ([0.0], [-0.01]),
+    "data.randaugment_num_ops": ([1], [0]),
+    "data.randaugment_magnitude": ([0, 30], [-1, 31]),
+    "data.random_erasing": ([0.0, 1.0], [-0.01, 1.01]),
     "data.mean": ([[0.0, 0.0, 0.0], [1.0, 1.0, 1.0]], [[0.5], [-0.01, 0.5, 0.5], [123.675, 116.28, 103.53]]),
     "data.std": ([[0.01, 0.01, 0.01], [1.0, 1.0, 1.0]], [[0.0, 0.2, 0.2], [0.2, 0.2], [58.395, 57.12, 57.375]]),
     "data.dali.threads": ([1], [0]),
@@ -48,14 +57,17 @@ CASES = {
     "data.synthetic.num_classes": ([1], [0]),
     "optim.base_lr": ([1e-6], [0.0, -0.1, float("nan"), float("inf")]),
     "optim.momentum": ([(0.0, {"optim.nesterov": False}), 0.99], [-0.01, 1.0]),
+    "optim.betas": ([[0.0, 0.0], [0.9, 0.999]], [[0.9], [0.9, 1.0], [-0.01, 0.999]]),
+    "optim.trust_coeff": ([1e-6], [0.0, -0.001]),
     "optim.weight_decay": ([0.0], [-1e-4]),
     "optim.warmup_epochs": ([0.0], [-0.5]),
     "optim.warmup_start_lr": ([0.0], [-0.01]),
     "optim.final_lr": ([0.0], [-0.01]),
+    "optim.step_epochs": ([[1], [], [90, 30]], [[0], [30, -1]]),
+    "optim.step_gamma": ([1e-6, 1.0], [0.0, 1.01]),
     "optim.clip_grad_norm": ([0.01, None], [0.0]),
     "train.epochs": ([1], [0]),
-    "train.batch_size": ([2, (1, {"train.mixup_alpha": 0, "train.sync_bn": True})],
-                         [0, (1, {"train.mixup_alpha": 0})]),
+    "train.batch_size": ([2, (1, {"train.mixup_alpha": 0, "train.sync_bn": True})], [0, (1, {"train.mixup_alpha": 0})]),
     "train.accum_steps": ([1], [0]),
     "train.label_smoothing": ([0.0, 0.99], [-0.01, 1.0]),
     "train.mixup_alpha": ([0.0], [-0.01]),
@@ -63,7 +75,7 @@ CASES = {
     "train.mixup_prob": ([0.0, 1.0], [-0.01, 1.01]),
     "train.mixup_off_epoch": ([0], [-1]),
     "train.ema_decay": ([0.01, 0.9999], [0.0, 1.0]),
-    "train.seed": ([0, 2 ** 32 - 1], [-1, 2 ** 32]),
+    "train.seed": ([0, 2**32 - 1], [-1, 2**32]),
     "train.max_steps_per_epoch": ([0], [-1]),
     "train.eval_every": ([1], [0]),
     "finetune.freeze_stages": ([0, (5, {"model.weights": "pretrained.pth"})], [-1, 6]),
@@ -106,7 +118,7 @@ def test_every_numeric_key_has_a_range_and_a_test():
 
 def _cases(inside):
     for key, (good, bad) in CASES.items():
-        for case in (good if inside else bad):
+        for case in good if inside else bad:
             value, context = case if isinstance(case, tuple) else (case, {})
             yield pytest.param(key, value, context, id=f"{key}={format_value(value)}")
 
@@ -118,7 +130,7 @@ def overrides(key, value, context):
 @pytest.mark.parametrize("key,value,context", list(_cases(inside=True)))
 def test_value_just_inside_the_range_is_accepted(key, value, context):
     cfg = load_config(None, overrides(key, value, context))
-    got = config_module._get(cfg, key)
+    got = get_key(cfg, key)
     assert got == value or (value is None and got is None)
 
 
@@ -140,12 +152,14 @@ def test_range_message_reads_as_one_paragraph():
     assert str(e.value) == (
         "Config key 'data.mean' is [0.5], outside its valid range a list of 3 numbers, each in [0, 1]: the R, G, "
         "B means in [0, 1] pixel units (ImageNet: [0.485, 0.456, 0.406], not 0-255 values). Set data.mean "
-        "within that range.")
+        "within that range."
+    )
 
 
 # ---------------------------------------------------------------------------------------
 # Rules across keys, choices, model construction
 # ---------------------------------------------------------------------------------------
+
 
 def test_batch_of_one_is_refused_for_batch_norm():
     with pytest.raises(ConfigError) as e:
@@ -153,6 +167,7 @@ def test_batch_of_one_is_refused_for_batch_norm():
     assert "'train.batch_size' is 1" in str(e.value) and "more than one value per channel" in str(e.value)
     # what the rule prevents: PyTorch's BatchNorm after split-attention pooling at batch 1
     from resnest_train.models import create_model
+
     with pytest.raises(ValueError, match="Expected more than 1 value per channel when training"):
         create_model("resnest14", num_classes=2).train()(torch.randn(1, 3, 32, 32))
 
@@ -169,11 +184,43 @@ def test_odd_batch_with_mixup_and_nesterov_without_momentum():
         torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=0.1, momentum=0.0, nesterov=True)
 
 
+def test_optimizer_and_schedule_rules():
+    # timm's Lars adapts every group that decays, so MLPerf's exclusion needs the no-decay group
+    with pytest.raises(ConfigError) as e:
+        load_config(None, ["optim.name=lars", "optim.no_decay_norm_bias=false"])
+    assert str(e.value).startswith("Config key 'optim.no_decay_norm_bias' is false with optim.name=lars: ")
+    assert load_config(None, ["optim.name=lamb", "optim.no_decay_norm_bias=false"]).optim.name == "lamb"
+    # Nesterov without momentum: refused where momentum is used (SGD, LARS), not for LAMB
+    with pytest.raises(ConfigError, match=r"'optim.momentum' is 0: .*\(timm.optim.Lars refuses it\)"):
+        load_config(None, ["optim.name=lars", "optim.momentum=0"])
+    assert load_config(None, ["optim.name=lamb", "optim.momentum=0"]).optim.momentum == 0
+    # step decay's milestones come after the warm-up (warmup_epochs 5 by default)
+    with pytest.raises(ConfigError) as e:
+        load_config(None, ["optim.schedule=step", "optim.step_epochs=[30, 5]"])
+    assert str(e.value).startswith(
+        "Config key 'optim.step_epochs' is [30, 5], but 5 does not come after the warm-up (optim.warmup_epochs=5)"
+    )
+    assert load_config(None, ["optim.schedule=step", "optim.step_epochs=[30, 6]"]).optim.step_epochs == [30, 6]
+    assert load_config(None, ["optim.step_epochs=[5]"]).optim.schedule == "cosine"  # unused by cosine
+    with pytest.raises(ConfigError, match="'optim.name' is 'adamw', which is not one of 'sgd', 'lamb', 'lars'"):
+        load_config(None, ["optim.name=adamw"])
+    with pytest.raises(ConfigError, match="'optim.schedule' is 'linear', which is not one of 'cosine', 'step'"):
+        load_config(None, ["optim.schedule=linear"])
+
+
 def test_choices_include_autoaugment_interpolation_and_list_items():
     with pytest.raises(ConfigError) as e:
         load_config(None, ["data.autoaugment_interpolation=bicubic"])
-    assert str(e.value) == ("Config key 'data.autoaugment_interpolation' is 'bicubic', which is not one of "
-                            "'nearest', 'bilinear'. Set it to one of those.")
+    assert str(e.value) == (
+        "Config key 'data.autoaugment_interpolation' is 'bicubic', which is not one of "
+        "'nearest', 'bilinear'. Set it to one of those."
+    )
+    with pytest.raises(ConfigError) as e:
+        load_config(None, ["data.augment=randaug"])
+    assert str(e.value) == (
+        "Config key 'data.augment' is 'randaug', which is not one of "
+        "'autoaugment', 'randaugment', 'trivialaugment', 'none'. Set it to one of those."
+    )
     with pytest.raises(ConfigError, match=r"'model.dropblock.sites' is \['bn1', 'bn2'\]: 'bn2' is not one of"):
         load_config(None, ["model.dropblock.sites=[bn1, bn2]"])
 
@@ -182,8 +229,10 @@ def test_model_that_cannot_be_built_names_its_keys():
     with pytest.raises(ConfigError) as e:
         load_config(None, ["model.cardinality=3", "model.bottleneck_width=10"])
     message = str(e.value)
-    assert message.startswith("The model of the config cannot be built (model.name=resnest50, "
-                              "model.cardinality=3, model.bottleneck_width=10): ")
+    assert message.startswith(
+        "The model of the config cannot be built (model.name=resnest50, "
+        "model.cardinality=3, model.bottleneck_width=10): "
+    )
     assert "divisible" in message
     with pytest.raises(ConfigError, match="model.name=resnest51.*unknown model 'resnest51'"):
         load_config(None, ["model.name=resnest51"])
@@ -205,7 +254,8 @@ def test_every_shipped_config_and_sweep_run_passes():
             if name.endswith(".yaml") and "sweeps" not in dirpath:
                 load_config(path)
     from resnest_train import sweep as sw
-    for name in ("cpu_smoke.yaml", "radix_cardinality.yaml"):
+
+    for name in ("cpu_smoke.yaml", "radix_cardinality.yaml", "recipe_ablation.yaml"):
         sweep = sw.load_sweep(os.path.join(folder, "sweeps", name))
         assert len(sw.check(sweep)) == len(sweep.runs)
 
@@ -213,6 +263,7 @@ def test_every_shipped_config_and_sweep_run_passes():
 # ---------------------------------------------------------------------------------------
 # Rules that need the device or the dataset
 # ---------------------------------------------------------------------------------------
+
 
 def test_device_rules_are_apart_from_the_config_check():
     cfg = load_config(None, ["train.amp=fp16", "train.sync_bn=true"])  # fine until the device is known
@@ -227,6 +278,19 @@ def test_device_rules_are_apart_from_the_config_check():
     with pytest.raises(ConfigError, match="'train.batch_size' is 1 with train.sync_bn on a single process"):
         check_device(cfg, cuda, 1)
     check_device(cfg, cuda, 2)  # SyncBN normalises over the global batch of 2
+
+
+def test_final_lr_above_the_peak_lr_is_refused_once_the_global_batch_is_known():
+    from resnest_train.loop import make_plan
+
+    # base_lr 0.1 at a global batch of 8 x 2 processes: peak LR 0.00625
+    cfg = load_config(None, ["train.batch_size=8", "optim.final_lr=0.00625"])
+    assert make_plan(cfg, world_size=2, batches_per_epoch=10).peak_lr == 0.00625  # a floor at the peak is fine
+    with pytest.raises(ConfigError) as e:
+        make_plan(cfg, world_size=1, batches_per_epoch=10)  # peak LR 0.003125
+    assert str(e.value).startswith(
+        "Config key 'optim.final_lr' is 0.00625, above the peak LR 0.003125 (optim.base_lr 0.1 x global batch 8 / 256)"
+    )
 
 
 def test_steps_per_epoch_rule():
@@ -248,18 +312,22 @@ BAD_CONFIGS = [
     (["data.mean=[0.5]"], "data.mean"),
     (["optim.base_lr=-0.1"], "optim.base_lr"),
     (["data.autoaugment_interpolation=bicubic"], "data.autoaugment_interpolation"),
+    (["optim.name=lars", "optim.no_decay_norm_bias=false"], "optim.no_decay_norm_bias"),
+    (["data.augment=randaug"], "data.augment"),
+    (["data.autoaugment=false"], "data.augment=none"),  # the replaced key names its replacement
     (["model.dropblock.block_size=0"], "model.dropblock.block_size"),
     (["train.batch_size=7"], "train.batch_size"),
     (["model.cardinality=3", "model.bottleneck_width=10"], "model.cardinality=3"),
+    (["data.train_crop_schedule.start_crop=32", "data.train_crop_schedule.end_ramp=2"], "end_ramp"),
 ]
 GOOD = TINY + ["train.max_steps_per_epoch=1"]
 
 
 def sweep_main():
-    spec = importlib.util.spec_from_file_location("sweep_script", os.path.join(ROOT, "scripts", "sweep.py"))
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module.main
+    """The main of scripts/sweep.py (and resnest-sweep)."""
+    from resnest_train.cli.sweep import main
+
+    return main
 
 
 def sweep_dry_run(tmp_path, bad, capsys):
@@ -267,14 +335,21 @@ def sweep_dry_run(tmp_path, bad, capsys):
     base = tmp_path / "base.yaml"
     base.write_text("{}\n")
     path = tmp_path / "sweep.yaml"
-    path.write_text(yaml.safe_dump({
-        "base": str(base), "overrides": parse_overrides(GOOD),
-        "runs": [{"name": "good", "train.seed": 1}, {"name": "bad", **parse_overrides(bad)}]}))
+    path.write_text(
+        yaml.safe_dump(
+            {
+                "base": str(base),
+                "overrides": parse_overrides(GOOD),
+                "runs": [{"name": "good", "train.seed": 1}, {"name": "bad", **parse_overrides(bad)}],
+            }
+        )
+    )
     code = sweep_main()([str(path), f"output.dir={tmp_path / 'runs'}", "--dry-run"])
     out = capsys.readouterr()
     return code, out.out, out.err, str(path)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("bad,key", BAD_CONFIGS, ids=[" ".join(b) for b, _ in BAD_CONFIGS])
 def test_train_dry_run_and_sweep_dry_run_refuse_the_same_configs(bad, key, tmp_path, capsys):
     result = train(*GOOD, *bad, f"output.dir={tmp_path / 'run'}", "--dry-run", check=False)
@@ -285,12 +360,39 @@ def test_train_dry_run_and_sweep_dry_run_refuse_the_same_configs(bad, key, tmp_p
     assert code == 2 and out == ""
     assert err.startswith(f"error: Run 2 'bad' of sweep {path} has a bad config: ") and key in err
     # the very message train.py gives
-    assert err.split("has a bad config: ", 1)[1] == result.stderr[len("error: "):]
+    assert err.split("has a bad config: ", 1)[1] == result.stderr[len("error: ") :]
     assert not (tmp_path / "runs").exists() and not (tmp_path / "run").exists()
 
 
+@pytest.mark.slow
 def test_a_good_config_passes_both_dry_runs(tmp_path, capsys):
     result = train(*GOOD, f"output.dir={tmp_path / 'run'}", "--dry-run")
     assert "global batch     8 = 8 per process x 1 x 1 accumulation" in result.stdout
     code, out, err, _ = sweep_dry_run(tmp_path, [], capsys)
     assert code == 0 and "[2/2] bad: pending, would start" in out, err
+
+
+SCHEDULE = "data.train_crop_schedule"
+
+
+@pytest.mark.parametrize(
+    "settings,message",
+    [
+        ({"start_crop": 16, "step": 16}, "'data.train_crop_schedule.start_crop' is 16: ResNeSt's total stride is 32"),
+        ({"start_crop": 256}, "'data.train_crop_schedule.start_crop' is 256, larger than data.train_crop=224"),
+        ({"start_crop": 160, "step": 48}, "'data.train_crop_schedule.start_crop' is 160, not a multiple of"),
+        ({"start_crop": 96, "step": 48}, "'data.train_crop' is 224, not a multiple of data.train_crop_schedule.step"),
+        ({"start_crop": 128, "start_ramp": 5, "end_ramp": 4}, "'data.train_crop_schedule.start_ramp' is 5, after"),
+        ({"start_crop": 128, "end_ramp": 10}, "'data.train_crop_schedule.end_ramp' is 10, but train.epochs=10"),
+    ],
+)
+def test_crop_schedule_rules_name_the_key_and_the_fix(settings, message):
+    with pytest.raises(ConfigError) as e:
+        load_config(None, BASE + ["train.epochs=10"] + [f"{SCHEDULE}.{k}={v}" for k, v in settings.items()])
+    assert message in str(e.value) and "\n" not in str(e.value)
+
+
+def test_crop_schedule_within_the_rules_loads():
+    keys = {"start_crop": 128, "start_ramp": 2, "end_ramp": 9, "step": 32}
+    cfg = load_config(None, BASE + ["train.epochs=10"] + [f"{SCHEDULE}.{k}={v}" for k, v in keys.items()])
+    assert dataclasses.asdict(cfg.data.train_crop_schedule) == keys

@@ -13,6 +13,7 @@ Accuracy on it means something and is not trivially 100%.
 The same arguments give the same bytes. A finished set leaves ``.demo_complete.json``; a
 later call with the same arguments returns at once without writing anything.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -35,15 +36,21 @@ COLOURS = {"red": 0.0, "yellow": 0.15, "green": 0.33, "cyan": 0.5, "blue": 0.62,
 
 # The first ten classes: each colour twice, shapes and textures shared across colours.
 DESIGNED = [
-    ("disc", "solid", "red"), ("square", "stripes", "red"),
-    ("disc", "stripes", "blue"), ("triangle", "solid", "blue"),
-    ("square", "dots", "green"), ("triangle", "stripes", "green"),
-    ("star", "solid", "yellow"), ("disc", "dots", "yellow"),
-    ("cross", "solid", "purple"), ("star", "checker", "purple"),
+    ("disc", "solid", "red"),
+    ("square", "stripes", "red"),
+    ("disc", "stripes", "blue"),
+    ("triangle", "solid", "blue"),
+    ("square", "dots", "green"),
+    ("triangle", "stripes", "green"),
+    ("star", "solid", "yellow"),
+    ("disc", "dots", "yellow"),
+    ("cross", "solid", "purple"),
+    ("star", "checker", "purple"),
 ]
 
 
 def class_table(n: int) -> list[tuple[str, str, str]]:
+    """The first ``n`` (shape, texture, colour) classes of the demo set: the designed ones first, in a fixed order."""
     table = list(DESIGNED)
     for colour in COLOURS:
         for shape in SHAPES:
@@ -56,6 +63,7 @@ def class_table(n: int) -> list[tuple[str, str, str]]:
 
 
 def class_name(i: int, spec) -> str:
+    """The folder name of class ``i`` with ``spec`` = (shape, texture, colour): ``07_red_disc_stripes``."""
     shape, texture, colour = spec
     return f"{i:02d}_{colour}_{shape}_{texture}"
 
@@ -66,12 +74,26 @@ def _polygon(shape: str, cx: float, cy: float, r: float, angle: float) -> list[t
     elif shape == "triangle":
         pts = [(math.cos(a), math.sin(a)) for a in np.arange(3) * 2 * math.pi / 3 - math.pi / 2]
     elif shape == "star":
-        pts = [((1.0 if k % 2 == 0 else 0.42) * math.cos(a), (1.0 if k % 2 == 0 else 0.42) * math.sin(a))
-               for k, a in enumerate(np.arange(10) * math.pi / 5 - math.pi / 2)]
+        pts = [
+            ((1.0 if k % 2 == 0 else 0.42) * math.cos(a), (1.0 if k % 2 == 0 else 0.42) * math.sin(a))
+            for k, a in enumerate(np.arange(10) * math.pi / 5 - math.pi / 2)
+        ]
     elif shape == "cross":
         w = 0.33
-        pts = [(-w, -1), (w, -1), (w, -w), (1, -w), (1, w), (w, w), (w, 1), (-w, 1), (-w, w), (-1, w), (-1, -w),
-               (-w, -w)]
+        pts = [
+            (-w, -1),
+            (w, -1),
+            (w, -w),
+            (1, -w),
+            (1, w),
+            (w, w),
+            (w, 1),
+            (-w, 1),
+            (-w, w),
+            (-1, w),
+            (-1, -w),
+            (-w, -w),
+        ]
     else:
         raise ValueError(shape)
     ca, sa = math.cos(angle), math.sin(angle)
@@ -120,6 +142,7 @@ def _texture(kind, size, rng, c1, c2, scale=None):
 def _paste(canvas, shape, texture, cx, cy, r, angle, c1, c2, rng, alpha=1.0):
     """Draw one textured shape onto ``canvas`` (only its bounding box is computed)."""
     from PIL import Image, ImageDraw
+
     b = int(math.ceil(2 * r)) + 4
     x0, y0 = int(cx - b / 2), int(cy - b / 2)
     mask = Image.new("L", (b, b), 0)
@@ -131,12 +154,15 @@ def _paste(canvas, shape, texture, cx, cy, r, angle, c1, c2, rng, alpha=1.0):
 def render(spec, size: int, rng: np.random.Generator) -> np.ndarray:
     """One RGB uint8 image of class ``spec``, drawn at 2x and downsampled."""
     from PIL import Image, ImageDraw
+
     shape, texture, colour = spec
     S = 2 * size
     # background: a tilted two-colour gradient
     h0 = rng.uniform()
-    c_a, c_b = _rgb(h0, rng.uniform(0, 0.45), rng.uniform(0.3, 0.9)), _rgb(h0 + rng.uniform(-0.3, 0.3),
-                                                                          rng.uniform(0, 0.45), rng.uniform(0.3, 0.9))
+    c_a, c_b = (
+        _rgb(h0, rng.uniform(0, 0.45), rng.uniform(0.3, 0.9)),
+        _rgb(h0 + rng.uniform(-0.3, 0.3), rng.uniform(0, 0.45), rng.uniform(0.3, 0.9)),
+    )
     yy, xx = np.mgrid[0:S, 0:S].astype(np.float32) / S
     a = rng.uniform(0, 2 * math.pi)
     t = np.clip((xx - 0.5) * math.cos(a) + (yy - 0.5) * math.sin(a) + 0.5, 0, 1)[..., None]
@@ -145,13 +171,25 @@ def render(spec, size: int, rng: np.random.Generator) -> np.ndarray:
     # clutter: lines and smaller shapes of every kind in random colours
     for _ in range(rng.integers(2, 6)):
         p = rng.uniform(0, S, 4)
-        draw.line(list(p), fill=tuple(int(v) for v in _rgb(rng.uniform(), rng.uniform(0.2, 0.9),
-                                                             rng.uniform(0.2, 1))), width=int(rng.integers(1, 5)))
+        draw.line(
+            list(p),
+            fill=tuple(int(v) for v in _rgb(rng.uniform(), rng.uniform(0.2, 0.9), rng.uniform(0.2, 1))),
+            width=int(rng.integers(1, 5)),
+        )
     for _ in range(rng.integers(3, 7)):
         col = _rgb(rng.uniform(), rng.uniform(0.3, 1), rng.uniform(0.3, 1))
-        _paste(canvas, SHAPES[rng.integers(len(SHAPES))], TEXTURES[rng.integers(len(TEXTURES))],
-               *rng.uniform(0, S, 2), rng.uniform(0.06, 0.2) * S, rng.uniform(0, 2 * math.pi), col,
-               col * rng.uniform(0.4, 0.8), rng, alpha=0.8)
+        _paste(
+            canvas,
+            SHAPES[rng.integers(len(SHAPES))],
+            TEXTURES[rng.integers(len(TEXTURES))],
+            *rng.uniform(0, S, 2),
+            rng.uniform(0.06, 0.2) * S,
+            rng.uniform(0, 2 * math.pi),
+            col,
+            col * rng.uniform(0.4, 0.8),
+            rng,
+            alpha=0.8,
+        )
     # the class object
     r = rng.uniform(0.17, 0.36) * S
     cx, cy = rng.uniform(r * 0.8, S - r * 0.8, 2)
@@ -167,14 +205,21 @@ def render(spec, size: int, rng: np.random.Generator) -> np.ndarray:
 
 
 def _params(classes, train_per_class, val_per_class, size, seed, first_class=0):
-    params = {"version": VERSION, "classes": classes, "train_per_class": train_per_class,
-              "val_per_class": val_per_class, "size": size, "seed": seed}
+    params = {
+        "version": VERSION,
+        "classes": classes,
+        "train_per_class": train_per_class,
+        "val_per_class": val_per_class,
+        "size": size,
+        "seed": seed,
+    }
     if first_class:  # only then: sets made before first_class existed stay complete
         params["first_class"] = first_class
     return params
 
 
 def is_complete(out_dir: str, params: dict) -> bool:
+    """Whether ``out_dir`` already holds the demo set made with ``params`` (its marker file says so)."""
     try:
         with open(os.path.join(out_dir, MARKER)) as f:
             return json.load(f).get("params") == params
@@ -182,9 +227,17 @@ def is_complete(out_dir: str, params: dict) -> bool:
         return False
 
 
-def make_demo_dataset(out_dir: str, classes: int = 10, train_per_class: int = 200, val_per_class: int = 50,
-                      size: int = 64, seed: int = 0, force: bool = False, verbose: bool = False,
-                      first_class: int = 0) -> dict:
+def make_demo_dataset(
+    out_dir: str,
+    classes: int = 10,
+    train_per_class: int = 200,
+    val_per_class: int = 50,
+    size: int = 64,
+    seed: int = 0,
+    force: bool = False,
+    verbose: bool = False,
+    first_class: int = 0,
+) -> dict:
     """Write the demo set to ``out_dir`` (train/ and val/ class folders of JPEGs).
 
     The set holds ``classes`` classes of the class table from ``first_class`` on: a set with
@@ -194,13 +247,20 @@ def make_demo_dataset(out_dir: str, classes: int = 10, train_per_class: int = 20
     ``generated`` is False when a complete set with the same arguments was already there.
     """
     from PIL import Image
+
     params = _params(classes, train_per_class, val_per_class, size, seed, first_class)
     if first_class < 0:
         raise ValueError("first_class must be >= 0")
     table = class_table(first_class + classes)[first_class:]
     names = [class_name(first_class + i, spec) for i, spec in enumerate(table)]
-    result = {"path": out_dir, "generated": False, "train_images": classes * train_per_class,
-              "val_images": classes * val_per_class, "classes": names, "seconds": 0.0}
+    result = {
+        "path": out_dir,
+        "generated": False,
+        "train_images": classes * train_per_class,
+        "val_images": classes * val_per_class,
+        "classes": names,
+        "seconds": 0.0,
+    }
     if not force and is_complete(out_dir, params):
         return result
     start = time.monotonic()
@@ -231,30 +291,51 @@ def make_demo_dataset(out_dir: str, classes: int = 10, train_per_class: int = 20
 
 
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(prog="python -m resnest_train.data.demo", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    """Run the command line ``argv`` (default ``sys.argv[1:]``): make the demo set; returns 0."""
+    p = argparse.ArgumentParser(
+        prog="python -m resnest_train.data.demo",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     p.add_argument("--out", default="data/demo", help="output folder (default: data/demo)")
     p.add_argument("--classes", type=int, default=10)
     p.add_argument("--train-per-class", type=int, default=200)
     p.add_argument("--val-per-class", type=int, default=50)
     p.add_argument("--size", type=int, default=64, help="image side in pixels")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--first-class", type=int, default=0,
-                   help="start at this class of the table (10: five classes the default set does not have)")
+    p.add_argument(
+        "--first-class",
+        type=int,
+        default=0,
+        help="start at this class of the table (10: five classes the default set does not have)",
+    )
     p.add_argument("--force", action="store_true", help="regenerate even if a complete set is there")
     a = p.parse_args(argv)
     try:
-        r = make_demo_dataset(a.out, a.classes, a.train_per_class, a.val_per_class, a.size, a.seed, a.force,
-                              verbose=True, first_class=a.first_class)
+        r = make_demo_dataset(
+            a.out,
+            a.classes,
+            a.train_per_class,
+            a.val_per_class,
+            a.size,
+            a.seed,
+            a.force,
+            verbose=True,
+            first_class=a.first_class,
+        )
     except (OSError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     if r["generated"]:
-        print(f"demo data: wrote {r['train_images']} train + {r['val_images']} val images "
-              f"({len(r['classes'])} classes, {a.size} px) to {a.out} in {r['seconds']:.1f} s")
+        print(
+            f"demo data: wrote {r['train_images']} train + {r['val_images']} val images "
+            f"({len(r['classes'])} classes, {a.size} px) to {a.out} in {r['seconds']:.1f} s"
+        )
     else:
-        print(f"demo data: {a.out} already holds the complete set ({r['train_images']} train + "
-              f"{r['val_images']} val images); nothing to do")
+        print(
+            f"demo data: {a.out} already holds the complete set ({r['train_images']} train + "
+            f"{r['val_images']} val images); nothing to do"
+        )
     return 0
 
 

@@ -1,4 +1,5 @@
 """ResNeSt model zoo: named variants, their specs, DropBlock control, size/cost info."""
+
 from .dropblock import DropBlock, dropblock_prob, set_dropblock_prob
 from .info import count_macs, model_info
 from .resnest import (
@@ -13,7 +14,17 @@ from .resnest import (
 from .splat import SplitAttention
 
 __all__ = [
-    "create_model", "list_models", "get_model_spec", "model_info", "count_macs",
-    "set_dropblock_prob", "dropblock_prob", "DropBlock", "ResNeSt", "Bottleneck",
-    "SplitAttention", "ModelError", "OVERRIDE_KEYS",
+    "create_model",
+    "list_models",
+    "get_model_spec",
+    "model_info",
+    "count_macs",
+    "set_dropblock_prob",
+    "dropblock_prob",
+    "DropBlock",
+    "ResNeSt",
+    "Bottleneck",
+    "SplitAttention",
+    "ModelError",
+    "OVERRIDE_KEYS",
 ]

@@ -1,8 +1,8 @@
 """Print the model table: python -m resnest_train.models [--model NAME] [--img-size N] [--json]"""
+
 import argparse
 import json
 import sys
-from typing import Dict, List, Optional
 
 import torch
 
@@ -10,7 +10,7 @@ from .info import model_info
 from .resnest import ModelError, create_model, get_model_spec, list_models
 
 
-def model_rows(names: List[str], img_size: Optional[int] = None) -> List[Dict]:
+def model_rows(names: list[str], img_size: int | None = None) -> list[dict]:
     """One dict per model: spec, params and GMACs at img_size (None: its default crop).
 
     Models are built on the meta device: nothing is allocated or computed."""
@@ -20,29 +20,49 @@ def model_rows(names: List[str], img_size: Optional[int] = None) -> List[Dict]:
         size = img_size or spec["default_crop"]
         with torch.device("meta"):
             info = model_info(create_model(name), size)
-        rows.append(dict(
-            name=name, layers=list(spec["layers"]), radix=spec["radix"],
-            cardinality=spec["cardinality"], width=spec["bottleneck_width"],
-            params_m=round(info["params"] / 1e6, 2), gmacs=round(info["gmacs"], 2),
-            img_size=size, default_crop=spec["default_crop"],
-        ))
+        rows.append(
+            dict(
+                name=name,
+                layers=list(spec["layers"]),
+                radix=spec["radix"],
+                cardinality=spec["cardinality"],
+                width=spec["bottleneck_width"],
+                params_m=round(info["params"] / 1e6, 2),
+                gmacs=round(info["gmacs"], 2),
+                img_size=size,
+                default_crop=spec["default_crop"],
+            )
+        )
     return rows
 
 
-def format_table(rows: List[Dict], img_size: Optional[int] = None) -> str:
+def format_table(rows: list[dict], img_size: int | None = None) -> str:
+    """The rows as the markdown table of README's model section (params in M, GMACs)."""
     at = f"at {img_size}px" if img_size else "at each model's default crop"
     head = ["model", "layers", "radix", "card.", "width", "params (M)", f"GMACs ({at})", "crop"]
-    body = [[r["name"], "-".join(map(str, r["layers"])), str(r["radix"]), str(r["cardinality"]),
-             f"{r['width']}d", f"{r['params_m']:.2f}", f"{r['gmacs']:.2f}", str(r["default_crop"])]
-            for r in rows]
+    body = [
+        [
+            r["name"],
+            "-".join(map(str, r["layers"])),
+            str(r["radix"]),
+            str(r["cardinality"]),
+            f"{r['width']}d",
+            f"{r['params_m']:.2f}",
+            f"{r['gmacs']:.2f}",
+            str(r["default_crop"]),
+        ]
+        for r in rows
+    ]
     lines = ["| " + " | ".join(head) + " |", "|" + "|".join("---" for _ in head) + "|"]
     lines += ["| " + " | ".join(row) + " |" for row in body]
     return "\n".join(lines)
 
 
-def main(argv: Optional[List[str]] = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m resnest_train.models",
-                                     description="Parameters and multiply-adds of the model zoo.")
+def main(argv: list[str] | None = None) -> int:
+    """Run the command line ``argv`` (default ``sys.argv[1:]``); returns 0, or 2 for an unknown model."""
+    parser = argparse.ArgumentParser(
+        prog="python -m resnest_train.models", description="Parameters and multiply-adds of the model zoo."
+    )
     parser.add_argument("--model", help=f"one of: {', '.join(list_models())} (default: all)")
     parser.add_argument("--img-size", type=int, help="input size for GMACs (default: each model's crop)")
     parser.add_argument("--json", action="store_true", help="print a JSON list instead of a table")

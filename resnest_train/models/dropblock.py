@@ -16,7 +16,9 @@ The mask is drawn per sample and per channel: Gluon draws one (1, C, H, W) mask 
 the whole per-GPU batch; a per-sample mask is the DropBlock paper's, with the same
 expected drop rate.
 """
-from typing import Any, Mapping, Optional
+
+from collections.abc import Mapping
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -38,6 +40,7 @@ class DropBlock(nn.Module):
         self.active = prob > 0
 
     def set_prob(self, prob: float) -> None:
+        """Set the drop probability (the loop ramps it per epoch, ``dropblock_prob``)."""
         self.drop_prob.fill_(float(prob))
         self.active = prob > 0
 
@@ -58,15 +61,16 @@ class DropBlock(nn.Module):
         seeds = (torch.rand_like(x, dtype=torch.float32) < gamma).float()
         dropped = F.max_pool2d(seeds, (kh, kw), stride=1, padding=(kh // 2, kw // 2))
         if kh % 2 == 0 or kw % 2 == 0:  # even blocks pool one row/column too many
-            dropped = dropped[..., (kh + 1) % 2:, (kw + 1) % 2:]
+            dropped = dropped[..., (kh + 1) % 2 :, (kw + 1) % 2 :]
         keep = 1.0 - dropped
         return keep * (keep.sum().clamp(min=1.0).reciprocal() * keep.numel())
 
     def extra_repr(self) -> str:
+        """``drop_prob`` and ``block_size`` for ``print(model)``."""
         return f"prob={float(self.drop_prob):.4f}, block_size={self.block_size}"
 
 
-def parse_dropblock(cfg: Optional[Any]) -> Optional[dict]:
+def parse_dropblock(cfg: Any | None) -> dict | None:
     """Validate a `dropblock=` override; return {stages, sites, block_size, prob} or None.
 
     Accepts a mapping or a dataclass with the keys stages (1..4), sites (of bn1, splat,
@@ -97,8 +101,7 @@ def parse_dropblock(cfg: Optional[Any]) -> Optional[dict]:
         raise ValueError(f"dropblock.prob must be in [0, 1), got {prob}")
     if schedule not in SCHEDULES:
         raise ValueError(f"dropblock.schedule must be one of {list(SCHEDULES)}, got {schedule!r}")
-    return dict(stages=sorted(set(stages)), sites=[s for s in SITES if s in sites],
-                block_size=block_size, prob=prob)
+    return dict(stages=sorted(set(stages)), sites=[s for s in SITES if s in sites], block_size=block_size, prob=prob)
 
 
 def set_dropblock_prob(model: nn.Module, prob: float) -> int:

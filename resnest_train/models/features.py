@@ -19,7 +19,8 @@ index   module        channels                     stride
 ``.module_name()``); ``channels`` and ``reductions`` are the same lists for the chosen
 indices. Stages after the last chosen one are not built.
 """
-from typing import List, Sequence
+
+from collections.abc import Sequence
 
 import torch
 from timm.models import FeatureInfo
@@ -31,10 +32,16 @@ STAGE_NAMES = ("act1", "layer1", "layer2", "layer3", "layer4")
 def check_out_indices(out_indices: Sequence[int]) -> tuple:
     """``out_indices`` as a sorted tuple of distinct stage indices in 0..4; ValueError otherwise."""
     indices = tuple(out_indices) if isinstance(out_indices, (list, tuple)) else None
-    if (not indices or any(isinstance(i, bool) or not isinstance(i, int) or not 0 <= i <= 4 for i in indices)
-            or len(set(indices)) != len(indices) or list(indices) != sorted(indices)):
-        raise ValueError(f"out_indices must be increasing distinct stage indices in 0..4 (0: stem, stride 2; "
-                         f"1-4: layer1-layer4, strides 4-32), got {out_indices!r}")
+    if (
+        not indices
+        or any(isinstance(i, bool) or not isinstance(i, int) or not 0 <= i <= 4 for i in indices)
+        or len(set(indices)) != len(indices)
+        or list(indices) != sorted(indices)
+    ):
+        raise ValueError(
+            f"out_indices must be increasing distinct stage indices in 0..4 (0: stem, stride 2; "
+            f"1-4: layer1-layer4, strides 4-32), got {out_indices!r}"
+        )
     return indices
 
 
@@ -57,12 +64,12 @@ class ResNeStFeatures(nn.Module):
             self.add_module(f"layer{i}", getattr(model, f"layer{i}"))
         stem_chs = model.bn1.num_features
         info = [dict(num_chs=stem_chs, reduction=2, module="act1")]
-        info += [dict(num_chs=64 * 2 ** i * 4, reduction=4 * 2 ** i, module=f"layer{i + 1}") for i in range(4)]
+        info += [dict(num_chs=64 * 2**i * 4, reduction=4 * 2**i, module=f"layer{i + 1}") for i in range(4)]
         self.feature_info = FeatureInfo(info, self.out_indices)
-        self.channels: List[int] = self.feature_info.channels()
-        self.reductions: List[int] = self.feature_info.reduction()
+        self.channels: list[int] = self.feature_info.channels()
+        self.reductions: list[int] = self.feature_info.reduction()
 
-    def forward(self, x: torch.Tensor) -> List[torch.Tensor]:
+    def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
         x = self.act1(self.bn1(self.conv1(x)))
         features = [x] if 0 in self.out_indices else []
         if self.last_stage >= 1:

@@ -1,5 +1,4 @@
 """Parameter and multiply-add counts, the way the ResNeSt paper reports them."""
-from typing import Dict
 
 import torch
 from torch import nn
@@ -42,7 +41,7 @@ def count_macs(model: nn.Module, img_size: int, in_chans: int = 3) -> int:
     return macs
 
 
-def model_info(model: nn.Module, img_size: int = 224) -> Dict[str, float]:
+def model_info(model: nn.Module, img_size: int = 224) -> dict[str, float]:
     """{"params": parameter count, "gmacs": 1e-9 * multiply-adds per image at img_size}."""
     in_chans = next(m for m in model.modules() if isinstance(m, nn.Conv2d)).in_channels
     return {

@@ -3,7 +3,9 @@
 Module names follow the official release (github.com/zhanghang1989/ResNeSt), which timm's
 `resnest*` models share, so published weights load with strict=True.
 """
-from typing import Any, Dict, List, Optional, Sequence
+
+from collections.abc import Sequence
+from typing import Any
 
 import torch
 from torch import nn
@@ -24,8 +26,17 @@ class ModelError(UserError, ValueError):
 # ---------------------------------------------------------------------------------------
 
 _DEFAULTS = dict(
-    layers=(3, 4, 6, 3), radix=2, cardinality=1, bottleneck_width=64, stem_width=32,
-    deep_stem=True, avg_down=True, avd=True, avd_first=False, final_drop=0.0, default_crop=224,
+    layers=(3, 4, 6, 3),
+    radix=2,
+    cardinality=1,
+    bottleneck_width=64,
+    stem_width=32,
+    deep_stem=True,
+    avg_down=True,
+    avd=True,
+    avd_first=False,
+    final_drop=0.0,
+    default_crop=224,
 )
 
 _ROWS = {
@@ -47,18 +58,28 @@ _ROWS = {
     "resnest50_fast_1s4x24d": dict(radix=1, cardinality=4, bottleneck_width=24, avd_first=True),
 }
 
-ARCH_KEYS = ("layers", "radix", "cardinality", "bottleneck_width", "stem_width", "deep_stem",
-             "avg_down", "avd", "avd_first", "final_drop")
+ARCH_KEYS = (
+    "layers",
+    "radix",
+    "cardinality",
+    "bottleneck_width",
+    "stem_width",
+    "deep_stem",
+    "avg_down",
+    "avd",
+    "avd_first",
+    "final_drop",
+)
 BUILD_KEYS = ("num_classes", "in_chans", "zero_init_last", "dropblock")
 OVERRIDE_KEYS = ARCH_KEYS + BUILD_KEYS
 
 
-def list_models() -> List[str]:
+def list_models() -> list[str]:
     """Names `create_model` accepts, in table order."""
     return list(_ROWS)
 
 
-def get_model_spec(name: str) -> Dict[str, Any]:
+def get_model_spec(name: str) -> dict[str, Any]:
     """The variant's row: every key of ARCH_KEYS plus `default_crop` (a fresh dict)."""
     if name not in _ROWS:
         raise ModelError(f"unknown model {name!r}; available: {', '.join(_ROWS)}")
@@ -69,7 +90,8 @@ def get_model_spec(name: str) -> Dict[str, Any]:
 # Network
 # ---------------------------------------------------------------------------------------
 
-def _dropblock_at(site: str, stage: int, dropblock: Optional[dict]) -> nn.Module:
+
+def _dropblock_at(site: str, stage: int, dropblock: dict | None) -> nn.Module:
     if dropblock is not None and stage in dropblock["stages"] and site in dropblock["sites"]:
         return DropBlock(dropblock["prob"], dropblock["block_size"])
     return nn.Identity()
@@ -87,14 +109,14 @@ class Bottleneck(nn.Module):
         in_chs: int,
         planes: int,
         stride: int = 1,
-        downsample: Optional[nn.Module] = None,
+        downsample: nn.Module | None = None,
         radix: int = 2,
         cardinality: int = 1,
         bottleneck_width: int = 64,
         avd: bool = True,
         avd_first: bool = False,
         stage: int = 1,
-        dropblock: Optional[dict] = None,
+        dropblock: dict | None = None,
     ):
         super().__init__()
         width = int(planes * bottleneck_width / 64) * cardinality
@@ -107,20 +129,17 @@ class Bottleneck(nn.Module):
         self.bn1 = nn.BatchNorm2d(width)
         self.drop1 = _dropblock_at("bn1", stage, dropblock)
         self.act1 = nn.ReLU(inplace=True)
-        self.avd_first = (nn.AvgPool2d(3, pool_stride, padding=1)
-                          if pool_stride and avd_first else nn.Identity())
+        self.avd_first = nn.AvgPool2d(3, pool_stride, padding=1) if pool_stride and avd_first else nn.Identity()
         if radix > 0:
             self.conv2 = SplitAttention(width, width, 3, conv_stride, cardinality, radix)
             self.bn2 = nn.Identity()
             self.act2 = nn.Identity()
         else:
-            self.conv2 = nn.Conv2d(width, width, 3, conv_stride, padding=1,
-                                   groups=cardinality, bias=False)
+            self.conv2 = nn.Conv2d(width, width, 3, conv_stride, padding=1, groups=cardinality, bias=False)
             self.bn2 = nn.BatchNorm2d(width)
             self.act2 = nn.ReLU(inplace=True)
         self.drop2 = _dropblock_at("splat", stage, dropblock)
-        self.avd_last = (nn.AvgPool2d(3, pool_stride, padding=1)
-                         if pool_stride and not avd_first else nn.Identity())
+        self.avd_last = nn.AvgPool2d(3, pool_stride, padding=1) if pool_stride and not avd_first else nn.Identity()
         self.conv3 = nn.Conv2d(width, out_chs, 1, bias=False)
         self.bn3 = nn.BatchNorm2d(out_chs)
         self.drop3 = _dropblock_at("bn3", stage, dropblock)
@@ -140,10 +159,8 @@ class Bottleneck(nn.Module):
 
 def _downsample(in_chs: int, out_chs: int, stride: int, avg_down: bool) -> nn.Sequential:
     if avg_down:  # ResNet-D: average-pool, then a stride-1 1x1 conv (keys downsample.1/.2)
-        pool = (nn.AvgPool2d(stride, stride, ceil_mode=True, count_include_pad=False)
-                if stride > 1 else nn.Identity())
-        return nn.Sequential(pool, nn.Conv2d(in_chs, out_chs, 1, bias=False),
-                             nn.BatchNorm2d(out_chs))
+        pool = nn.AvgPool2d(stride, stride, ceil_mode=True, count_include_pad=False) if stride > 1 else nn.Identity()
+        return nn.Sequential(pool, nn.Conv2d(in_chs, out_chs, 1, bias=False), nn.BatchNorm2d(out_chs))
     return nn.Sequential(nn.Conv2d(in_chs, out_chs, 1, stride, bias=False), nn.BatchNorm2d(out_chs))
 
 
@@ -165,7 +182,7 @@ class ResNeSt(nn.Module):
         num_classes: int = 1000,
         in_chans: int = 3,
         zero_init_last: bool = True,
-        dropblock: Optional[dict] = None,
+        dropblock: dict | None = None,
     ):
         super().__init__()
         self.num_classes = num_classes
@@ -187,8 +204,14 @@ class ResNeSt(nn.Module):
         self.act1 = nn.ReLU(inplace=True)
         self.maxpool = nn.MaxPool2d(3, 2, padding=1)
 
-        block_args = dict(radix=radix, cardinality=cardinality, bottleneck_width=bottleneck_width,
-                          avd=avd, avd_first=avd_first, dropblock=dropblock)
+        block_args = dict(
+            radix=radix,
+            cardinality=cardinality,
+            bottleneck_width=bottleneck_width,
+            avd=avd,
+            avd_first=avd_first,
+            dropblock=dropblock,
+        )
         for i, (planes, depth) in enumerate(zip((64, 128, 256, 512), layers)):
             stride = 1 if i == 0 else 2
             out_chs = planes * Bottleneck.expansion
@@ -196,8 +219,7 @@ class ResNeSt(nn.Module):
             if stride != 1 or chs != out_chs:
                 downsample = _downsample(chs, out_chs, stride, avg_down)
             blocks = [Bottleneck(chs, planes, stride, downsample, stage=i + 1, **block_args)]
-            blocks += [Bottleneck(out_chs, planes, stage=i + 1, **block_args)
-                       for _ in range(depth - 1)]
+            blocks += [Bottleneck(out_chs, planes, stage=i + 1, **block_args) for _ in range(depth - 1)]
             self.add_module(f"layer{i + 1}", nn.Sequential(*blocks))
             chs = out_chs
 
@@ -226,6 +248,7 @@ class ResNeSt(nn.Module):
                     nn.init.zeros_(m.bn3.weight)
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        """The stem and the four stages: images ``[B, 3, H, W]`` -> features ``[B, 2048, H/32, W/32]``."""
         x = self.maxpool(self.act1(self.bn1(self.conv1(x))))
         x = self.layer1(x)
         x = self.layer2(x)
@@ -233,6 +256,7 @@ class ResNeSt(nn.Module):
         return self.layer4(x)
 
     def forward_head(self, x: torch.Tensor) -> torch.Tensor:
+        """Global average pool, dropout (``final_drop``) and the classifier: features -> logits ``[B, classes]``."""
         return self.fc(self.drop(torch.flatten(self.global_pool(x), 1)))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -247,7 +271,7 @@ _BOOL_KEYS = ("deep_stem", "avg_down", "avd", "avd_first", "zero_init_last")
 _POSITIVE_INT_KEYS = ("cardinality", "bottleneck_width", "stem_width", "num_classes", "in_chans")
 
 
-def _check(args: Dict[str, Any]) -> None:
+def _check(args: dict[str, Any]) -> None:
     for k in _BOOL_KEYS:
         if not isinstance(args[k], bool):
             raise ModelError(f"{k} must be true or false, got {args[k]!r}")
@@ -256,8 +280,11 @@ def _check(args: Dict[str, Any]) -> None:
         if isinstance(v, bool) or not isinstance(v, int) or v < (0 if k == "radix" else 1):
             raise ModelError(f"{k} must be an int >= {0 if k == 'radix' else 1}, got {v!r}")
     layers = args["layers"]
-    if (not isinstance(layers, (list, tuple)) or len(layers) != 4
-            or any(isinstance(d, bool) or not isinstance(d, int) or d < 1 for d in layers)):
+    if (
+        not isinstance(layers, (list, tuple))
+        or len(layers) != 4
+        or any(isinstance(d, bool) or not isinstance(d, int) or d < 1 for d in layers)
+    ):
         raise ModelError(f"layers must be 4 positive ints (blocks per stage), got {layers!r}")
     fd = args["final_drop"]
     if isinstance(fd, bool) or not isinstance(fd, (int, float)) or not 0.0 <= fd < 1.0:
@@ -269,11 +296,13 @@ def _check(args: Dict[str, Any]) -> None:
             raise ModelError(
                 f"bottleneck width {width} (planes {planes} x bottleneck_width "
                 f"{args['bottleneck_width']}/64 x cardinality {args['cardinality']}) is not "
-                f"divisible by cardinality x radix = {groups}")
+                f"divisible by cardinality x radix = {groups}"
+            )
 
 
-def create_model(name: str, features_only: bool = False, out_indices: Sequence[int] = (1, 2, 3, 4),
-                 **overrides: Any) -> nn.Module:
+def create_model(
+    name: str, features_only: bool = False, out_indices: Sequence[int] = (1, 2, 3, 4), **overrides: Any
+) -> nn.Module:
     """Build the named variant, with any of OVERRIDE_KEYS replacing its table values.
 
     A None override keeps the table value, so a config's unset fields can be passed as is.
@@ -291,8 +320,9 @@ def create_model(name: str, features_only: bool = False, out_indices: Sequence[i
     spec = get_model_spec(name)
     unknown = sorted(set(overrides) - set(OVERRIDE_KEYS))
     if unknown:
-        raise ModelError(f"create_model({name!r}): unknown override(s) {unknown}; "
-                         f"valid keys: {', '.join(OVERRIDE_KEYS)}")
+        raise ModelError(
+            f"create_model({name!r}): unknown override(s) {unknown}; valid keys: {', '.join(OVERRIDE_KEYS)}"
+        )
     args = {k: spec[k] for k in ARCH_KEYS}
     args.update(num_classes=1000, in_chans=3, zero_init_last=True, dropblock=None)
     args.update({k: v for k, v in overrides.items() if v is not None})
@@ -306,7 +336,9 @@ def create_model(name: str, features_only: bool = False, out_indices: Sequence[i
     try:
         model = ResNeSt(**args)
     except ValueError as e:  # e.g. split-attention's inner width not divisible by the cardinality
-        raise ModelError(f"create_model({name!r}) with radix {args['radix']}, cardinality {args['cardinality']}, "
-                         f"bottleneck_width {args['bottleneck_width']} builds no valid network ({e}); "
-                         "pick a cardinality that divides the layer widths, as the model table does.") from None
+        raise ModelError(
+            f"create_model({name!r}) with radix {args['radix']}, cardinality {args['cardinality']}, "
+            f"bottleneck_width {args['bottleneck_width']} builds no valid network ({e}); "
+            "pick a cardinality that divides the layer widths, as the model table does."
+        ) from None
     return ResNeStFeatures(model, out_indices) if features_only else model

@@ -18,6 +18,7 @@ times bf16 splits promotes to float32: without the explicit ``dtype=`` below the
 and the block output would be full-size float32 tensors in a bf16 network. Reductions
 accumulate in float32 inside the kernel whatever their output dtype.
 """
+
 import torch
 from torch import nn
 
@@ -46,8 +47,15 @@ class SplitAttention(nn.Module):
         self.radix = radix
         self.cardinality = cardinality
         attn_chs = max(in_chs * radix // reduction, min_attn_chs)
-        self.conv = nn.Conv2d(in_chs, out_chs * radix, kernel_size, stride,
-                              padding=kernel_size // 2, groups=cardinality * radix, bias=False)
+        self.conv = nn.Conv2d(
+            in_chs,
+            out_chs * radix,
+            kernel_size,
+            stride,
+            padding=kernel_size // 2,
+            groups=cardinality * radix,
+            bias=False,
+        )
         self.bn0 = nn.BatchNorm2d(out_chs * radix)
         self.act0 = nn.ReLU(inplace=True)
         self.fc1 = nn.Conv2d(out_chs, attn_chs, 1, groups=cardinality)
