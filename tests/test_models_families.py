@@ -64,6 +64,15 @@ def test_every_family_model_is_listed_and_gives_logits():
         assert sizes == [16, 8, 4, 2], name
 
 
+def test_model_table_rows():
+    from resnest_train.models.__main__ import format_table, model_rows
+
+    table = format_table(model_rows(["splat_regnety_800mf", "mobilenetv2_100", "splat_mobilenetv2_100"]))
+    assert "| splat_regnety_800mf | 1-3-8-2 | 2 | w/16 | 64/128/320/768 | 5.57 | 0.80 | 224 |" in table
+    assert "| mobilenetv2_100 | 3-3-7-4 | 0 | dw | x1.0 | 3.50 | 0.30 | 224 |" in table
+    assert "| splat_mobilenetv2_100 | 3-3-7-4 | 2 | dw | x1.0 | 4.78 | 0.32 | 224 |" in table
+
+
 @pytest.mark.parametrize(
     "ours,reference",
     [

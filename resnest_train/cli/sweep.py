@@ -4,6 +4,7 @@
     python scripts/sweep.py configs/sweeps/radix_cardinality.yaml data.root=/data/imagenet --dry-run
     python scripts/sweep.py configs/sweeps/radix_cardinality.yaml data.root=/data/imagenet --print > jobs.txt
     python scripts/sweep.py configs/sweeps/cpu_smoke.yaml --summary   rewrite summary.csv/.md now
+    python scripts/sweep.py configs/sweeps/cpu_smoke.yaml --summary --plot   and PNG plots in <root>/plots
 
 Every run's config goes through train.py's pre-flight check (resnest_train/preflight.py)
 before anything starts, so --dry-run refuses what train.py would. Each run goes through
@@ -41,7 +42,20 @@ def main(argv: list[str] | None = None) -> int:
         action="store_true",
         help="write summary.csv and summary.md from what the runs wrote so far, and print it",
     )
+    parser.add_argument(
+        "--plot",
+        action="store_true",
+        help="also draw PNG plots of the runs' metrics into <root>/plots (after the runs, or with --summary)",
+    )
     args = parser.parse_args(argv)
+    if args.plot and (args.print or args.dry_run):
+        parser.error("--plot draws what runs wrote: use it with --summary or when running the sweep")
+
+    def plot(sweep) -> None:
+        from resnest_train.sweep.plot import plot_sweep
+
+        paths = plot_sweep(sweep)
+        print(f"Plots: {', '.join(paths)}" if paths else "Plots: no run has metrics yet", file=sys.stderr)
 
     def action() -> int:
         sweep = sw.load_sweep(args.sweep, args.overrides)
@@ -49,6 +63,8 @@ def main(argv: list[str] | None = None) -> int:
             csv_path, md_path, rows = sw.write_summary(sweep)
             print(sw.markdown(sweep, rows), end="")
             print(f"Summary: {csv_path}, {md_path}", file=sys.stderr)
+            if args.plot:
+                plot(sweep)
             return 0
         epochs = sw.check(sweep)
         if args.print:
@@ -58,6 +74,9 @@ def main(argv: list[str] | None = None) -> int:
         if args.dry_run:
             print(sw.plan_text(sweep, epochs=epochs), end="")
             return 0
-        return sw.run_sweep(sweep, epochs=epochs)
+        code = sw.run_sweep(sweep, epochs=epochs)
+        if args.plot:
+            plot(sweep)
+        return code
 
     return exit_status(action)
