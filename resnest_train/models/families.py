@@ -35,9 +35,10 @@ conv's groups) each group's MLP would see a single pooled value and could only r
 channel by a function of itself: no channel would attend to any other, which is what the
 attention is for. And its width is read off the block's input (narrow) channels, not off the
 6x expanded width the conv sees: ``attention_width(in_chs, radix)``, ResNeSt's rule
-``max(in_chs x radix / 4, 32)``. A dense MLP over the hidden width C with ResNeSt's rule (C x
-radix / 4 hidden units) would hold about 1.5 C^2 weights per block, more than the block's own
-convs (2 x C^2 / 6 in the 1x1s); from the input width it costs about as much as one 1x1 conv.
+``max(in_chs x radix / 4, 32)``. A dense MLP over the hidden width C = 6 x in_chs with ResNeSt's
+rule (C x radix / 4 hidden units) would hold about 1.5 C^2 weights per block, four to five times
+the block's two 1x1 convs (about C^2 / 3); from the input width it holds about 1.5 times the
+expansion conv, and the whole model 4.78M parameters instead of 3.50M.
 EfficientNet's SE is sized from the block's input for the same reason (timm's
 ``se_from_exp=False``).
 
@@ -46,7 +47,6 @@ Zero-gamma (``zero_init_last``): the last BN of each block with a residual short
 without a shortcut would output zeros).
 """
 
-from __future__ import annotations
 
 from collections.abc import Sequence
 
