@@ -47,7 +47,6 @@ Zero-gamma (``zero_init_last``): the last BN of each block with a residual short
 without a shortcut would output zeros).
 """
 
-
 from collections.abc import Sequence
 
 import torch
