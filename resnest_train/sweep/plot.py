@@ -65,7 +65,8 @@ def plot_sweep(sweep: Sweep, out_dir: str | None = None) -> list[str]:
     for ax in (ax_top1, ax_loss):
         ax.grid(alpha=0.3)
         ax.xaxis.get_major_locator().set_params(integer=True)
-    fig.legend(loc="center left", bbox_to_anchor=(1.0, 0.5), fontsize=8, frameon=False)
+    fig.legend(loc="upper center", bbox_to_anchor=(0.5, 0.0), ncol=min(4, len(curves)), fontsize=8, frameon=False)
+    fig.tight_layout()
     paths = [os.path.join(out_dir, "curves.png")]
     fig.savefig(paths[0], dpi=90, bbox_inches="tight")
     plt.close(fig)
