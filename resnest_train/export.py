@@ -40,6 +40,7 @@ from . import engine
 from .errors import UserError
 from .finetune import FrozenBatchNorm2d
 from .models import Bottleneck, ResNeSt, SplitAttention, create_model, get_model_spec
+from .models.families import InvertedResidual, MobileNetV2, RegNetY, RegNetYBlock
 from .models.features import ResNeStFeatures
 from .models.resnest import ARCH_KEYS
 from .weights import inspect_weights, weights_config, weights_file
@@ -58,12 +59,16 @@ CONV_BN = {
     ResNeStFeatures: (("conv1", "bn1"),),
     Bottleneck: (("conv1", "bn1"), ("conv2", "bn2"), ("conv3", "bn3")),
     SplitAttention: (("conv", "bn0"), ("fc1", "bn1")),
+    RegNetY: (("conv1", "bn1"),),
+    MobileNetV2: (("conv1", "bn1"), ("conv_head", "bn_head")),
+    RegNetYBlock: (("conv1", "bn1"), ("conv2", "bn2"), ("conv3", "bn3")),
+    InvertedResidual: (("conv1", "bn1"), ("conv2", "bn2"), ("conv3", "bn3")),
 }
 BN_TYPES = (nn.BatchNorm2d, FrozenBatchNorm2d)
 
 
 def conv_bn_pairs(model: nn.Module) -> list[tuple[str, str]]:
-    """Names of every (Conv2d, BatchNorm) pair of a ResNeSt where the BatchNorm reads the conv's output."""
+    """Names of every (Conv2d, BatchNorm) pair of a model of the zoo where the BatchNorm reads the conv's output."""
     pairs = []
     for name, module in model.named_modules():
         prefix = f"{name}." if name else ""

@@ -7,6 +7,7 @@
     python scripts/sweep.py configs/sweeps/radix_cardinality.yaml --parallel 8 --gpus-per-run 1
     python scripts/sweep.py configs/sweeps/radix_cardinality.yaml --slurm sweep.sbatch --submit
     python scripts/sweep.py configs/sweeps/lr_search.yaml --parallel 4     a search (search: section)
+    python scripts/sweep.py configs/sweeps/cpu_smoke.yaml --summary --plot   and PNG plots in <root>/plots
 
 Every run's config goes through train.py's pre-flight check (resnest_train/preflight.py)
 before anything starts, so --dry-run refuses what train.py would. Each run goes through
@@ -69,9 +70,22 @@ def main(argv: list[str] | None = None) -> int:
         "0: CPU runs); with --slurm: GPUs per node",
     )
     parser.add_argument("--submit", action="store_true", help="with --slurm: submit the script with sbatch")
+    parser.add_argument(
+        "--plot",
+        action="store_true",
+        help="also draw PNG plots of the runs' metrics into <root>/plots (after the runs, or with --summary)",
+    )
     args = parser.parse_args(argv)
     if args.submit and not args.slurm:
         parser.error("--submit goes with --slurm FILE")
+    if args.plot and (args.print or args.dry_run or args.slurm):
+        parser.error("--plot draws what runs wrote: use it with --summary or when running the sweep")
+
+    def plot(sweep) -> None:
+        from resnest_train.sweep.plot import plot_sweep
+
+        paths = plot_sweep(sweep)
+        print(f"Plots: {', '.join(paths)}" if paths else "Plots: no run has metrics yet", file=sys.stderr)
 
     def action() -> int:
         sweep = sw.load_sweep(args.sweep, args.overrides)
@@ -79,6 +93,8 @@ def main(argv: list[str] | None = None) -> int:
             csv_path, md_path, rows = sw.write_summary(sweep)
             print(sw.markdown(sweep, rows), end="")
             print(f"Summary: {csv_path}, {md_path}", file=sys.stderr)
+            if args.plot:
+                plot(sweep)
             return 0
         if sweep.search is not None:
             return search_action(sweep, args)
@@ -101,7 +117,10 @@ def main(argv: list[str] | None = None) -> int:
             else:
                 print(f"Submit it with: sbatch {shlex.quote(path)}")
             return 0
-        return sw.run_sweep(sweep, epochs=epochs, parallel=args.parallel or 1, gpus_per_run=args.gpus_per_run)
+        code = sw.run_sweep(sweep, epochs=epochs, parallel=args.parallel or 1, gpus_per_run=args.gpus_per_run)
+        if args.plot:
+            plot(sweep)
+        return code
 
     return exit_status(action)
 

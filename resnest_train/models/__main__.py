@@ -37,7 +37,9 @@ def model_rows(names: list[str], img_size: int | None = None) -> list[dict]:
 
 
 def format_table(rows: list[dict], img_size: int | None = None) -> str:
-    """The rows as the markdown table of README's model section (params in M, GMACs)."""
+    """The rows as the markdown table of README's model section (params in M, GMACs). ResNeSt's
+    width is its bottleneck width (``64d``); RegNetY's the stage widths, its cardinality
+    ``w/16`` the width over the group width; MobileNetV2's ``x1.0``, its cardinality ``dw``."""
     at = f"at {img_size}px" if img_size else "at each model's default crop"
     head = ["model", "layers", "radix", "card.", "width", "params (M)", f"GMACs ({at})", "crop"]
     body = [
@@ -46,7 +48,7 @@ def format_table(rows: list[dict], img_size: int | None = None) -> str:
             "-".join(map(str, r["layers"])),
             str(r["radix"]),
             str(r["cardinality"]),
-            f"{r['width']}d",
+            f"{r['width']}d" if isinstance(r["width"], int) else r["width"],
             f"{r['params_m']:.2f}",
             f"{r['gmacs']:.2f}",
             str(r["default_crop"]),

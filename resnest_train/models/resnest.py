@@ -11,7 +11,9 @@ import torch
 from torch import nn
 
 from ..errors import UserError
-from .dropblock import DropBlock, parse_dropblock
+from .common import dropblock_at, init_conv_bn
+from .dropblock import parse_dropblock
+from .families import FAMILY_OVERRIDE_KEYS, FAMILY_ROWS, create_family_model, family_spec
 from .features import ResNeStFeatures, check_out_indices
 from .splat import SplitAttention
 
@@ -75,26 +77,25 @@ OVERRIDE_KEYS = ARCH_KEYS + BUILD_KEYS
 
 
 def list_models() -> list[str]:
-    """Names `create_model` accepts, in table order."""
-    return list(_ROWS)
+    """Names `create_model` accepts, in table order: the ResNeSt family, then the other
+    families with and without split attention (``families.py``)."""
+    return list(_ROWS) + list(FAMILY_ROWS)
 
 
 def get_model_spec(name: str) -> dict[str, Any]:
-    """The variant's row: every key of ARCH_KEYS plus `default_crop` (a fresh dict)."""
+    """The variant's row (a fresh dict). ResNeSt: every key of ARCH_KEYS plus `default_crop`;
+    another family: ``families.family_spec`` (layers, radix, cardinality, bottleneck_width,
+    final_drop, default_crop)."""
+    if name in FAMILY_ROWS:
+        return family_spec(name)
     if name not in _ROWS:
-        raise ModelError(f"unknown model {name!r}; available: {', '.join(_ROWS)}")
+        raise ModelError(f"unknown model {name!r}; available: {', '.join(list_models())}")
     return {**_DEFAULTS, **_ROWS[name]}
 
 
 # ---------------------------------------------------------------------------------------
 # Network
 # ---------------------------------------------------------------------------------------
-
-
-def _dropblock_at(site: str, stage: int, dropblock: dict | None) -> nn.Module:
-    if dropblock is not None and stage in dropblock["stages"] and site in dropblock["sites"]:
-        return DropBlock(dropblock["prob"], dropblock["block_size"])
-    return nn.Identity()
 
 
 class Bottleneck(nn.Module):
@@ -127,7 +128,7 @@ class Bottleneck(nn.Module):
 
         self.conv1 = nn.Conv2d(in_chs, width, 1, bias=False)
         self.bn1 = nn.BatchNorm2d(width)
-        self.drop1 = _dropblock_at("bn1", stage, dropblock)
+        self.drop1 = dropblock_at("bn1", stage, dropblock)
         self.act1 = nn.ReLU(inplace=True)
         self.avd_first = nn.AvgPool2d(3, pool_stride, padding=1) if pool_stride and avd_first else nn.Identity()
         if radix > 0:
@@ -138,11 +139,11 @@ class Bottleneck(nn.Module):
             self.conv2 = nn.Conv2d(width, width, 3, conv_stride, padding=1, groups=cardinality, bias=False)
             self.bn2 = nn.BatchNorm2d(width)
             self.act2 = nn.ReLU(inplace=True)
-        self.drop2 = _dropblock_at("splat", stage, dropblock)
+        self.drop2 = dropblock_at("splat", stage, dropblock)
         self.avd_last = nn.AvgPool2d(3, pool_stride, padding=1) if pool_stride and not avd_first else nn.Identity()
         self.conv3 = nn.Conv2d(width, out_chs, 1, bias=False)
         self.bn3 = nn.BatchNorm2d(out_chs)
-        self.drop3 = _dropblock_at("bn3", stage, dropblock)
+        self.drop3 = dropblock_at("bn3", stage, dropblock)
         self.act3 = nn.ReLU(inplace=True)
         self.downsample = downsample if downsample is not None else nn.Identity()
 
@@ -234,14 +235,7 @@ class ResNeSt(nn.Module):
         """Conv: kaiming normal (fan_out, relu), bias 0. BN: weight 1, bias 0. Linear: torch's
         default (as official and timm). zero_init_last sets every bn3 weight to 0 *after* the
         BN loop (the official code's `last_gamma` was undone by its own BN loop)."""
-        for m in self.modules():
-            if isinstance(m, nn.Conv2d):
-                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
-                if m.bias is not None:
-                    nn.init.zeros_(m.bias)
-            elif isinstance(m, nn.BatchNorm2d):
-                nn.init.ones_(m.weight)
-                nn.init.zeros_(m.bias)
+        init_conv_bn(self)
         if zero_init_last:
             for m in self.modules():
                 if isinstance(m, Bottleneck):
@@ -267,8 +261,48 @@ class ResNeSt(nn.Module):
 # Factory
 # ---------------------------------------------------------------------------------------
 
+
+def _create_family(name: str, features_only: bool, overrides: dict[str, Any]) -> nn.Module:
+    """create_model for a RegNetY / MobileNetV2 model: its overrides checked as ResNeSt's are."""
+    if features_only:
+        raise ModelError(f"create_model({name!r}): features_only is available for the ResNeSt models only.")
+    valid = FAMILY_OVERRIDE_KEYS + BUILD_KEYS
+    given = {k: v for k, v in overrides.items() if v is not None}
+    unknown = sorted(set(given) - set(valid))
+    if unknown:
+        raise ModelError(
+            f"create_model({name!r}): override(s) {unknown} do not apply to this model; it takes {', '.join(valid)}"
+        )
+    spec = family_spec(name)
+    args = dict(radix=spec["radix"], final_drop=spec["final_drop"], num_classes=1000, in_chans=3)
+    args.update(zero_init_last=True, dropblock=None)
+    args.update(given)
+    _check_family(args)
+    try:
+        args["dropblock"] = parse_dropblock(args["dropblock"])
+    except ValueError as e:
+        raise ModelError(str(e)) from None
+    args["final_drop"] = float(args["final_drop"])
+    try:
+        return create_family_model(name, **args)
+    except ValueError as e:  # the radix does not divide a group width
+        raise ModelError(f"create_model({name!r}) with radix {args['radix']} builds no valid network ({e})") from None
+
+
 _BOOL_KEYS = ("deep_stem", "avg_down", "avd", "avd_first", "zero_init_last")
 _POSITIVE_INT_KEYS = ("cardinality", "bottleneck_width", "stem_width", "num_classes", "in_chans")
+
+
+def _check_family(args: dict[str, Any]) -> None:
+    if not isinstance(args["zero_init_last"], bool):
+        raise ModelError(f"zero_init_last must be true or false, got {args['zero_init_last']!r}")
+    for k, low in (("radix", 0), ("num_classes", 1), ("in_chans", 1)):
+        v = args[k]
+        if isinstance(v, bool) or not isinstance(v, int) or v < low:
+            raise ModelError(f"{k} must be an int >= {low}, got {v!r}")
+    fd = args["final_drop"]
+    if isinstance(fd, bool) or not isinstance(fd, (int, float)) or not 0.0 <= fd < 1.0:
+        raise ModelError(f"final_drop must be a number in [0, 1), got {fd!r}")
 
 
 def _check(args: dict[str, Any]) -> None:
@@ -311,7 +345,11 @@ def create_model(
     with set_dropblock_prob(model, dropblock_prob(epoch, epochs, final_prob, schedule)).
     With `features_only`, a `ResNeStFeatures` backbone returning the maps of the stages in
     `out_indices` (0: stem, stride 2; 1-4: layer1-layer4, strides 4-32; see features.py).
+    The RegNetY and MobileNetV2 models (``families.py``) take the overrides radix (0: the
+    family's own block), final_drop and BUILD_KEYS, and no `features_only`.
     """
+    if name in FAMILY_ROWS:
+        return _create_family(name, features_only, overrides)
     if features_only:
         try:
             check_out_indices(out_indices)

@@ -12,23 +12,26 @@ A sweep file (YAML)::
     runs:                          # ... crossed with each of these override maps
       - {model.cardinality: 1, model.bottleneck_width: 64}
       - {model.cardinality: 2, model.bottleneck_width: 40, name: wide}  # optional explicit name
+    seeds: [0, 1, 2]               # optional: every configuration once per train.seed
     launch: {nproc: 8}             # launch.sh options for every run
     slurm: {partition: gpu}        # sbatch options for --slurm
 
 Each run is named after the values that vary across the sweep (``radix2_cardinality1``)
-and writes to ``<root>/<name>``, so ``tensorboard --logdir <root>`` shows them side by
-side. A run's state is its ``run_state.json`` (written by the trainer): a finished run is
-skipped, anything else is launched again and resumes from its last checkpoint.
+and writes to ``<root>/<name>`` (with ``seeds:``, ``<root>/<name>_seed<k>``), so
+``tensorboard --logdir <root>`` shows them side by side. A run's state is its
+``run_state.json`` (written by the trainer): a finished run is skipped, anything else is
+launched again and resumes from its last checkpoint.
 
 A ``search:`` section instead of ``grid``/``runs`` makes the file a search (``search``). A
 diverged or pruned run is settled: it is reported, never launched again.
 
 Modules: ``plan`` (sweep file -> runs and their commands), ``check`` (every run's config through
 the pre-flight check), ``report`` (run states, summary.csv/.md, best run first, the dry-run plan),
-``runner`` (launching the runs, ``parallel`` at once in slots of their own GPUs, cores and port),
-``slurm`` (the sweep as an sbatch array job), ``search`` (Optuna trials, pruning, the study).
-``plan`` and ``report`` are pure functions of the sweep file and the files the runs wrote, so
-plans, commands and summaries are easy to test.
+``seeds`` (mean and standard deviation over the seeds of each configuration), ``plot`` (PNG plots
+of the runs' metrics, ``--plot``), ``runner`` (launching the runs, ``parallel`` at once in slots of
+their own GPUs, cores and port), ``slurm`` (the sweep as an sbatch array job), ``search`` (Optuna
+trials, pruning, the study). ``plan``, ``report``, ``seeds`` and ``plot`` are pure functions of the
+sweep file and the files the runs wrote, so plans, commands and summaries are easy to test.
 """
 
 from .check import check

@@ -18,7 +18,7 @@ import yaml
 from ..config_loader import describe_yaml_error
 from ..errors import UserError
 
-SWEEP_KEYS = ("name", "base", "overrides", "grid", "runs", "launch", "slurm", "search")
+SWEEP_KEYS = ("name", "base", "overrides", "grid", "runs", "seeds", "launch", "slurm", "search")
 # launch: keys -> launch.sh flags (--nproc N, ...)
 LAUNCH_KEYS = (
     "nproc",
@@ -45,7 +45,9 @@ class Run:
     name: str
     output_dir: str
     overrides: dict  # dotted key -> value, as passed to train.py (output.dir last)
-    varying: dict  # the subset of overrides that differs across the sweep
+    varying: dict  # the subset of overrides that differs across the sweep (train.seed of ``seeds:`` aside)
+    group: str = ""  # the configuration's name: ``name`` without its ``_seed<k>`` (= ``name`` without seeds)
+    seed: int | None = None  # the train.seed given by the sweep's ``seeds:``; None without it
 
 
 @dataclass
@@ -236,18 +238,46 @@ def plan_runs(spec: dict, root: str, where: str = "the sweep") -> list[Run]:
         seen[key] = i
     keys = varying_keys(settings)
     names = run_names(settings, keys, explicit)
+    seeds = check_seeds(spec.get("seeds"), [overrides, grid, *flat_entries], where)
     runs = []
     for name, s in zip(names, settings):
-        out_dir = os.path.join(root, name)
-        runs.append(
-            Run(
-                name=name,
-                output_dir=out_dir,
-                overrides={**s, "output.dir": out_dir},
-                varying={k: s[k] for k in keys if k in s},
+        for seed in seeds or [None]:
+            run_name = name if seed is None else f"{name}_seed{seed}"
+            out_dir = os.path.join(root, run_name)
+            extra = {} if seed is None else {"train.seed": seed}
+            runs.append(
+                Run(
+                    name=run_name,
+                    output_dir=out_dir,
+                    overrides={**s, **extra, "output.dir": out_dir},
+                    varying={k: s[k] for k in keys if k in s},
+                    group=name,
+                    seed=seed,
+                )
             )
-        )
     return runs
+
+
+def check_seeds(seeds: Any, settings: list[dict], where: str) -> list[int]:
+    """The sweep's ``seeds:`` (distinct ints >= 0; [] when absent): every configuration runs once
+    per seed, as ``<name>_seed<k>`` with ``train.seed: k``. Refused next to a ``train.seed`` of its own."""
+    if seeds is None:
+        return []
+    if (
+        not isinstance(seeds, list)
+        or not seeds
+        or any(isinstance(x, bool) or not isinstance(x, int) or x < 0 for x in seeds)
+        or len(set(seeds)) != len(seeds)
+    ):
+        raise SweepError(
+            f"'seeds' in {where} must be a list of distinct ints >= 0, e.g. seeds: [0, 1, 2]; got {seeds!r}."
+        )
+    if any("train.seed" in s for s in settings):
+        raise SweepError(
+            f"{where} sets train.seed in 'overrides', 'grid' or 'runs' and also has 'seeds:'; "
+            "the seeds list sets train.seed of every run: keep one of the two."
+        )
+    return list(seeds)
 
 
 def override_args(run: Run) -> list[str]:

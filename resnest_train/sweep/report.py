@@ -15,6 +15,7 @@ from typing import Any
 
 from ..rundir import RunDir, atomic_write, read_json
 from .plan import Run, Sweep, format_value, launch_argv
+from .seeds import STAT_METRICS, has_seeds, seed_markdown, seed_rows
 
 STATES = ("finished", "diverged", "pruned", "failed", "preempted", "running", "pending")
 SETTLED = ("diverged", "pruned")  # ended for good without finishing: launching them again would not help
@@ -78,6 +79,8 @@ def summary_rows(sweep: Sweep) -> list[dict]:
         last = metrics[-1] if metrics else {}
         row = {"run": run.name}
         row.update({k: format_value(run.varying[k]) if k in run.varying else "" for k in sweep.varying_keys})
+        if run.seed is not None:
+            row["seed"] = run.seed
         row.update(
             {
                 "state": run_state(run, status),
@@ -135,12 +138,14 @@ def _fmt(value: Any, digits: int) -> str:
 
 
 def markdown(sweep: Sweep, rows: list[dict]) -> str:
-    """summary.md: the sweep's runs with their varying values, state, epochs, best top-1 (%), loss, images/s."""
+    """summary.md: the sweep's runs with their varying values (and seed), state, epochs, best top-1 (%),
+    loss, images/s; with ``seeds:`` first the table of mean ± std over seeds (``seeds.seed_markdown``)."""
     counts = {s: sum(r["state"] == s for r in rows) for s in STATES}
     extra = [metric_column(sweep)] if sweep.metric != "val_top1" else []
+    keys = [*sweep.varying_keys, *(["seed"] if has_seeds(sweep) else [])]
     head = [
         "run",
-        *sweep.varying_keys,
+        *keys,
         "state",
         "epochs",
         "best val top-1 (%)",
@@ -157,14 +162,15 @@ def markdown(sweep: Sweep, rows: list[dict]) -> str:
         f"Best {sweep.metric} ({sweep.mode}) first. Compare them with `tensorboard --logdir "
         f"{shlex.quote(sweep.root)}`. images/s is the median over epochs.",
         "",
+        *([seed_markdown(sweep, rows), "Every run:", ""] if has_seeds(sweep) else []),
         "| " + " | ".join(head) + " |",
-        "|" + "|".join("---" if i < 1 + len(sweep.varying_keys) + 1 else "---:" for i in range(len(head))) + "|",
+        "|" + "|".join("---" if i < 1 + len(keys) + 1 else "---:" for i in range(len(head))) + "|",
     ]
     for r in rows:
         done = f"{r['epoch']}/{r['epochs']}" if r["epochs"] is not None else _fmt(r["epoch"], 0)
         cells = [
             r["run"],
-            *(r[k] or "-" for k in sweep.varying_keys),
+            *(_fmt(r[k], 0) if k == "seed" else r[k] or "-" for k in keys),
             r["state"],
             done,
             _fmt(r["best_val_top1"], 2),
@@ -177,11 +183,13 @@ def markdown(sweep: Sweep, rows: list[dict]) -> str:
 
 
 def write_summary(sweep: Sweep) -> tuple[str, str, list[dict]]:
-    """Write <root>/summary.csv and <root>/summary.md; return their paths and the rows."""
+    """Write <root>/summary.csv and <root>/summary.md (with ``seeds:`` also <root>/summary_seeds.csv,
+    one row per configuration); return the paths of the first two and the rows."""
     rows = summary_rows(sweep)
     columns = [
         "run",
         *sweep.varying_keys,
+        *(["seed"] if has_seeds(sweep) else []),
         "state",
         "epoch",
         "epochs",
@@ -197,6 +205,10 @@ def write_summary(sweep: Sweep) -> tuple[str, str, list[dict]]:
     md_path = os.path.join(sweep.root, "summary.md")
     atomic_write(csv_path, _csv_text(rows, columns))
     atomic_write(md_path, markdown(sweep, rows))
+    if has_seeds(sweep):
+        stat_columns = ["config", *sweep.varying_keys, "seeds", "n"]
+        stat_columns += [f"{m}_{s}" for m in STAT_METRICS for s in ("mean", "std")]
+        atomic_write(os.path.join(sweep.root, "summary_seeds.csv"), _csv_text(seed_rows(sweep, rows), stat_columns))
     return csv_path, md_path, rows
 
 
