@@ -22,6 +22,28 @@ from collections.abc import Callable
 from resnest_train.errors import UserError
 
 
+def print_check(report: dict, headline, where, json_path: str | None) -> int:
+    """Print a ``--check`` report (``prepare_imagenet``, ``make_shards``): per split ``headline(split,
+    stats)`` and its first 20 unreadable files (``where(split, name)``: the path to print), then the
+    problems and ``ok`` or their count; write the whole report as JSON to ``json_path`` if given.
+    Returns the exit status: 0 when ``report["ok"]``, else 1."""
+    import json
+
+    for split, s in report["splits"].items():
+        print(headline(split, s))
+        for name, reason in list(s["bad"].items())[:20]:
+            print(f"  unreadable: {where(split, name)}: {reason}")
+        if len(s["bad"]) > 20:
+            print(f"  ... and {len(s['bad']) - 20} more (see --json)")
+    for p in report["problems"]:
+        print(f"problem: {p}")
+    print("ok" if report["ok"] else f"{len(report['problems'])} problem(s) found")
+    if json_path:
+        with open(json_path, "w") as f:
+            json.dump(report, f, indent=1)
+    return 0 if report["ok"] else 1
+
+
 def exit_status(action: Callable[[], int]) -> int:
     """``action()``'s exit status; a ``UserError`` it raises is printed as ``error: ...`` on stderr
     (one paragraph, no traceback) and gives the error's ``exit_code`` (2 unless it says otherwise)."""

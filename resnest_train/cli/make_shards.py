@@ -16,9 +16,8 @@ the images by what that data.backend can decode (auto: dali when installed).
 """
 
 import argparse
-import json
 
-from resnest_train.cli import exit_status
+from resnest_train.cli import exit_status, print_check
 
 
 def make(args) -> int:
@@ -41,19 +40,12 @@ def check(args) -> int:
     backend = resolve_backend(args.backend)
     report = check_shards(args.check, args.workers, full=not args.quick, progress=not args.no_progress, backend=backend)
     print(f"judged by what the {backend} backend can decode")
-    for name, s in report["splits"].items():
-        print(f"{name}: {s['images']} images in {s['shards']} shard(s), {len(s['bad'])} unreadable")
-        for member, reason in list(s["bad"].items())[:20]:
-            print(f"  unreadable: {args.check}/{name}/{member}: {reason}")
-        if len(s["bad"]) > 20:
-            print(f"  ... and {len(s['bad']) - 20} more (see --json)")
-    for p in report["problems"]:
-        print(f"problem: {p}")
-    print("ok" if report["ok"] else f"{len(report['problems'])} problem(s) found")
-    if args.json:
-        with open(args.json, "w") as f:
-            json.dump(report, f, indent=1)
-    return 0 if report["ok"] else 1
+    return print_check(
+        report,
+        lambda name, s: f"{name}: {s['images']} images in {s['shards']} shard(s), {len(s['bad'])} unreadable",
+        lambda name, member: f"{args.check}/{name}/{member}",
+        args.json,
+    )
 
 
 def main(argv=None):

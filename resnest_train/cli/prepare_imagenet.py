@@ -32,11 +32,10 @@ data.backend=auto) also decodes with DALI's decoder, which cannot read some file
 """
 
 import argparse
-import json
 import os
 import sys
 
-from resnest_train.cli import exit_status
+from resnest_train.cli import exit_status, print_check
 
 
 def read_meta_mat(path):
@@ -94,22 +93,15 @@ def check(args):
         args.check, workers=args.workers, full=not args.quick, progress=not args.no_progress, backend=backend
     )
     print(f"judged by what the {backend} backend can decode")
-    for name, s in report["splits"].items():
-        print(
+    return print_check(
+        report,
+        lambda name, s: (
             f"{name}: {s['images']} images in {s['classes']} classes "
             f"({s['min_per_class']}-{s['max_per_class']} per class), {len(s['bad'])} unreadable"
-        )
-        for f, reason in list(s["bad"].items())[:20]:
-            print(f"  unreadable: {os.path.join(args.check, name, f)}: {reason}")
-        if len(s["bad"]) > 20:
-            print(f"  ... and {len(s['bad']) - 20} more (see --json)")
-    for p in report["problems"]:
-        print(f"problem: {p}")
-    print("ok" if report["ok"] else f"{len(report['problems'])} problem(s) found")
-    if args.json:
-        with open(args.json, "w") as f:
-            json.dump(report, f, indent=1)
-    return 0 if report["ok"] else 1
+        ),
+        lambda name, f: os.path.join(args.check, name, f),
+        args.json,
+    )
 
 
 def main(argv=None):
