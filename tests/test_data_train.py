@@ -101,3 +101,33 @@ def test_train_py_names_an_unreadable_file_or_skips_it(tmp_path, data):
     )
     assert "1 unreadable" in r.stdout + r.stderr
     assert metrics(tmp_path / "run2")[0]["val_images"] == 9
+
+
+def test_train_py_trains_on_tar_shards_as_on_the_folder(tmp_path, data):
+    """Shards made from the folder train through train.py in both backends; with torchvision the
+    run equals the folder's run (same samples, same augmentation draws), loss for loss."""
+    from resnest_train.data.shards import make_shards
+
+    shards = tmp_path / "shards"
+    make_shards(str(data), str(shards), shard_size=5, progress=False)
+    runs = {}
+    for name, root, backend in [
+        ("folder", data, "torchvision"),
+        ("shards", shards, "torchvision"),
+        ("shards_dali", shards, "dali"),
+    ]:
+        out = tmp_path / name
+        train(
+            "--config",
+            "configs/quickstart.yaml",
+            f"data.root={root}",
+            f"data.backend={backend}",
+            f"output.dir={out}",
+            *TINY,
+        )
+        runs[name] = [
+            {k: r[k] for k in ("epoch", "train_loss", "val_loss", "val_top1", "val_images")} for r in metrics(out)
+        ]
+    assert runs["shards"] == runs["folder"]
+    assert [r["val_images"] for r in runs["shards_dali"]] == [9]
+    assert runs["shards_dali"][0]["train_loss"] > 0
