@@ -56,7 +56,7 @@ def test_bar_is_redrawn_in_place_and_disabled_shows_nothing():
 
 
 def test_monitor_bar_and_lines(tmp_path, capsys):
-    bar = Monitor(OutputConfig(dir=str(tmp_path / "a"), progress="bar", tensorboard=False, log_every=2))
+    bar = Monitor(OutputConfig(dir=str(tmp_path / "a"), progress="bar", loggers=[], log_every=2))
     bar.progress(0, 2, 3, 8, 2.5, 0.1, 100.0, 5.0)
     bar.print("between")
     bar.progress(0, 2, 8, 8, 2.25, 0.05, 120.0, 0.0)
@@ -64,7 +64,7 @@ def test_monitor_bar_and_lines(tmp_path, capsys):
     captured = capsys.readouterr()
     assert captured.out == "between\n"
     assert "epoch 1/2" in captured.err and "8/8" in captured.err and "loss 2.2500 lr 0.05 120.0 img/s" in captured.err
-    lines = Monitor(OutputConfig(dir=str(tmp_path / "b"), progress="lines", tensorboard=False, log_every=2))
+    lines = Monitor(OutputConfig(dir=str(tmp_path / "b"), progress="lines", loggers=[], log_every=2))
     for step in (1, 2, 3):
         lines.progress(1, 2, step, 3, 2.0, 0.1, 50.0, 65.0)
     captured = capsys.readouterr()
