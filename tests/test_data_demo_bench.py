@@ -88,6 +88,7 @@ def test_bench_data_runs_and_reports_both_backends():
     assert row["dali"]["epoch_images_per_sec"] > 0 and row["dali_vs_torchvision_whole_epoch"] > 0
 
 
+@pytest.mark.slow
 def test_bench_data_compares_folder_and_shards():
     from resnest_train.cli import bench_data as bench
 

@@ -50,6 +50,7 @@ def evaluate(tmp_path, *args):
         return json.load(f)
 
 
+@pytest.mark.slow
 def test_a_run_evaluated_here_gives_its_own_val_metrics_exactly(pretrained_run, tmp_path, capsys):
     rows = metrics(pretrained_run)
     last = rows[-1]
@@ -71,6 +72,7 @@ def test_a_run_evaluated_here_gives_its_own_val_metrics_exactly(pretrained_run, 
     assert "| resnest14 | last.pth (EMA) | 32 |" in printed
 
 
+@pytest.mark.slow
 def test_a_bare_state_dict_with_wrapper_prefixes_gives_the_same_numbers(pretrained_run, shapes_root, tmp_path):
     saved = torch.load(os.path.join(pretrained_run, "checkpoints", "last.pth"), weights_only=True)
     path = str(tmp_path / "weights.pth")
@@ -80,6 +82,7 @@ def test_a_bare_state_dict_with_wrapper_prefixes_gives_the_same_numbers(pretrain
     assert (report["top1"], report["loss"], report["kind"]) == (last["val_top1"], last["val_loss"], "state_dict")
 
 
+@pytest.mark.slow
 def test_a_val_list_alone_is_enough(pretrained_run, shapes_root, tmp_path):
     """A val set given as a file list needs no training split (the loaders' train side reads the val list)."""
     val = os.path.join(shapes_root, "val")
@@ -99,6 +102,7 @@ def test_a_val_list_alone_is_enough(pretrained_run, shapes_root, tmp_path):
     assert report["data"] == f"data.val_list={listed}"
 
 
+@pytest.mark.slow
 def test_two_processes_see_every_image_once_and_agree_with_one(pretrained_run, tmp_path):
     one = evaluate(tmp_path, pretrained_run, "--per-class")
     out = str(tmp_path / "two.json")
@@ -125,6 +129,7 @@ def test_two_processes_see_every_image_once_and_agree_with_one(pretrained_run, t
     assert two["loss"] == pytest.approx(one["loss"], rel=1e-6)  # float32 batch sums over other batches
 
 
+@pytest.mark.slow
 def test_per_class_accuracy_and_confusions_add_up_to_top1(pretrained_run, tmp_path):
     report = evaluate(tmp_path, pretrained_run, "--per-class")
     per_class = report["per_class"]
@@ -139,6 +144,7 @@ def test_per_class_accuracy_and_confusions_add_up_to_top1(pretrained_run, tmp_pa
     assert all(c["count"] <= wrong[c["true"]] for c in report["confused"])
 
 
+@pytest.mark.slow
 def test_resolution_sweep_gives_one_row_per_crop(pretrained_run, tmp_path):
     report = evaluate(tmp_path, pretrained_run, "--crops", "32,64")
     small, large = report["rows"]
@@ -154,6 +160,7 @@ def test_resolution_sweep_gives_one_row_per_crop(pretrained_run, tmp_path):
     assert report["markdown"].count("| resnest14 | last.pth |") == 2
 
 
+@pytest.mark.slow
 def test_real_accuracy_from_a_relabel_file(pretrained_run, shapes_root, tmp_path):
     per_class = evaluate(tmp_path, pretrained_run, "--per-class")["per_class"]
     files = sorted(
@@ -204,6 +211,7 @@ def test_a_rank_without_val_images_gathers_an_empty_shard():
     "case",
     ["missing", "empty_dir", "ema_on_state_dict", "other_classes", "best_on_file", "crop_and_crops", "bad_relabel"],
 )
+@pytest.mark.slow
 def test_mistakes_stop_with_one_paragraph(case, pretrained_run, tmp_path, capsys):
     ckpt = os.path.join(pretrained_run, "checkpoints", "last.pth")
     bare = str(tmp_path / "bare.pth")

@@ -130,6 +130,7 @@ def run_script(*args):
     )
 
 
+@pytest.mark.slow
 def test_onnx_of_a_trained_run_from_the_command_line(pretrained_run, tmp_path):
     """The README's command: torch's dynamo exporter, opset 18, BatchNorm fused, checked in onnxruntime."""
     ort = pytest.importorskip("onnxruntime")
@@ -154,6 +155,7 @@ def test_onnx_of_a_trained_run_from_the_command_line(pretrained_run, tmp_path):
         assert ex.max_abs_diff(torch.from_numpy(got), model(x)) <= 1e-4
 
 
+@pytest.mark.slow
 def test_safetensors_export_loads_as_model_weights_and_evaluates_the_same(pretrained_run, shapes_root, tmp_path):
     out = str(tmp_path / "model.safetensors")
     result = run_script(pretrained_run, "--ema", "--format", "safetensors", "--out", out)

@@ -158,6 +158,7 @@ def finetune_runs(pretrained_run, tmp_path_factory):
     return weights, tuned, scratch
 
 
+@pytest.mark.slow
 def test_finetuned_model_beats_the_same_schedule_from_scratch(finetune_runs):
     _, tuned, scratch = finetune_runs
     ft, sc = metrics(tuned)[-1]["val_top1"], metrics(scratch)[-1]["val_top1"]
@@ -165,6 +166,7 @@ def test_finetuned_model_beats_the_same_schedule_from_scratch(finetune_runs):
     assert ft >= sc + MARGIN, (ft, sc)
 
 
+@pytest.mark.slow
 def test_finetuning_kept_the_frozen_parts(finetune_runs):
     weights, tuned, _ = finetune_runs
     before = torch.load(weights, weights_only=True)["model"]
