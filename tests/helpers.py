@@ -5,6 +5,8 @@ import os
 import subprocess
 import sys
 
+import pytest
+
 from resnest_train.rundir import RunDir
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -28,6 +30,15 @@ TINY = [
     "output.save_every_epochs=1",
     "output.keep_last=1",
 ]
+
+
+def slow_except(values, fast):
+    """`values` for ``pytest.mark.parametrize`` with every value not in `fast` marked slow:
+    ``make test-fast`` checks the small models, ``make test`` every one. A tuple value is one
+    case of several arguments."""
+    return [
+        v if v in fast else pytest.param(*(v if isinstance(v, tuple) else (v,)), marks=pytest.mark.slow) for v in values
+    ]
 
 
 def env():

@@ -14,7 +14,7 @@ import pytest
 import torch
 from torch import nn
 
-from helpers import ROOT, env, metrics
+from helpers import ROOT, env, metrics, slow_except
 from resnest_train import export as ex
 from resnest_train.errors import UserError
 from resnest_train.models import create_model, list_models
@@ -63,7 +63,7 @@ def info(name, arch=None):
     return {"model": name, "num_classes": 10, "arch": arch or {}, "img_size": 32, "source": name, "weights": "model"}
 
 
-@pytest.mark.parametrize("name", list_models())
+@pytest.mark.parametrize("name", slow_except(list_models(), fast={"resnest14"}))
 def test_every_model_exports_to_safetensors_and_folds_every_batch_norm(name, tmp_path):
     model = randomized(name)
     out = str(tmp_path / f"{name}.safetensors")

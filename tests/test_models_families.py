@@ -12,7 +12,7 @@ import torchvision
 from timm.layers import SEModule
 from torch import nn
 
-from helpers import TINY
+from helpers import TINY, slow_except
 from resnest_train.models import DropBlock, SplitAttention, create_model, list_models
 from resnest_train.models.families import MOBILENETV2, REGNETY, InvertedResidual, RegNetYBlock
 from resnest_train.models.splat import attention_width
@@ -42,6 +42,7 @@ def randomize_bn(model):
     return model.eval()
 
 
+@pytest.mark.slow
 def test_every_family_model_is_listed_and_gives_logits():
     assert [n for n in list_models() if n in FAMILIES] == FAMILIES
     x = torch.randn(2, 3, 64, 64)
@@ -196,7 +197,10 @@ def test_depthwise_splits_are_channel_major_and_fused_by_a_softmax_per_channel()
         torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-6)
 
 
-@pytest.mark.parametrize("name", ["splat_regnety_800mf", "splat_mobilenetv2_100", "regnety_800mf"])
+CHANNELS_LAST_MODELS = ["splat_regnety_800mf", "splat_mobilenetv2_100", "regnety_800mf"]
+
+
+@pytest.mark.parametrize("name", slow_except(CHANNELS_LAST_MODELS, fast={"splat_regnety_800mf"}))
 def test_channels_last_gives_the_same_logits_and_gradients(name):
     """In float64, where rounding cannot hide a wrong layout. Gradients compare against the largest
     one: a bias before a training-mode BN (the attention's fc1) has a gradient of 0 up to rounding."""
@@ -264,9 +268,12 @@ def test_overrides_that_do_not_apply_are_refused():
     assert isinstance(create_model("splat_regnety_800mf", radix=0).layer1[0].se, SEModule)
 
 
+SPLAT_MODELS = ["splat_regnety_800mf", "splat_mobilenetv2_100"]
+
+
 @pytest.mark.filterwarnings("ignore::FutureWarning")
 @pytest.mark.filterwarnings("ignore::DeprecationWarning")
-@pytest.mark.parametrize("name", ["splat_regnety_800mf", "splat_mobilenetv2_100"])
+@pytest.mark.parametrize("name", slow_except(SPLAT_MODELS, fast={"splat_regnety_800mf"}))
 def test_torchscript_and_onnx_exports_match(name, tmp_path):
     from resnest_train import export as ex
 
