@@ -6,6 +6,9 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
+# make test-fast spreads its tests over this many pytest-xdist processes; make test keeps one
+# (its torchrun, sweep and SIGTERM tests start process groups and time them).
+TEST_WORKERS ?= 2
 
 .PHONY: install quickstart test test-fast lint
 
@@ -25,7 +28,7 @@ test: $(STAMP)
 	$(BIN)/python -m pytest -q tests
 
 test-fast: $(STAMP)
-	$(BIN)/python -m pytest -q -m "not slow and not dist and not gpu" tests
+	$(BIN)/python -m pytest -q -n $(TEST_WORKERS) -m "not slow and not dist and not gpu" tests
 
 lint: $(STAMP)
 	$(BIN)/ruff check .

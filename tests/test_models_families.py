@@ -228,7 +228,7 @@ def test_dropblock_sites_and_zero_gamma():
     drops = [n for n, m in model.named_modules() if isinstance(m, DropBlock)]
     assert len(drops) == 33 and all(n.startswith(("layer2.", "layer3.")) for n in drops)
     blocks = [m for m in model.modules() if isinstance(m, RegNetYBlock)]
-    assert len(blocks) == 14 and all(float(b.bn3.weight.abs().sum()) == 0 for b in blocks)
+    assert len(blocks) == 14 and all(float(b.bn3.weight.detach().abs().sum()) == 0 for b in blocks)
     # MobileNetV2: stages 2 and 3 hold 3 + 7 blocks, all expanding (so all have bn1)
     model = create_model("splat_mobilenetv2_100", dropblock=dict(db, sites=["bn1"]))
     assert sum(isinstance(m, DropBlock) for m in model.modules()) == 10
