@@ -17,7 +17,8 @@ def gpu_test_names():
     """The test functions defined in tests/test_gpu.py (every one must be collected under the gpu marker)."""
     import ast
 
-    tree = ast.parse(open(os.path.join(ROOT, "tests", "test_gpu.py")).read())
+    with open(os.path.join(ROOT, "tests", "test_gpu.py")) as f:
+        tree = ast.parse(f.read())
     return [n.name for n in tree.body if isinstance(n, ast.FunctionDef) and n.name.startswith("test_")]
 
 
