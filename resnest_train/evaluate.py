@@ -8,6 +8,8 @@ loading) and ``loop.evaluate`` (the same reduction), with the run's ``train.batc
 ``val_top1`` / ``val_top5`` / ``val_loss`` of its ``metrics.jsonl`` to the last digit, on the
 same kind of machine with the same number of processes (other batch sizes, world sizes or
 thread counts change the loss in its last digits: float sums in another order).
+Only the val split is read (``build_loaders(..., val_only=True)``): ``data.root`` needs a
+``val/`` folder only, list files ``data.val_list`` only, shards their val shards only.
 
 On top of that:
 
@@ -220,7 +222,7 @@ def val_files(data_cfg, loaders) -> list[str]:
     from .data.layout import load_splits
     from .data.scan import find_bad_images
 
-    _, _, val = load_splits(data_cfg)
+    _, _, val = load_splits(data_cfg, val_only=True)
     files = list(val.files)
     if data_cfg.skip_bad_images:
         bad, _ = find_bad_images(val, workers=0, backend=loaders.backend)
@@ -265,22 +267,11 @@ def plan(request: Request) -> Plan:
     found = inspect_weights(path, request.use_ema)
     crops = list(request.crops) or [None]
     configs = [
-        val_only(
-            weights_config(found, list(request.overrides) + ([f"data.eval_crop={c}"] if c else []), request.config_file)
-        )
+        weights_config(found, list(request.overrides) + ([f"data.eval_crop={c}"] if c else []), request.config_file)
         for c in crops
     ]
     relabels = read_relabels(request.relabel) if request.relabel else None
     return Plan(found=found, configs=configs, request=request, relabels=relabels)
-
-
-def val_only(cfg: Config) -> Config:
-    """``cfg`` with ``data.train_list`` = ``data.val_list`` when only a val list is given:
-    ``build_loaders`` reads a train split too (never iterated here), and a val set need not
-    come with one."""
-    if cfg.data.val_list and not cfg.data.train_list:
-        cfg.data.train_list = cfg.data.val_list
-    return cfg
 
 
 def evaluate_config(cfg: Config, found: FoundWeights, dist: DistInfo, model: nn.Module | None, need_predictions: bool):
@@ -297,8 +288,11 @@ def evaluate_config(cfg: Config, found: FoundWeights, dist: DistInfo, model: nn.
         device=dist.device,
         seed=cfg.train.seed,
         channels_last=cfg.train.channels_last,
+        val_only=True,
     )
-    if loaders.num_classes != found.num_classes:
+    # A list file gives labels, not a class count (max label + 1): a val list may lack the last classes.
+    fewer_ok = bool(cfg.data.val_list) and loaders.num_classes < found.num_classes
+    if loaders.num_classes != found.num_classes and not fewer_ok:
         raise DataError(
             f"The weights in {found.path} classify {found.num_classes} classes, but the dataset has "
             f"{loaders.num_classes} ({describe_data(cfg)}). Point data.root (or data.val_list) at the "

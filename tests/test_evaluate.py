@@ -5,6 +5,7 @@ per-class accuracy, ReaL accuracy, and one-paragraph errors."""
 import importlib.util
 import json
 import os
+import shutil
 import subprocess
 import sys
 
@@ -84,7 +85,7 @@ def test_a_bare_state_dict_with_wrapper_prefixes_gives_the_same_numbers(pretrain
 
 @pytest.mark.slow
 def test_a_val_list_alone_is_enough(pretrained_run, shapes_root, tmp_path):
-    """A val set given as a file list needs no training split (the loaders' train side reads the val list)."""
+    """A val set given as a file list needs no training split (evaluate builds the val loader only)."""
     val = os.path.join(shapes_root, "val")
     lines = [
         f"{os.path.join(val, c, f)} {k}"
@@ -100,6 +101,19 @@ def test_a_val_list_alone_is_enough(pretrained_run, shapes_root, tmp_path):
     last = metrics(pretrained_run)[-1]
     assert (report["top1"], report["loss"], report["images"]) == (last["val_top1"], last["val_loss"], 100)
     assert report["data"] == f"data.val_list={listed}"
+    # a list's class count is its largest label + 1: a list without the last class still fits the model
+    listed.write_text("\n".join(line for line in listed.read_text().splitlines() if not line.endswith(" 9")) + "\n")
+    report = evaluate(tmp_path, pretrained_run, f"data.val_list={listed}")
+    assert report["images"] == 90
+
+
+@pytest.mark.slow
+def test_a_val_folder_alone_is_enough(pretrained_run, shapes_root, tmp_path):
+    """ImageNet's val/ without train/ (an evaluation machine): the same numbers as the run's."""
+    shutil.copytree(os.path.join(shapes_root, "val"), tmp_path / "val_only" / "val")
+    report = evaluate(tmp_path, pretrained_run, f"data.root={tmp_path / 'val_only'}")
+    last = metrics(pretrained_run)[-1]
+    assert (report["top1"], report["loss"], report["images"]) == (last["val_top1"], last["val_loss"], 100)
 
 
 @pytest.mark.slow

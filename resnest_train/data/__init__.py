@@ -120,6 +120,10 @@ def _skip_bad(backend: str, train, val, rank: int):
 
     out, counts, lists = [], [], []
     for split in (train, val):
+        if split is None:  # val_only
+            out.append(None)
+            counts.append(0)
+            continue
         bad, cache = find_bad_images(split, workers=0, backend=backend, rank=rank)
         if bad:
             keep = np.asarray([i for i, f in enumerate(split.files) if f not in bad], dtype=np.int64)
@@ -130,7 +134,7 @@ def _skip_bad(backend: str, train, val, rank: int):
     if sum(counts):
         log_once(
             f"data.skip_bad_images: skipping {sum(counts)} unreadable image(s): {counts[0]} of "
-            f"{len(out[0]) + counts[0]} train, {counts[1]} of {len(out[1]) + counts[1]} val "
+            f"{len(out[0] or ()) + counts[0]} train, {counts[1]} of {len(out[1]) + counts[1]} val "
             f"(list: {', '.join(lists)})",
             rank,
         )
@@ -145,8 +149,13 @@ def build_loaders(
     device: torch.device | None = None,
     seed: int = 0,
     channels_last: bool = False,
+    val_only: bool = False,
 ) -> Loaders:
-    """Train and val loaders for this rank; see the module docstring for the contract."""
+    """Train and val loaders for this rank; see the module docstring for the contract.
+
+    ``val_only`` (evaluating a checkpoint): ``loaders.train`` is None and the train split is
+    neither read nor required (``layout.load_splits``), so a machine with only ImageNet's val
+    folder can evaluate, and a folder of 1.28M training images is not listed first."""
     device = torch.device(device) if device is not None else torch.device("cpu")
     if batch_size < 1:
         raise DataError(f"The per-process batch size must be at least 1, got {batch_size}.")
@@ -157,11 +166,11 @@ def build_loaders(
         from . import synthetic
 
         train, val, n_val, classes = synthetic.build(cfg, batch_size, rank, world_size, device, seed, channels_last)
-        return Loaders(train, val, n_val, classes, backend, 0)
+        return Loaders(None if val_only else train, val, n_val, classes, backend, 0)
 
     from .layout import load_splits
 
-    classes, train_split, val_split = load_splits(cfg)
+    classes, train_split, val_split = load_splits(cfg, val_only)
     removed = 0
     if cfg.skip_bad_images:
         train_split, val_split, removed = _skip_bad(backend, train_split, val_split, rank)

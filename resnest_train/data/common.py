@@ -166,7 +166,7 @@ class TrainLoader(ValLoader, Protocol):
 class Loaders:
     """What ``build_loaders`` returns: this rank's train and val loaders and what describes them."""
 
-    train: TrainLoader
+    train: TrainLoader | None  # None from build_loaders(..., val_only=True)
     val: ValLoader
     val_images: int  # in the whole val set, over all ranks
     classes: list[str]

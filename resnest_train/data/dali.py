@@ -1030,7 +1030,7 @@ class DaliValLoader(_Base):
 
 def build(
     cfg: DataConfig,
-    train: Split,
+    train: Split | None,
     val: Split,
     batch_size: int,
     rank: int,
@@ -1039,10 +1039,11 @@ def build(
     seed: int,
     channels_last: bool,
     uint8: bool | None = None,
-) -> tuple[DaliTrainLoader, DaliValLoader]:
+) -> tuple[DaliTrainLoader | None, DaliValLoader]:
     """This rank's train and val loaders over ``train`` / ``val`` (``common.TrainLoader`` / ``ValLoader``);
-    ``uint8`` as in ``_Base`` (None: the rule of ``ship_uint8``)."""
-    check_enough(len(train), batch_size, world_size, train.source)
+    no train loader when ``train`` is None; ``uint8`` as in ``_Base`` (None: the rule of ``ship_uint8``)."""
+    if train is not None:
+        check_enough(len(train), batch_size, world_size, train.source)
     dali_device = resolve_device(cfg.dali.device, device)
     if dali_device == "gpu" and device.type != "cuda":
         raise DataError(
@@ -1050,9 +1051,11 @@ def build(
         )
     tmpdir = tempfile.mkdtemp(prefix="resnest_dali_")
     atexit.register(shutil.rmtree, tmpdir, True)
-    train_loader = DaliTrainLoader(
-        cfg, train, batch_size, rank, world_size, device, dali_device, seed, channels_last, tmpdir, uint8
-    )
+    train_loader = None
+    if train is not None:
+        train_loader = DaliTrainLoader(
+            cfg, train, batch_size, rank, world_size, device, dali_device, seed, channels_last, tmpdir, uint8
+        )
     val_loader = DaliValLoader(
         cfg, val, batch_size, rank, world_size, device, dali_device, channels_last, tmpdir, uint8
     )

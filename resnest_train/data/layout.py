@@ -104,8 +104,11 @@ def scan_split(split_dir: str, name: str, classes: list[str]) -> Split:
     return Split(name, split_dir, files, np.asarray(labels, dtype=np.int64), split_dir)
 
 
-def check_layout(root: str) -> tuple[str, str, list[str]]:
-    """Validate ``root`` and return (train_dir, val_dir, classes). Raises DataError."""
+def check_layout(root: str, val_only: bool = False) -> tuple[str, str, list[str]]:
+    """Validate ``root`` and return (train_dir, val_dir, classes). Raises DataError.
+
+    ``val_only``: only ``val/`` must exist, and the classes are its sorted folder names (the same
+    list as ``train/``'s whenever the two agree, as training requires): what evaluating needs."""
     if not root:
         raise DataError(
             "data.root is not set: point it at a folder with train/<class>/* and val/<class>/* "
@@ -118,14 +121,15 @@ def check_layout(root: str) -> tuple[str, str, list[str]]:
             f"train/<class>/* and val/<class>/* images."
         )
     train_dir, val_dir = os.path.join(root, "train"), os.path.join(root, "val")
-    for d in (train_dir, val_dir):
+    needed = "val/<class>/*" if val_only else "train/<class>/* and val/<class>/*"
+    for d in (val_dir,) if val_only else (train_dir, val_dir):
         if not os.path.isdir(d):
             raise DataError(
-                f"{d} is missing: data.root={root} must hold train/<class>/* and val/<class>/*. "
+                f"{d} is missing: data.root={root} must hold {needed}. "
                 f"For the official flat val/ folder run scripts/prepare_imagenet.py first."
             )
-    classes = list_classes(train_dir)
-    if not classes:
+    classes = [] if val_only else list_classes(train_dir)
+    if not classes and not val_only:
         raise DataError(f"{train_dir} holds no class folders: expected train/<class>/<image> (one folder per class).")
     val_classes = list_classes(val_dir)
     if not val_classes:
@@ -138,6 +142,8 @@ def check_layout(root: str) -> tuple[str, str, list[str]]:
             else ""
         )
         raise DataError(f"{val_dir} holds no class folders: expected val/<class>/<image>.{hint}")
+    if val_only:
+        return train_dir, val_dir, val_classes
     if classes != val_classes:
         only_train = sorted(set(classes) - set(val_classes))
         only_val = sorted(set(val_classes) - set(classes))
@@ -207,26 +213,32 @@ def data_format(cfg: DataConfig) -> str:
     return fmt
 
 
-def load_splits(cfg: DataConfig) -> tuple[list[str], Split, Split]:
+def load_splits(cfg: DataConfig, val_only: bool = False) -> tuple[list[str], Split | None, Split]:
     """(classes, train, val) from a DataConfig: folder layout, list files or tar shards
-    (``data.format``; a shard split is a ``shards.ShardSplit``)."""
+    (``data.format``; a shard split is a ``shards.ShardSplit``).
+
+    ``val_only`` (evaluating): train is None, and neither ``train/``, ``data.train_list`` nor the
+    train shards are read or need to exist; the classes come from the val split."""
     if data_format(cfg) == "shards":
         from .shards import load_shard_splits
 
-        return load_shard_splits(cfg.root)
+        return load_shard_splits(cfg.root, val_only)
     if cfg.train_list or cfg.val_list:
-        if not (cfg.train_list and cfg.val_list):
+        if not cfg.val_list or not (cfg.train_list or val_only):
             raise DataError(
                 "data.train_list and data.val_list go together: set both list files, or neither "
                 "to read the train/ and val/ folders under data.root."
+                + (" Evaluating needs data.val_list only." if val_only else "")
             )
-        train, val = read_list(cfg.train_list, "train"), read_list(cfg.val_list, "val")
-        n = int(max(train.labels.max(), val.labels.max())) + 1
+        train = None if val_only else read_list(cfg.train_list, "train")
+        val = read_list(cfg.val_list, "val")
+        n = int(max(val.labels.max(), train.labels.max() if train is not None else 0)) + 1
         classes = [str(i) for i in range(n)]
         if cfg.root and os.path.isdir(os.path.join(cfg.root, "train")):
             folders = list_classes(os.path.join(cfg.root, "train"))
             if len(folders) == n:
                 classes = folders
         return classes, train, val
-    train_dir, val_dir, classes = check_layout(cfg.root)
-    return classes, scan_split(train_dir, "train", classes), scan_split(val_dir, "val", classes)
+    train_dir, val_dir, classes = check_layout(cfg.root, val_only)
+    train = None if val_only else scan_split(train_dir, "train", classes)
+    return classes, train, scan_split(val_dir, "val", classes)

@@ -360,10 +360,12 @@ def load_split(root: str, name: str, manifest: dict) -> ShardSplit:
     return ShardSplit(name, base, files, labels, base, tars, shard, offset, size, cls)
 
 
-def load_shard_splits(root: str) -> tuple[list[str], ShardSplit, ShardSplit]:
-    """(classes, train, val) of the shard set ``root``; the classes in the folder's order."""
+def load_shard_splits(root: str, val_only: bool = False) -> tuple[list[str], ShardSplit | None, ShardSplit]:
+    """(classes, train, val) of the shard set ``root``; the classes in the folder's order.
+    ``val_only``: train is None and the train shards are not read."""
     manifest = read_manifest(root)
-    return list(manifest["classes"]), load_split(root, "train", manifest), load_split(root, "val", manifest)
+    train = None if val_only else load_split(root, "train", manifest)
+    return list(manifest["classes"]), train, load_split(root, "val", manifest)
 
 
 def write_dali_index(path: str, split: ShardSplit, indices) -> None:

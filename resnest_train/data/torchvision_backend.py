@@ -332,7 +332,7 @@ def _loader_kwargs(workers: int, device: torch.device) -> dict:
 
 def build(
     cfg: DataConfig,
-    train: Split,
+    train: Split | None,
     val: Split,
     batch_size: int,
     rank: int,
@@ -340,15 +340,19 @@ def build(
     device: torch.device,
     seed: int,
     channels_last: bool,
-) -> tuple[TrainLoader, _Loader]:
-    """This rank's train and val loaders over ``train`` / ``val`` (``common.TrainLoader`` / ``ValLoader``)."""
-    check_enough(len(train), batch_size, world_size, train.source)
+) -> tuple[TrainLoader | None, _Loader]:
+    """This rank's train and val loaders over ``train`` / ``val`` (``common.TrainLoader`` / ``ValLoader``);
+    no train loader when ``train`` is None."""
     norm = _Normalizer(cfg, device, channels_last)
     workers = max(0, int(cfg.workers))
-    sampler = EpochBatchSampler(len(train), batch_size, rank, world_size, seed, repeated_aug(cfg, world_size, rank))
-    train_dl = DataLoader(
-        TrainSet(train, cfg, seed, cfg.skip_bad_images), batch_sampler=sampler, **_loader_kwargs(workers, device)
-    )
+    train_loader = None
+    if train is not None:
+        check_enough(len(train), batch_size, world_size, train.source)
+        sampler = EpochBatchSampler(len(train), batch_size, rank, world_size, seed, repeated_aug(cfg, world_size, rank))
+        train_dl = DataLoader(
+            TrainSet(train, cfg, seed, cfg.skip_bad_images), batch_sampler=sampler, **_loader_kwargs(workers, device)
+        )
+        train_loader = TrainLoader(train_dl, norm, sampler, rank)
     start, end = val_shard(len(val), rank, world_size)
     val_dl = DataLoader(
         EvalSet(val, cfg, start, end),
@@ -358,4 +362,4 @@ def build(
         **_loader_kwargs(min(workers, max(1, (end - start) // batch_size)) if workers else 0, device),
     )
     n_val_batches = -(-(end - start) // batch_size)
-    return TrainLoader(train_dl, norm, sampler, rank), _Loader(val_dl, norm, lambda: n_val_batches, rank)
+    return train_loader, _Loader(val_dl, norm, lambda: n_val_batches, rank)
