@@ -28,7 +28,7 @@ variables, which win over SLURM's variables.
   --shutdown-timeout S seconds from SIGTERM (preemption) to torchrun's SIGKILL: time
                        to finish the step and write the checkpoint (env
                        TORCH_ELASTIC_SHUTDOWN_TIMEOUT; default 170, below the 180 s
-                       warning of SLURM's --signal=TERM@180; torchrun's own is 30)
+                       warning of SLURM's --signal=...@180; torchrun's own is 30)
 
 Other:
   --dry-run            print the torchrun command (shell-quoted) and exit

@@ -224,7 +224,7 @@ def test_elastic_rendezvous_and_max_restarts(bin_dir):
 
 def test_shutdown_timeout_default_environment_and_flag(bin_dir):
     """torchrun SIGKILLs workers this many seconds after a SIGTERM; its own 30 s default can cut
-    a large checkpoint short, so launch.sh passes 170 s (below SLURM's --signal=TERM@180)."""
+    a large checkpoint short, so launch.sh passes 170 s (below SLURM's 180 s --signal warning)."""
     timeout = lambda argv: argv[argv.index("--shutdown_timeout") + 1]  # noqa: E731
     assert timeout(dry_run("c.yaml", bin_dir=bin_dir)) == "170"
     assert timeout(dry_run("c.yaml", bin_dir=bin_dir, env={"TORCH_ELASTIC_SHUTDOWN_TIMEOUT": "300"})) == "300"

@@ -6,6 +6,7 @@ import csv
 import json
 import os
 import shlex
+import shutil
 import signal
 import statistics
 import subprocess
@@ -725,12 +726,18 @@ def test_slurm_array_task_body_runs_its_run_and_resumes_after_requeue(tmp_path, 
         f"#SBATCH --output={root}/logs/s_%a.log",
         "#SBATCH --open-mode=append",
         "#SBATCH --requeue",
-        "#SBATCH --signal=B:TERM@180",
+        "#SBATCH --signal=B:USR1@180",
         "#SBATCH --partition=gpu",
         "#SBATCH --time=2-00:00:00",
     ]
     assert (root / "logs").is_dir() and calls(log) == []
-    slurm_env = {**helpers.env(), **env, "SLURM_JOB_ID": "4242", "SLURM_NNODES": "1"}
+    bin_dir = tmp_path / "bin"  # a fake scontrol that records its arguments
+    bin_dir.mkdir()
+    (bin_dir / "scontrol").write_text(f'#!/bin/sh\necho "$@" >> {tmp_path / "scontrol.log"}\n')
+    (bin_dir / "scontrol").chmod(0o755)
+    base_env = helpers.env()
+    slurm_env = {**base_env, **env, "SLURM_JOB_ID": "4242", "SLURM_NNODES": "1"}
+    slurm_env["PATH"] = f"{bin_dir}{os.pathsep}{base_env['PATH']}"
 
     def task(index, **extra):
         return subprocess.Popen(
@@ -748,16 +755,27 @@ def test_slurm_array_task_body_runs_its_run_and_resumes_after_requeue(tmp_path, 
     assert "task 1: run seed1 (restart 0)" in out and calls(log) == ["seed1"]
     seen = json.loads((root / "seed1" / "env.json").read_text())
     assert seen["SLURM_ARRAY_TASK_ID"] == "1"  # (one node: torchrun's standalone rendezvous picks its port)
-    # task 0 is preempted (SIGTERM to the batch shell, which exec'd launch.sh), then requeued
+    # task 0 is preempted (SIGTERM to the batch shell, which passes it on), then requeued by SLURM
     zero = task(0)
     wait_for(root / "seed99" / "started", zero)
     zero.send_signal(signal.SIGTERM)
     out, _ = zero.communicate(timeout=60)
     assert zero.returncode == 143, out
+    assert not (tmp_path / "scontrol.log").exists()  # SIGTERM (preemption, scancel) does not requeue
     requeued = task(0, SLURM_RESTART_COUNT="1")
     out, _ = requeued.communicate(timeout=120)
     assert requeued.returncode == 0 and "task 0: run seed99 (restart 1)" in out
     assert RunDir(str(root / "seed99")).read_run_state()["state"] == "finished"
+    # the time-limit warning (USR1): the run checkpoints, the task requeues itself and exits 0
+    shutil.rmtree(root / "seed99")
+    zero = task(0, SLURM_ARRAY_JOB_ID="4240")
+    wait_for(root / "seed99" / "started", zero)
+    zero.send_signal(signal.SIGUSR1)
+    out, _ = zero.communicate(timeout=60)
+    assert zero.returncode == 0, out
+    assert "task 0: time limit near, run seed99 checkpointed; scontrol requeue 4240_0" in out
+    assert (tmp_path / "scontrol.log").read_text() == "requeue 4240_0\n"
+    assert RunDir(str(root / "seed99")).read_run_state()["state"] == "preempted"
     bad = task(2)
     assert bad.wait(timeout=60) == 2 and "this array has tasks 0-1" in bad.communicate()[0]
     # each task passes launch.sh its run's overrides, spaces intact
@@ -781,7 +799,7 @@ def test_slurm_multi_node_runs_launch_sh_once_per_node(tmp_path):
     script = tmp_path / "m.sbatch"
     slurm.write_script(sw.load_sweep(path), str(script))
     text = script.read_text()
-    assert "#SBATCH --nodes=2" in text and 'exec srun --ntasks-per-node=1 --kill-on-bad-exit=1 "${cmd[@]}"' in text
+    assert "#SBATCH --nodes=2" in text and 'cmd=(srun --ntasks-per-node=1 --kill-on-bad-exit=1 "${cmd[@]}")' in text
     # on node 1 of node[07-08]: srun runs launch.sh, which takes the rendezvous from SLURM's variables
     bin_dir = tmp_path / "bin"
     bin_dir.mkdir()

@@ -1,10 +1,17 @@
 """A sweep as one SLURM array job: task i trains run i through launch.sh with its overrides.
 
 The script is plain bash with ``#SBATCH`` lines, so its per-task body runs anywhere with
-``SLURM_ARRAY_TASK_ID`` set (the tests run it so). Requeue-friendly: ``--requeue`` lets SLURM
-requeue a preempted task, which starts the same run again, and the run resumes from its last
-checkpoint (``resume: auto``); ``--signal=B:TERM@180`` gives the run three minutes to checkpoint
-before a time limit or preemption (launch.sh's ``--shutdown-timeout`` default, 170 s, fits).
+``SLURM_ARRAY_TASK_ID`` set (the tests run it so). Requeue-friendly, for both ways a
+task is cut short (the rule of submitit, which Meta's SLURM jobs use):
+
+* preemption: SLURM sends SIGTERM; ``--requeue`` has it requeue the task itself;
+* the time limit: ``--signal=B:USR1@180`` warns the batch shell three minutes ahead; the script
+  passes SIGTERM on to the run, which checkpoints (launch.sh's ``--shutdown-timeout`` default,
+  170 s, fits), then requeues its own task with ``scontrol requeue``.
+
+Either way the requeued task starts the same run again, which resumes from its last checkpoint
+(``resume: auto``). A SIGTERM from ``scancel`` stops the run through its checkpoint and is not
+requeued: only USR1 (the time-limit warning) requeues.
 """
 
 from __future__ import annotations
@@ -18,7 +25,7 @@ import sys
 
 from .plan import LAUNCH_SH, Sweep, SweepError, launch_argv
 
-SIGNAL_LEAD_S = 180  # seconds between SLURM's warning SIGTERM and its SIGKILL (see launch.sh --shutdown-timeout)
+SIGNAL_LEAD_S = 180  # seconds between SLURM's time-limit warning (USR1) and its kill (see launch.sh --shutdown-timeout)
 
 
 def log_pattern(sweep: Sweep) -> str:
@@ -45,7 +52,7 @@ def sbatch_options(sweep: Sweep, gpus_per_run: int | None, parallel: int | None)
         f"--output={log_pattern(sweep)}",
         "--open-mode=append",
         "--requeue",
-        f"--signal=B:TERM@{SIGNAL_LEAD_S}",
+        f"--signal=B:USR1@{SIGNAL_LEAD_S}",
     ]
     options += [f"--{k.replace('_', '-')}={v}" for k, v in sweep.slurm.items()]
     return options
@@ -65,17 +72,21 @@ def sbatch_script(
 ) -> str:
     """The array job's script. Each task ``cd``s to ``workdir`` (default: the current directory,
     where the sweep's relative paths hold), picks its run by ``SLURM_ARRAY_TASK_ID``, sets a
-    rendezvous port of its own (from its job id) and ``exec``s launch.sh, under ``srun`` with one
+    rendezvous port of its own (from its job id) and runs launch.sh, under ``srun`` with one
     launch.sh per node when the runs span several nodes (launch.sh reads the node count, rank and
-    first host from SLURM's variables). ``python`` (default: this interpreter) runs train.py."""
+    first host from SLURM's variables). ``python`` (default: this interpreter) runs train.py.
+
+    The batch shell stays to pass signals on: SIGTERM/SIGINT to the run (exit 143/130, as
+    launch.sh's), and on USR1 (the time-limit warning) SIGTERM, then, once the run has saved its
+    checkpoint and exited 143, ``scontrol requeue <array job>_<task>`` and exit 0."""
     if not sweep.runs:
         raise SweepError(f"Sweep {sweep.file} has no runs to write as a SLURM array.")
     workdir = os.path.abspath(workdir or os.getcwd())
     lines = [
         "#!/bin/bash",
         f"# Sweep {sweep.name} ({sweep.file}) as a SLURM array job: task i trains run i through launch.sh.",
-        "# Submit: sbatch THIS_FILE. A preempted task is requeued and resumes its run from its last",
-        "# checkpoint; a finished run's task ends at once. Summary afterwards:",
+        "# Submit: sbatch THIS_FILE. A task preempted or stopped by its time limit is requeued and resumes",
+        "# its run from its last checkpoint; a finished run's task ends at once. Summary afterwards:",
         f"#   python scripts/sweep.py {shlex.quote(sweep.file)} --summary",
         *(f"#SBATCH {option}" for option in sbatch_options(sweep, gpus_per_run, parallel)),
         "set -euo pipefail",
@@ -95,9 +106,31 @@ def sbatch_script(
         'echo "task $task: run $run (restart ${SLURM_RESTART_COUNT:-0}): ${cmd[*]}"',
     ]
     if multi_node(sweep):
-        lines.append('exec srun --ntasks-per-node=1 --kill-on-bad-exit=1 "${cmd[@]}"')
-    else:
-        lines.append('exec "${cmd[@]}"')
+        lines.append('cmd=(srun --ntasks-per-node=1 --kill-on-bad-exit=1 "${cmd[@]}")')
+    lines += [
+        "# Pass signals on to the run; USR1 is SLURM's time-limit warning (--signal): requeue after it.",
+        'got_signal=""',
+        'forward() { got_signal=$1; kill -s TERM "$child" 2>/dev/null || true; }',
+        '"${cmd[@]}" &',
+        "child=$!",
+        "trap 'forward TERM' TERM",
+        "trap 'forward INT' INT",
+        "trap 'forward USR1' USR1",
+        "status=0",
+        'wait "$child" || status=$?',
+        "if [[ -n $got_signal ]]; then",
+        "  status=0",
+        '  wait "$child" 2>/dev/null || status=$?  # the first wait was cut short by the signal',
+        "fi",
+        "if [[ $got_signal == USR1 && $status == 143 ]]; then",
+        '  job="${SLURM_ARRAY_JOB_ID:-${SLURM_JOB_ID:-}}_$task"',
+        '  echo "task $task: time limit near, run $run checkpointed; scontrol requeue $job"',
+        '  scontrol requeue "$job" && exit 0',
+        '  echo "task $task: scontrol requeue $job failed; submit this script again to resume run $run" >&2',
+        "fi",
+        "case $got_signal in TERM) exit 143 ;; INT) exit 130 ;; esac",
+        'exit "$status"',
+    ]
     return "\n".join(lines) + "\n"
 
 
