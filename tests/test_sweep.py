@@ -334,7 +334,7 @@ def test_recipe_ablation_sweep_passes_its_dry_run(tmp_path):
 
 FAKE_TRAIN = textwrap.dedent("""\
     # A stand-in for train.py: records its call and environment, then behaves by train.seed:
-    # 13 crashes, 3 diverges (exit 3), 99 waits for SIGTERM and exits 143 as preempted (and
+    # 13 crashes (unless FAKE_FIXED is set), 3 diverges (exit 3), 99 waits for SIGTERM and exits 143 as preempted (and
     # finishes when launched again), anything else finishes.
     import json, os, signal, sys, time
     args = dict(a.split("=", 1) for a in sys.argv[3:])
@@ -357,7 +357,7 @@ FAKE_TRAIN = textwrap.dedent("""\
         with open(os.path.join(out, "run_state.json"), "w") as f:
             json.dump({"state": s, "epoch": epoch, "epochs": 2, "best_top1": 40.0 if epoch else None}, f)
     seed = int(args.get("train.seed", 0))
-    if seed == 13:
+    if seed == 13 and not os.environ.get("FAKE_FIXED"):
         sys.exit(1)
     if seed == 3:
         state("diverged", 0)
@@ -970,6 +970,41 @@ def test_search_with_pruning_resumes_after_sigterm_and_does_not_rerun_pruned_tri
     again = sweep_cli(path, cwd=tmp_path)
     assert again.returncode == 0 and "launch.sh" not in again.stdout
     assert len(optuna.load_study(study_name="s", storage=f"sqlite:///{root}/search.db").trials) == 4
+
+
+@pytest.mark.slow
+def test_a_crashed_trial_is_launched_again_by_the_next_invocation(tmp_path, fake_trainer):
+    """A failed (crashed) trial stays open in the study and is retried with its sampled values,
+    as a grid sweep's failed run is; a diverged trial is a result and is not."""
+    import optuna
+
+    env, log = fake_trainer
+    root = tmp_path / "search"
+    path = write_sweep(
+        tmp_path / "s.yaml",
+        {
+            "base": BASE,
+            "overrides": {"output.dir": str(root)},
+            "search": {"trials": 2, "sampler": "random", "params": {"train.seed": {"choice": [13, 3]}}},
+        },
+    )
+    first = sweep_cli(path, cwd=tmp_path, env=env)
+    study = optuna.load_study(study_name="s", storage=f"sqlite:///{root}/search.db")
+    seeds = {t.number: t.params["train.seed"] for t in study.trials}
+    assert sorted(seeds.values()) == [3, 13], seeds  # Optuna's RandomSampler(seed=0): one crash, one divergence
+    expect = {n: ("RUNNING" if s == 13 else "FAIL") for n, s in seeds.items()}
+    assert {t.number: t.state.name for t in study.trials} == expect
+    assert first.returncode == 1 and "the trial stays open; running the same command again" in first.stdout
+    crashed = sorted(f"trial{n:03d}" for n, s in seeds.items() if s == 13)
+    again = sweep_cli(path, cwd=tmp_path, env={**env, "FAKE_FIXED": "1"})
+    assert again.returncode == 0, again.stdout + again.stderr
+    assert calls(log)[len(seeds) :] == crashed  # only the crashed trials, again
+    study = optuna.load_study(study_name="s", storage=f"sqlite:///{root}/search.db")
+    assert len(study.trials) == 2
+    assert {t.number: t.state.name for t in study.trials} == {
+        n: ("COMPLETE" if s == 13 else "FAIL") for n, s in seeds.items()
+    }
+    assert all(t.value == 40.0 for t in study.trials if t.state.name == "COMPLETE")
 
 
 def torch_load(path):

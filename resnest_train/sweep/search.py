@@ -16,7 +16,11 @@
 Trial n trains ``<root>/trial<n>`` (``trial000``, ...) with the file's ``overrides`` plus its
 sampled values. The study lives in ``<root>/search.db`` (SQLite), so the same command continues
 an interrupted search: trials stopped by a signal resume from their checkpoints, and new ones are
-sampled until ``trials`` have run. A resumed sampler is seeded with ``seed`` plus the number of
+sampled until ``trials`` have run. A trial whose run failed (a crash: exit status other than 0,
+3 (diverged) or a signal's) stays open in the study, as a grid sweep's failed run stays
+unfinished: the next invocation launches it again with its sampled values, from its last
+checkpoint. A diverged run is a result (the trial fails and is not launched again), as is a
+config the pre-flight check refuses. A resumed sampler is seeded with ``seed`` plus the number of
 trials so far, so it does not draw the first trials' values again.
 
 Pruning (Optuna's MedianPruner): after every epoch with ``metric`` the trial reports it; a trial
@@ -366,8 +370,9 @@ class SearchTrials:
         return new and self.spec.pruner != "none" and trial.should_prune()
 
     def ended(self, run: Run, state: str) -> None:
-        """Tell the study: finished -> its best ``metric``; pruned -> PRUNED; diverged or failed ->
-        FAIL; stopped by a signal -> nothing (the trial stays RUNNING and resumes next time)."""
+        """Tell the study: finished -> its best ``metric``; pruned -> PRUNED; diverged -> FAIL;
+        failed (a crash) or stopped by a signal -> nothing: the trial stays RUNNING and the next
+        invocation launches it again (``next_run``), as a grid sweep relaunches a failed run."""
         optuna = _optuna()
         trial = self.trials[run.name]
         self.should_stop(run)  # report the last epochs first
@@ -383,8 +388,10 @@ class SearchTrials:
                 self.study.tell(trial, value)
         elif state == "pruned":
             self.study.tell(trial, state=optuna.trial.TrialState.PRUNED)
-        elif state in ("diverged", "failed"):
+        elif state == "diverged":
             self.study.tell(trial, state=optuna.trial.TrialState.FAIL)
+        elif state == "failed":
+            self.echo(f"{run.name}: the trial stays open; running the same command again launches it again")
 
 
 def run_search(
