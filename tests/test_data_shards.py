@@ -62,6 +62,24 @@ def test_shards_are_balanced_shuffled_and_hold_the_folders_bytes(folder, shards)
     assert split.files[0].endswith(":000000000_ant_000.jpg") and "z_png" in split.files[9]
 
 
+def test_a_process_keeps_at_most_max_open_tars_open(folder, shards, monkeypatch):
+    """ImageNet's 1,282 train tars would pass the usual limit of 1,024 open files per process."""
+    from resnest_train.data import shards as shards_module
+
+    monkeypatch.setattr(shards_module, "MAX_OPEN_TARS", 2)
+    _, train, _ = load_shard_splits(str(shards))
+    classes = check_layout(str(folder))[2]
+    folder_split = scan_split(str(folder / "train"), "train", classes)
+    before = len(os.listdir("/proc/self/fd"))
+    order = np.random.default_rng(0).permutation(len(train))
+    for i in np.concatenate([order, order]):  # every one of the 5 tars, several times, in random order
+        assert train.open(int(i)) == open(folder_split.path(int(i)), "rb").read()
+        assert len(train._fds) <= 2
+    assert len(os.listdir("/proc/self/fd")) - before == len(train._fds) == 2
+    train.close()
+    assert len(os.listdir("/proc/self/fd")) == before
+
+
 def test_index_files_are_dalis_wds2idx_and_the_bytes_are_reproducible(folder, shards, tmp_path):
     wds2idx = pytest.importorskip("wds2idx")  # DALI's tool, installed with the nvidia-dali wheel
     for tar in ("shard-000000.tar", "shard-000004.tar"):

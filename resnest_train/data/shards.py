@@ -41,6 +41,7 @@ import math
 import os
 import re
 import tarfile
+from collections import OrderedDict
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -55,6 +56,10 @@ VERSION = 1
 INDEX_VERSION = "v1.2"  # DALI's wds2idx format
 SPLITS = ("train", "val")
 DEFAULT_SHARD_SIZE = 1000
+# Tars a process keeps open for reading, least recently used closed first: ImageNet's train split
+# is 1,282 tars of 1,000 images, more than the usual open-file limit of 1,024 per process
+# (``ulimit -n``), which every DataLoader worker would otherwise reach during its first epoch.
+MAX_OPEN_TARS = 64
 FORMATS = ("auto", "folder", "shards")  # data.format
 
 
@@ -262,7 +267,8 @@ class ShardSplit:
     offset: np.ndarray  # int64: the image member's data offset in its tar
     size: np.ndarray  # int64: its size in bytes
     cls: list[tuple[int, int, str]]  # the .cls member of each sample: (offset, size, name)
-    _fds: dict = field(default_factory=dict, repr=False, compare=False)
+    _fds: OrderedDict = field(default_factory=OrderedDict, repr=False, compare=False)  # tar index -> fd
+    _pid: int | None = field(default=None, repr=False, compare=False)  # the process that opened them
 
     def __len__(self) -> int:
         return len(self.files)
@@ -276,15 +282,20 @@ class ShardSplit:
         return self.files[i].split(":", 1)[1]
 
     def open(self, i: int) -> bytes:
-        """The image bytes of sample ``i``: one ``pread`` from its tar (kept open per process)."""
+        """The image bytes of sample ``i``: one ``pread`` from its tar. Each process keeps up to
+        ``MAX_OPEN_TARS`` tars open, closing the least recently used. Raises OSError for a
+        truncated tar."""
         k = int(self.shard[i])
-        pid = os.getpid()
-        if self._fds.get("pid") != pid:  # a forked worker opens its own descriptors
-            self._fds.clear()
-            self._fds["pid"] = pid
+        if self._pid != os.getpid():  # a forked worker: close the parent's copies, open its own
+            self.close()
+            self._pid = os.getpid()
         fd = self._fds.get(k)
         if fd is None:
+            if len(self._fds) >= MAX_OPEN_TARS:
+                os.close(self._fds.popitem(last=False)[1])
             fd = self._fds[k] = os.open(self.tars[k], os.O_RDONLY)
+        else:
+            self._fds.move_to_end(k)
         data = os.pread(fd, int(self.size[i]), int(self.offset[i]))
         if len(data) != self.size[i]:
             raise OSError(f"{self.tars[k]} ends before the member {self.member(i)}: the shard is truncated")
@@ -305,9 +316,15 @@ class ShardSplit:
             [self.cls[i] for i in keep],
         )
 
+    def close(self) -> None:
+        """Close the tars this process has open."""
+        for fd in self._fds.values():
+            os.close(fd)
+        self._fds.clear()
+
     def __getstate__(self):  # DataLoader workers: no descriptors across processes
         state = dict(self.__dict__)
-        state["_fds"] = {}
+        state["_fds"], state["_pid"] = OrderedDict(), None
         return state
 
     def image_exts(self) -> list[str]:
