@@ -21,7 +21,7 @@ from .distributed import DistInfo, cleanup, init_distributed
 from .errors import UserError
 from .loop import Plan, StopRequested, fit, make_plan
 from .models import create_model, model_info
-from .models.resnest import ARCH_KEYS
+from .models.resnest import arch_overrides
 from .monitor import Monitor
 from .optim import build_optimizer
 from .preflight import check_device
@@ -34,7 +34,7 @@ def build_model(cfg: Config, num_classes: int) -> nn.Module:
     """The model of ``cfg.model`` with a ``num_classes``-way classifier, DropBlock at prob 0 (the loop sets it),
     loaded from ``model.weights`` when given (``load_weights``). Raises UserError for weights that do not fit."""
     m = cfg.model
-    arch = {k: getattr(m, k) for k in ARCH_KEYS if k != "layers" and getattr(m, k) is not None}
+    arch = arch_overrides(m)
     db = m.dropblock
     dropblock = {"stages": db.stages, "sites": db.sites, "block_size": db.block_size, "prob": 0.0}
     model = create_model(

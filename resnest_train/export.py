@@ -42,7 +42,7 @@ from .finetune import FrozenBatchNorm2d
 from .models import Bottleneck, ResNeSt, SplitAttention, create_model, get_model_spec
 from .models.families import InvertedResidual, MobileNetV2, RegNetY, RegNetYBlock
 from .models.features import ResNeStFeatures
-from .models.resnest import ARCH_KEYS
+from .models.resnest import arch_overrides
 from .weights import inspect_weights, weights_config, weights_file
 
 FORMATS = ("onnx", "torchscript", "safetensors")
@@ -251,7 +251,7 @@ def build_for_export(r: ExportRequest) -> tuple[nn.Module, dict]:
         )
     cfg = weights_config(found, overrides)
     model = engine.build_model(cfg, found.num_classes).eval()
-    arch = {k: getattr(cfg.model, k) for k in ARCH_KEYS if getattr(cfg.model, k, None) is not None}
+    arch = arch_overrides(cfg.model)
     if found.config is not None:
         size = cfg.data.eval_crop or cfg.data.train_crop
     else:

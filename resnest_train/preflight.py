@@ -31,12 +31,13 @@ from torch.overrides import TorchFunctionMode
 
 from .config import Config
 from .config_loader import coerce, field_type, get_key
-from .data.common import AUGMENT_POLICIES
+from .data import BACKENDS
+from .data.common import AA_INTERPOLATIONS, AUGMENT_POLICIES
 from .data.shards import FORMATS
 from .errors import ConfigError
 from .models import create_model
 from .models.dropblock import SCHEDULES, SITES
-from .models.resnest import ARCH_KEYS
+from .models.resnest import arch_overrides
 
 # ---------------------------------------------------------------------------------------
 # Choices and ranges, as data
@@ -46,10 +47,10 @@ from .models.resnest import ARCH_KEYS
 CHOICES = {
     "model.dropblock.schedule": SCHEDULES,
     "model.dropblock.sites": SITES,
-    "data.backend": ("auto", "dali", "torchvision", "synthetic"),
+    "data.backend": BACKENDS,
     "data.format": FORMATS,
     "data.augment": AUGMENT_POLICIES,
-    "data.autoaugment_interpolation": ("nearest", "bilinear"),  # both backends sample these alike
+    "data.autoaugment_interpolation": AA_INTERPOLATIONS,
     "data.dali.device": ("auto", "cpu", "gpu"),
     "optim.name": ("sgd", "lamb", "lars"),
     "optim.schedule": ("cosine", "step"),
@@ -495,7 +496,7 @@ def check_ranges(cfg: Config) -> None:
 def check_model(cfg: Config) -> None:
     """The config's model builds: name, architecture overrides and DropBlock placement."""
     m = cfg.model
-    arch = tuple((k, getattr(m, k)) for k in ARCH_KEYS if getattr(m, k, None) is not None)
+    arch = tuple(arch_overrides(m).items())
     db = m.dropblock
     dropblock = (tuple(db.stages), tuple(db.sites), db.block_size, db.prob)
     error = _build_error(m.name, arch, dropblock)

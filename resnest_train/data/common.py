@@ -57,6 +57,7 @@ AUTOAUGMENT_FILL = 128
 
 # data.augment: torchvision's AutoAugment (ImageNet policy), RandAugment, TrivialAugmentWide, or none.
 AUGMENT_POLICIES = ("autoaugment", "randaugment", "trivialaugment", "none")
+AA_INTERPOLATIONS = ("nearest", "bilinear")  # data.autoaugment_interpolation: both backends sample these alike
 
 
 def augment_policy(cfg) -> str:
@@ -74,8 +75,8 @@ def autoaugment_interpolation(cfg) -> str:
     (PIL's default); bilinear is kinder to tiny crops (the 48 px quick start: 81% vs 74%).
     """
     name = str(cfg.autoaugment_interpolation)
-    if name not in ("nearest", "bilinear"):
-        raise DataError(f"data.autoaugment_interpolation={name!r} is not one of nearest, bilinear.")
+    if name not in AA_INTERPOLATIONS:
+        raise DataError(f"data.autoaugment_interpolation={name!r} is not one of {', '.join(AA_INTERPOLATIONS)}.")
     return name
 
 

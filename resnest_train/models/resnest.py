@@ -76,6 +76,12 @@ BUILD_KEYS = ("num_classes", "in_chans", "zero_init_last", "dropblock")
 OVERRIDE_KEYS = ARCH_KEYS + BUILD_KEYS
 
 
+def arch_overrides(model_cfg) -> dict:
+    """The architecture keys a ``config.ModelConfig`` sets (those not None), as ``create_model``
+    keywords; ``layers`` has no config key, so a config never overrides it."""
+    return {k: getattr(model_cfg, k) for k in ARCH_KEYS if getattr(model_cfg, k, None) is not None}
+
+
 def list_models() -> list[str]:
     """Names `create_model` accepts, in table order: the ResNeSt family, then the other
     families with and without split attention (``families.py``)."""
