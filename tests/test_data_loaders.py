@@ -1,7 +1,9 @@
 """The loader contract, run for real: DALI on the CPU, torchvision, synthetic, on small generated JPEGs,
 as a folder and as tar shards made from it (``layout``)."""
 
+import concurrent.futures
 import logging
+import multiprocessing
 
 import numpy as np
 import pytest
@@ -99,14 +101,20 @@ def test_mid_epoch_resume_is_bit_identical(roots, backend, layout):
     assert not all(torch.equal(a, b) for (a, _), (b, _) in zip(full, other))
 
 
-# slow: forks DataLoader workers; after DALI tests in the same process a fork can hang on a lock one of
-# DALI's threads held (seen when test-fast deselects the tests between), so only the full suite runs it
+def _torchvision_epoch(root, workers: int) -> list:
+    c = cfg(root, backend="torchvision", augment="autoaugment", color_jitter=0.4, lighting=0.1, workers=workers)
+    return epoch(build_loaders(c, batch_size=4, seed=3).train, 1)
+
+
 @pytest.mark.slow
 def test_torchvision_workers_do_not_change_the_batches(data):
-    c = cfg(data, backend="torchvision", augment="autoaugment", color_jitter=0.4, lighting=0.1)
-    serial = epoch(build_loaders(c, batch_size=4, seed=3).train, 1)
-    c.workers = 2
-    parallel = epoch(build_loaders(c, batch_size=4, seed=3).train, 1)
+    # In a fresh (spawned) process: forking DataLoader workers in a process where DALI's threads
+    # have run (earlier tests on this pytest worker) can hang on a lock one of them held.
+    spawn = multiprocessing.get_context("spawn")
+    with concurrent.futures.ProcessPoolExecutor(1, mp_context=spawn) as pool:
+        serial = pool.submit(_torchvision_epoch, str(data), 0).result(timeout=300)
+        parallel = pool.submit(_torchvision_epoch, str(data), 2).result(timeout=300)
+    assert len(serial) == len(parallel) == 3
     for (a, la), (b, lb) in zip(serial, parallel):
         assert torch.equal(a, b) and torch.equal(la, lb)
 
