@@ -56,6 +56,23 @@ def train(*args, check=True, timeout=600):
     return result
 
 
+def train_preempted(*args, at, timeout=300):
+    """train.py with ``args``, sent SIGTERM (a scheduler's preemption) when it prints a line that
+    starts with ``at`` (e.g. ``"epoch 1/2 step 3/8"``); asserts it exits 143. Returns its output."""
+    import signal
+
+    proc = subprocess.Popen(
+        [sys.executable, TRAIN, *args], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=ROOT, env=env()
+    )
+    lines = []
+    for line in proc.stdout:
+        lines.append(line)
+        if line.startswith(at):
+            proc.send_signal(signal.SIGTERM)
+    assert proc.wait(timeout=timeout) == 143, "".join(lines)
+    return "".join(lines)
+
+
 def metrics(run_dir):
     """The run's metrics.jsonl records; fails if the file is missing."""
     run = RunDir(run_dir)

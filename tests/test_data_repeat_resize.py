@@ -3,16 +3,13 @@ in the torchvision and DALI backends: the epoch plan against timm's RepeatAugSam
 sizes against FFCV's formula, the batches, exact mid-epoch resume and eval left alone."""
 
 import os
-import signal
-import subprocess
-import sys
 from collections import Counter, defaultdict
 
 import numpy as np
 import pytest
 import torch
 
-from helpers import ROOT, TRAIN, env, event_files, metrics, scalars, scalars_in, train
+from helpers import event_files, metrics, scalars, scalars_in, train, train_preempted
 from resnest_train.data import build_loaders
 from resnest_train.data.common import epoch_indices, epoch_samples, train_crop_at, train_steps
 from test_data_helpers import cfg, make_dataset
@@ -222,20 +219,9 @@ def test_train_py_resumed_mid_schedule_repeats_the_uninterrupted_run(tmp_path):
     assert [r["train_crop"] for r in metrics(full)] == [32, 48, 64]  # 12 images, 3 steps per epoch
 
     out = str(tmp_path / "preempted")
-    proc = subprocess.Popen(
-        [sys.executable, TRAIN, *args, f"output.dir={out}"],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-        cwd=ROOT,
-        env=env(),
-    )
-    lines = []
-    for line in proc.stdout:
-        lines.append(line)
-        if line.startswith("epoch 2/3 step 1/3"):  # in the middle of the 48 px epoch
-            proc.send_signal(signal.SIGTERM)
-    assert proc.wait(timeout=120) == 143, "".join(lines)
+    train_preempted(
+        *args, f"output.dir={out}", at="epoch 2/3 step 1/3", timeout=120
+    )  # in the middle of the 48 px epoch
     stopped = torch.load(os.path.join(out, "checkpoints", "last.pth"), weights_only=True)
     assert stopped["epoch"] == 1 and 1 <= stopped["step_in_epoch"] < 3
 

@@ -7,7 +7,6 @@ deterministic, so numbers are compared with tolerances, never for equality.
 """
 
 import os
-import signal
 import subprocess
 import sys
 import time
@@ -16,7 +15,7 @@ import warnings
 import pytest
 import torch
 
-from helpers import ROOT, TINY, TRAIN, env, event_files, metrics, run_state, scalars, scalars_in, train
+from helpers import ROOT, TINY, env, event_files, metrics, run_state, scalars, scalars_in, train, train_preempted
 
 pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")]
 
@@ -246,20 +245,7 @@ def test_bf16_compile_ema_dropblock_sigterm_and_resume_within_tolerance(tmp_path
     full = str(tmp_path / "full")
     train(*GPU_TINY, *BF16_OPTIONS, f"output.dir={full}")
     out = str(tmp_path / "preempted")
-    proc = subprocess.Popen(
-        [sys.executable, TRAIN, *GPU_TINY, *BF16_OPTIONS, f"output.dir={out}"],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-        cwd=ROOT,
-        env=env(),
-    )
-    lines = []
-    for line in proc.stdout:
-        lines.append(line)
-        if line.startswith("epoch 1/2 step 3/8"):
-            proc.send_signal(signal.SIGTERM)
-    assert proc.wait(timeout=300) == 143, "".join(lines)
+    train_preempted(*GPU_TINY, *BF16_OPTIONS, f"output.dir={out}", at="epoch 1/2 step 3/8", timeout=300)
     assert run_state(out)["state"] == "preempted"
     train(*GPU_TINY, *BF16_OPTIONS, f"output.dir={out}")
     full_loss = scalars(os.path.join(full, "tb"), "train/loss")

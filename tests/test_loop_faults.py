@@ -3,14 +3,13 @@
 import collections
 import json
 import os
-import signal
 import subprocess
 import sys
 
 import pytest
 import torch
 
-from helpers import ROOT, TINY, TRAIN, env, event_files, metrics, run_state, scalars, scalars_in, train
+from helpers import ROOT, TINY, TRAIN, env, event_files, metrics, run_state, scalars, scalars_in, train, train_preempted
 from resnest_train.loop import Plan
 from resnest_train.optim import lr_at, peak_lr
 from resnest_train.resume import resume_position
@@ -179,20 +178,7 @@ def moved_to_two_processes(tmp_path_factory, demo_root):
     full = str(tmp_path_factory.mktemp("full"))
     train(*exact(demo_root), "train.accum_steps=2", f"output.dir={full}")
     out = str(tmp_path_factory.mktemp("moved"))
-    proc = subprocess.Popen(
-        [sys.executable, TRAIN, *exact(demo_root), "train.accum_steps=2", f"output.dir={out}"],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-        cwd=ROOT,
-        env=env(),
-    )
-    lines = []
-    for line in proc.stdout:
-        lines.append(line)
-        if line.startswith("epoch 1/2 step 3/8"):
-            proc.send_signal(signal.SIGTERM)
-    assert proc.wait(timeout=300) == 143, "".join(lines)
+    train_preempted(*exact(demo_root), "train.accum_steps=2", f"output.dir={out}", at="epoch 1/2 step 3/8", timeout=300)
     stopped = torch.load(os.path.join(out, "checkpoints", "last.pth"), weights_only=True)["step"]
     resumed = torchrun(*exact(demo_root), f"output.dir={out}")
     assert resumed.returncode == 0, resumed.stdout + resumed.stderr

@@ -2,14 +2,11 @@
 
 import math
 import os
-import signal
-import subprocess
-import sys
 
 import pytest
 import torch
 
-from helpers import ROOT, TINY, TRAIN, env, event_files, metrics, run_state, scalars, scalars_in, train
+from helpers import TINY, event_files, metrics, run_state, scalars, scalars_in, train, train_preempted
 
 pytestmark = [pytest.mark.slow]  # every test runs train.py for real
 
@@ -88,20 +85,7 @@ def test_finished_run_is_not_trained_again(tiny_run):
 def test_sigterm_saves_and_resume_repeats_the_uninterrupted_run(tiny_run, tmp_path):
     full, _ = tiny_run
     out = str(tmp_path / "preempted")
-    proc = subprocess.Popen(
-        [sys.executable, TRAIN, *TINY, f"output.dir={out}"],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-        cwd=ROOT,
-        env=env(),
-    )
-    lines = []
-    for line in proc.stdout:
-        lines.append(line)
-        if line.startswith("epoch 1/2 step 3/8"):
-            proc.send_signal(signal.SIGTERM)
-    assert proc.wait(timeout=120) == 143, "".join(lines)
+    train_preempted(*TINY, f"output.dir={out}", at="epoch 1/2 step 3/8", timeout=120)
     stopped = torch.load(os.path.join(out, "checkpoints", "last.pth"), weights_only=True)
     assert 3 <= stopped["step"] < 16 and stopped["step_in_epoch"] == stopped["step"] % 8
     assert run_state(out)["state"] == "preempted"
