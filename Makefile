@@ -6,8 +6,8 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
-# make test-fast spreads its tests over this many pytest-xdist processes; make test keeps one
-# (its torchrun, sweep and SIGTERM tests start process groups and time them).
+# make test and make test-fast spread their tests over this many pytest-xdist processes; make test
+# runs the multi-process (dist) tests one at a time on one of them (tests/conftest.py).
 TEST_WORKERS ?= 2
 
 .PHONY: install quickstart test test-fast lint
@@ -25,7 +25,7 @@ quickstart: $(STAMP)
 	$(BIN)/resnest-train --config configs/quickstart.yaml
 
 test: $(STAMP)
-	$(BIN)/python -m pytest -q tests
+	$(BIN)/python -m pytest -q -n $(TEST_WORKERS) --dist loadgroup tests
 
 test-fast: $(STAMP)
 	$(BIN)/python -m pytest -q -n $(TEST_WORKERS) -m "not slow and not dist and not gpu" tests

@@ -31,3 +31,16 @@ def pretrained_run(tmp_path_factory, shapes_root):
     out = str(tmp_path_factory.mktemp("pretrained"))
     train(*PRETRAIN, f"data.root={shapes_root}", f"output.dir={out}")
     return out
+
+
+@pytest.hookimpl(tryfirst=True)  # before pytest-xdist's own hook reads the xdist_group marks
+def pytest_collection_modifyitems(items):
+    """Under ``pytest -n N --dist loadgroup`` (``make test``): the multi-process tests (``dist``:
+    torchrun, launch.sh, parallel sweeps, SIGTERM timing) run one at a time on one worker, so no two
+    of them share this machine's cores or a rendezvous port; the tests of ``pretrained_run`` share
+    one worker, so that session fixture trains once. Without xdist the marks do nothing."""
+    for item in items:
+        if item.get_closest_marker("dist"):
+            item.add_marker(pytest.mark.xdist_group("dist"))
+        elif "pretrained_run" in getattr(item, "fixturenames", ()):
+            item.add_marker(pytest.mark.xdist_group("pretrained"))
