@@ -2,7 +2,8 @@
 
 The script is plain bash with ``#SBATCH`` lines, so its per-task body runs anywhere with
 ``SLURM_ARRAY_TASK_ID`` set (the tests run it so). Requeue-friendly, for both ways a
-task is cut short (the rule of submitit, which Meta's SLURM jobs use):
+task is cut short (submitit does the same with SIGUSR2: a warning signal of its own requeues,
+SIGTERM does not):
 
 * preemption: SLURM sends SIGTERM; ``--requeue`` has it requeue the task itself;
 * the time limit: ``--signal=B:USR1@180`` warns the batch shell three minutes ahead; the script
