@@ -128,9 +128,12 @@ def check_layout(root: str, val_only: bool = False) -> tuple[str, str, list[str]
                 f"{d} is missing: data.root={root} must hold {needed}. "
                 f"For the official flat val/ folder run scripts/prepare_imagenet.py first."
             )
-    classes = [] if val_only else list_classes(train_dir)
-    if not classes and not val_only:
-        raise DataError(f"{train_dir} holds no class folders: expected train/<class>/<image> (one folder per class).")
+    if not val_only:
+        classes = list_classes(train_dir)
+        if not classes:
+            raise DataError(
+                f"{train_dir} holds no class folders: expected train/<class>/<image> (one folder per class)."
+            )
     val_classes = list_classes(val_dir)
     if not val_classes:
         flat = list_images(val_dir)
@@ -232,7 +235,7 @@ def load_splits(cfg: DataConfig, val_only: bool = False) -> tuple[list[str], Spl
             )
         train = None if val_only else read_list(cfg.train_list, "train")
         val = read_list(cfg.val_list, "val")
-        n = int(max(val.labels.max(), train.labels.max() if train is not None else 0)) + 1
+        n = int(max(split.labels.max() for split in (train, val) if split is not None)) + 1
         classes = [str(i) for i in range(n)]
         if cfg.root and os.path.isdir(os.path.join(cfg.root, "train")):
             folders = list_classes(os.path.join(cfg.root, "train"))
